@@ -1,0 +1,128 @@
+"""The risk policy: versioned thresholds and switches, validated with clear errors.
+
+A policy is a YAML (or JSON) document. Unknown keys are errors (a typo must not
+silently fall back to a default), and every error names the field.
+
+>>> p = load_policy_text("version: v7\\nspend_spike: {multiple: 5.0}")
+>>> p.version, p.spend_spike.multiple, p.spend_spike.min_history
+('v7', 5.0, 5)
+>>> load_policy_text("version: v7\\nspend_spike: {multple: 5.0}")
+Traceback (most recent call last):
+...
+schemas.errors.PolicyError: policy <text>: Object contains unknown field `multple` - at `$.spend_spike`
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import yaml
+from msgspec import Meta, Struct
+
+from schemas.errors import PolicyError
+
+_CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
+
+
+class CrisisMode(Struct, **_CFG):
+    """Crisis mode: payment deferral for everyone and no limit cuts, in a window."""
+
+    active: bool = False
+    start: dt.datetime | None = None
+    end: dt.datetime | None = None
+    defer_payments: bool = True
+    suspend_limit_cuts: bool = True
+
+    def in_force(self, at: dt.datetime) -> bool:
+        """Whether crisis mode applies at event time ``at``."""
+        if not self.active:
+            return False
+        if self.start is not None and at < self.start:
+            return False
+        return not (self.end is not None and at >= self.end)
+
+
+class SpendSpikeRule(Struct, **_CFG):
+    """A single transaction far above the customer's usual amount."""
+
+    enabled: bool = True
+    multiple: Annotated[float, Meta(gt=1.0)] = 6.0
+    min_history: Annotated[int, Meta(ge=1)] = 5
+    floor_minor: Annotated[int, Meta(ge=0)] = 50_000
+    half_life_events: Annotated[float, Meta(gt=0)] = 20.0
+
+
+class DpdThreshold(Struct, **_CFG):
+    """An alert when an account first reaches ``days`` past due."""
+
+    days: Annotated[int, Meta(ge=1)]
+    severity: str
+    routing: tuple[str, ...] = ()
+
+
+class Policy(Struct, **_CFG):
+    """The whole risk policy in force."""
+
+    version: Annotated[str, Meta(min_length=1, max_length=64)] = "default-1"
+    allowed_lateness_days: Annotated[int, Meta(ge=0, le=365)] = 35
+    crisis: CrisisMode = CrisisMode()
+    spend_spike: SpendSpikeRule = SpendSpikeRule()
+    dpd_thresholds: tuple[DpdThreshold, ...] = (
+        DpdThreshold(days=1, severity="low", routing=("reminders",)),
+        DpdThreshold(days=30, severity="medium", routing=("collections",)),
+        DpdThreshold(days=60, severity="high", routing=("collections",)),
+        DpdThreshold(days=90, severity="critical", routing=("collections", "case-management")),
+    )
+    #: Version of the models the policy expects (carried on every output).
+    model_version: Annotated[str, Meta(max_length=64)] = "rules-1"
+
+    def __post_init__(self) -> None:
+        severities = {"info", "low", "medium", "high", "critical"}
+        for threshold in self.dpd_thresholds:
+            if threshold.severity not in severities:
+                raise ValueError(
+                    f"dpd_thresholds: severity {threshold.severity!r} is not one of "
+                    f"{sorted(severities)}"
+                )
+
+
+DEFAULT_POLICY = Policy()
+
+
+def parse_policy(document: Any, *, source: str = "<document>") -> Policy:
+    """Validate a parsed policy document (a mapping)."""
+    if not isinstance(document, dict):
+        raise PolicyError(f"policy {source}: expected a mapping, got {type(document).__name__}")
+    try:
+        return msgspec.convert(document, Policy, strict=False)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise PolicyError(f"policy {source}: {exc}") from exc
+
+
+def load_policy_text(text: str, *, source: str = "<text>") -> Policy:
+    """Parse and validate policy YAML text."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise PolicyError(f"policy {source}: not valid YAML: {exc}") from exc
+    return parse_policy(document if document is not None else {}, source=source)
+
+
+def load_policy(path: str | Path | None) -> Policy:
+    """Load a policy file, or the default policy when ``path`` is None."""
+    if path is None:
+        return DEFAULT_POLICY
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise PolicyError(f"policy {path}: cannot read: {exc}") from exc
+    return load_policy_text(text, source=str(path))
+
+
+def policy_document(policy: Policy) -> dict[str, Any]:
+    """A policy as a plain document (for publishing, diffing and auditing)."""
+    return msgspec.to_builtins(policy)

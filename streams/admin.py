@@ -1,0 +1,105 @@
+"""Topic administration and small producer/consumer helpers (aiokafka)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from schemas.errors import BrokerError
+from schemas.topics import TOPICS
+
+
+def topic_configs(name: str) -> dict[str, str]:
+    """Kafka topic configuration for a Riskwatch topic."""
+    return {"cleanup.policy": "compact"} if TOPICS[name].compacted else {}
+
+
+async def ensure_topics(
+    bootstrap: list[str] | str,
+    partitions: int,
+    names: Iterable[str] | None = None,
+    *,
+    timeout: float = 30.0,
+) -> list[str]:
+    """Create the Riskwatch topics that do not exist yet; return the created ones.
+
+    Customer-keyed topics share one partition count, so they are co-partitioned
+    with the per-customer state table.
+    """
+    wanted = list(names) if names is not None else list(TOPICS)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    try:
+        await asyncio.wait_for(admin.start(), timeout)
+        existing = set(await admin.list_topics())
+        missing = [n for n in wanted if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [NewTopic(n, partitions, 1, topic_configs=topic_configs(n)) for n in missing]
+                )
+            except TopicAlreadyExistsError:
+                pass
+        return missing
+    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
+        raise BrokerError(f"cannot create topics on {bootstrap}: {exc!r}") from exc
+    finally:
+        await admin.close()
+
+
+async def produce(
+    bootstrap: list[str] | str,
+    records: Iterable[tuple[str, bytes | None, bytes]],
+    *,
+    linger_ms: int = 5,
+) -> int:
+    """Produce ``(topic, key, value)`` records; return how many were sent."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    count = 0
+    try:
+        for topic, key, value in records:
+            await producer.send(topic, value=value, key=key)
+            count += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return count
+
+
+async def consume_all(
+    bootstrap: list[str] | str,
+    topics: list[str],
+    *,
+    idle: float = 2.0,
+    until: float = 60.0,
+    stop_when: int | None = None,
+) -> list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]:
+    """Read ``topics`` from the beginning (no group) until ``idle`` seconds pass
+    without a record, ``stop_when`` records arrived, or ``until`` seconds elapse."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + until
+    last = loop.time()
+    try:
+        while loop.time() < deadline:
+            batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
+            now = loop.time()
+            for records in batch.values():
+                for r in records:
+                    out.append((r.topic, r.key, r.value, list(r.headers or ())))
+                last = now
+            if stop_when is not None and len(out) >= stop_when:
+                break
+            if now - last > idle and (stop_when is None):
+                break
+    finally:
+        await consumer.stop()
+    return out

@@ -1,0 +1,127 @@
+"""The one metrics module: every Prometheus metric Riskwatch exports.
+
+Rules kept here, so dashboards and alert rules can rely on them:
+
+* every name starts with ``riskwatch_`` and is in base units (seconds, bytes,
+  ratios 0-1, plain counts);
+* every label has a fixed, small set of values (topic names, reason codes,
+  severities, grades, products, sectors); never a customer or account id.
+
+A :class:`Metrics` instance owns its registry, so tests and several apps in
+one process do not collide.
+"""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+from schemas.topics import CONTRACT_VERSION
+
+VERSION = "0.1.0"
+
+# ``*_created`` series double the series count and no dashboard uses them.
+disable_created_metrics()
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                    30.0, 60.0, 300.0)
+
+
+@dataclass
+class Metrics:
+    """All metrics of one worker (or replay), registered on ``registry``."""
+
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        # Pipeline.
+        self.events = Counter(
+            "riskwatch_events", "Input records handled, by topic and outcome "
+            "(processed, duplicate, dead_lettered).", ["topic", "outcome"], registry=r)
+        self.dead_letters = Counter(
+            "riskwatch_dead_letters", "Records sent to the dead-letter topic, by source topic "
+            "and reason.", ["topic", "reason"], registry=r)
+        self.outputs = Counter(
+            "riskwatch_outputs", "Output records produced, by topic.", ["topic"], registry=r)
+        self.event_to_output = Histogram(
+            "riskwatch_event_to_output_seconds", "Event time to output send, for records that "
+            "produced an output.", buckets=_LATENCY_BUCKETS, registry=r)
+        self.receive_to_output = Histogram(
+            "riskwatch_receive_to_output_seconds", "Receipt by the worker to output send.",
+            buckets=_LATENCY_BUCKETS, registry=r)
+        self.consumer_lag = Gauge(
+            "riskwatch_consumer_lag_messages", "Messages behind the end of the assigned "
+            "partitions, by topic.", ["topic"], registry=r)
+        self.last_event_time = Gauge(
+            "riskwatch_last_event_timestamp_seconds", "Event time of the newest record seen, "
+            "by topic (Unix seconds).", ["topic"], registry=r)
+        self.last_receive_time = Gauge(
+            "riskwatch_last_receive_timestamp_seconds", "Wall-clock time the newest record was "
+            "received, by topic (Unix seconds).", ["topic"], registry=r)
+        self.recovery_remaining = Gauge(
+            "riskwatch_table_recovery_remaining_messages", "Changelog messages left to recover "
+            "before the worker is ready.", registry=r)
+        self.rebalances = Counter(
+            "riskwatch_rebalances", "Consumer-group rebalances seen by this worker.", registry=r)
+        self.ready = Gauge(
+            "riskwatch_ready", "1 when partitions are assigned and table recovery finished.",
+            registry=r)
+        self.broker_up = Gauge(
+            "riskwatch_broker_up", "1 while the worker's Kafka client reaches the broker.",
+            registry=r)
+        self.build_info = Gauge(
+            "riskwatch_build_info", "Build information (value 1).",
+            ["version", "python", "contract"], registry=r)
+        self.build_info.labels(VERSION, platform.python_version(), str(CONTRACT_VERSION)).set(1)
+        self.state_bytes = Histogram(
+            "riskwatch_customer_state_bytes", "Encoded size of a customer's state when written.",
+            buckets=(128, 256, 512, 1024, 2048, 4096, 8192), registry=r)
+        # Business.
+        self.alerts = Counter(
+            "riskwatch_alerts", "Risk alerts produced, by alert type and severity.",
+            ["alert_type", "severity"], registry=r)
+        self.limit_proposals = Counter(
+            "riskwatch_limit_proposals", "Credit-limit proposals, by direction.",
+            ["direction"], registry=r)
+        self.customer_actions = Counter(
+            "riskwatch_customer_actions", "Customer actions, by action and channel.",
+            ["action", "channel"], registry=r)
+        self.customers_by_grade = Gauge(
+            "riskwatch_customers_by_grade", "Customers in each risk grade (this worker's "
+            "partitions).", ["grade"], registry=r)
+        self.bucket_transitions = Counter(
+            "riskwatch_bucket_transitions", "Accounts moving between delinquency buckets "
+            "(roll rates), by product.", ["product", "from_bucket", "to_bucket"], registry=r)
+        self.overdue_ratio = Gauge(
+            "riskwatch_portfolio_overdue_ratio", "Share of accounts 1+ days past due, by "
+            "product and sector.", ["product", "sector"], registry=r)
+        self.new_delinquency_ratio = Gauge(
+            "riskwatch_portfolio_new_delinquency_ratio", "Share of accounts that became "
+            "delinquent in the current window, by product and sector.",
+            ["product", "sector"], registry=r)
+        self.crisis_mode = Gauge(
+            "riskwatch_crisis_mode", "1 while the policy's crisis mode is active.", registry=r)
+        self.policy_info = Gauge(
+            "riskwatch_policy_info", "The policy version in force (value 1).", ["version"],
+            registry=r)
+        # Models.
+        self.model_auc = Gauge(
+            "riskwatch_model_auc", "Progressive (predict-then-learn) ROC AUC, by model.",
+            ["model"], registry=r)
+        self.model_log_loss = Gauge(
+            "riskwatch_model_log_loss", "Progressive log loss, by model.", ["model"], registry=r)
+        self.drift_detections = Counter(
+            "riskwatch_drift_detections", "Behaviour drift detections, by feature.",
+            ["feature"], registry=r)
+        self.anomaly_score = Histogram(
+            "riskwatch_anomaly_score", "Global anomaly model scores (0-1).",
+            buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99), registry=r)
+
+    def set_policy(self, version: str, crisis: bool) -> None:
+        """Record the policy version in force and the crisis-mode switch."""
+        self.policy_info.clear()
+        self.policy_info.labels(version).set(1)
+        self.crisis_mode.set(1 if crisis else 0)
