@@ -26,6 +26,7 @@ from detectors.base import Signal
 from detectors.spending import SpendState, spend_spike
 from schemas import models as m
 from schemas.errors import DecodeError
+from schemas.topics import CUSTOMER_TOPICS
 
 #: How many recent event ids each customer remembers for deduplication.
 SEEN_LIMIT = 48
@@ -52,11 +53,16 @@ class Profile(Struct, array_like=True, frozen=True):
     timezone: str
 
 
+#: Topics the engine processes; their index keys the per-topic watermarks.
+ENGINE_TOPICS: tuple[str, ...] = CUSTOMER_TOPICS
+
+
 class CustomerState(Struct, array_like=True):
     """Everything Riskwatch keeps about one customer, stored as msgpack bytes."""
 
     seen: list[int] = []
-    watermark_ms: int = 0
+    #: Newest event time per input topic (ms), indexed like ``ENGINE_TOPICS``.
+    watermarks: list[int] = []
     profile: Profile | None = None
     spend: SpendState | None = None
 
@@ -103,22 +109,41 @@ class Engine:
         fingerprint = event_fingerprint(event.event_id)
         if fingerprint in state.seen:
             return Result(None, [], duplicate=True)
+        # Lateness is judged per topic: topics are consumed independently, so a
+        # customer's events on two topics may interleave in any order.
+        index = ENGINE_TOPICS.index(topic)
+        if len(state.watermarks) <= index:
+            state.watermarks = [*state.watermarks, *[0] * (index + 1 - len(state.watermarks))]
         event_ms = _ms(event.event_time)
+        watermark = state.watermarks[index]
         lateness_ms = self.policy.allowed_lateness_days * 86_400_000
-        if state.watermark_ms and event_ms < state.watermark_ms - lateness_ms:
+        if watermark and event_ms < watermark - lateness_ms:
             raise DecodeError(
                 "too_late",
                 f"event_time {event.event_time.isoformat()} is more than "
-                f"{self.policy.allowed_lateness_days} days behind the customer's newest event",
+                f"{self.policy.allowed_lateness_days} days behind the customer's newest "
+                f"event on {topic}",
                 topic=topic,
                 key=event.customer_id,
                 field="event_time",
             )
         signals = self._dispatch(topic, event, state)
         state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
-        state.watermark_ms = max(state.watermark_ms, event_ms)
+        state.watermarks[index] = max(watermark, event_ms)
         emits = [self._alert(signal, event) for signal in signals]
         return Result(encode_state(state), emits)
+
+    def snapshot(self, customer_id: str, raw_state: bytes | None) -> dict[str, Any]:
+        """A customer's current standing, for replay snapshots and inspection."""
+        state = decode_state(raw_state)
+        profile = state.profile
+        return {
+            "customer_id": customer_id,
+            "limit_minor": profile.limit_minor if profile else None,
+            "currency": profile.currency if profile else None,
+            "usual_amount_minor": round(state.spend.mean) if state.spend else None,
+            "state_bytes": len(raw_state or b""),
+        }
 
     # -- per topic ---------------------------------------------------------
 

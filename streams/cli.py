@@ -7,7 +7,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -92,6 +92,107 @@ def worker(
         run_worker(settings)
     except RiskwatchError as exc:
         _fail(exc)
+
+
+@app.command()
+def demo(
+    duration: Annotated[float, typer.Option(help="Seconds to run")] = 30.0,
+    customers: Annotated[int, typer.Option(help="Customers in the generated portfolio")] = 400,
+    days: Annotated[int, typer.Option(help="Days of history to generate")] = 120,
+    seed: Annotated[int, typer.Option(help="Simulator seed")] = 7,
+    rate: Annotated[float, typer.Option(help="Events per second to produce (0 = as fast as "
+                                             "possible)")] = 0.0,
+    poison_rate: Annotated[float, typer.Option(help="Share of deliberately bad records")] = 0.002,
+    partitions: Annotated[int, typer.Option(help="Partitions per topic")] = 4,
+) -> None:
+    """Run the whole pipeline on the embedded broker with a live summary."""
+    from streams.demo import run_demo
+
+    try:
+        code = asyncio.run(run_demo(customers=customers, days=days, seed=seed, duration=duration,
+                                    rate=rate, poison_rate=poison_rate, partitions=partitions))
+    except RiskwatchError as exc:
+        _fail(exc)
+    raise typer.Exit(code)
+
+
+@app.command()
+def generate(
+    out_dir: Annotated[Path, typer.Argument(help="Directory for <topic>.jsonl files")],
+    customers: Annotated[int, typer.Option(help="Customers")] = 1000,
+    days: Annotated[int, typer.Option(help="Days of history")] = 180,
+    seed: Annotated[int, typer.Option(help="Seed (same seed, same portfolio)")] = 7,
+    poison_rate: Annotated[float, typer.Option(help="Share of deliberately bad records")] = 0.0,
+    broker: Annotated[Optional[str], typer.Option(  # noqa: UP045
+        help="Also produce to this broker (kafka://host:port)")] = None,
+    rate: Annotated[float, typer.Option(help="Events/s when producing (0 = max)")] = 0.0,
+) -> None:
+    """Generate a synthetic portfolio with ground truth (JSONL per topic)."""
+    from streams.simulator import Portfolio, write_jsonl
+
+    config = Portfolio(customers=customers, days=days, seed=seed, poison_rate=poison_rate)
+    counts = write_jsonl(config, out_dir)
+    for topic, count in sorted(counts.items()):
+        typer.echo(f"{topic:<22} {count}")
+    if broker:
+        from streams.config import parse_broker_url
+        from streams.replay import iter_merged, resolve_inputs
+
+        hosts = parse_broker_url(broker)
+        inputs = resolve_inputs([str(out_dir)])
+
+        async def _send() -> int:
+            from streams.admin import produce
+
+            records = ((topic, _key_of(raw), raw) for _, topic, _, raw, _ in iter_merged(inputs))
+            return await produce(hosts, _paced(records, rate))
+
+        typer.echo(f"produced {asyncio.run(_send())} records to {broker}")
+
+
+def _key_of(raw: bytes) -> bytes | None:
+    from schemas.codec import loads
+
+    try:
+        doc = loads(raw)
+        value = doc.get("customer_id") or doc.get("sector") or doc.get("version")
+        return str(value).encode() if value is not None else None
+    except Exception:
+        return None
+
+
+def _paced(records: Any, rate: float) -> Any:
+    import time
+
+    started = time.monotonic()
+    for n, record in enumerate(records, start=1):
+        if rate > 0 and n % 100 == 0:
+            ahead = n / rate - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
+        yield record
+
+
+@app.command()
+def replay(
+    inputs: Annotated[list[str], typer.Argument(
+        help="<topic>.jsonl files, topic=path pairs, or a directory of them")],
+    out: Annotated[Path, typer.Option("--out", help="Output directory")] = Path("replay-out"),
+    policy: Annotated[Optional[Path], typer.Option(help="Policy YAML")] = None,  # noqa: UP045
+) -> None:
+    """Run the worker's logic in-process over JSONL history, in event-time order."""
+    from alerts.policy import load_policy
+    from schemas.codec import dumps
+    from streams.replay import replay as run_replay
+    from streams.replay import resolve_inputs
+
+    try:
+        report = run_replay(resolve_inputs(inputs), out, load_policy(policy))
+    except RiskwatchError as exc:
+        _fail(exc)
+    summary = report.as_dict()
+    (out / "summary.json").write_bytes(dumps(summary) + b"\n")
+    typer.echo(dumps(summary).decode())
 
 
 @schemas_app.command("export")

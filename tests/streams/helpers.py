@@ -1,0 +1,39 @@
+"""Helpers for integration tests: produce records and collect outputs."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from schemas.codec import loads
+from streams.admin import consume_all, produce
+
+
+def send(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]]) -> int:
+    return asyncio.run(produce(bootstrap, list(records)))
+
+
+def collect(
+    bootstrap: str,
+    topics: list[str],
+    keep: Callable[[str, dict[str, Any]], bool],
+    *,
+    expect: int,
+    timeout: float = 60.0,
+) -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
+    """Output records kept by ``keep`` once at least ``expect`` arrived (or timeout)."""
+    deadline = time.monotonic() + timeout
+    found: list[tuple[str, dict[str, Any], dict[str, bytes]]] = []
+    while time.monotonic() < deadline:
+        raw = asyncio.run(consume_all(bootstrap, topics, idle=0.5, until=10))
+        found = []
+        for topic, _key, value, headers in raw:
+            doc = loads(value)
+            if keep(topic, doc):
+                found.append((topic, doc, dict(headers)))
+        if len(found) >= expect:
+            return found
+        time.sleep(0.5)
+    return found
