@@ -1,0 +1,71 @@
+"""The command line: help, errors, replay over JSONL, schema export."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from typer.testing import CliRunner
+
+from schemas.codec import encode, loads
+from schemas.models import CardTransaction
+from streams.cli import app
+
+runner = CliRunner()
+T0 = dt.datetime(2026, 4, 1, tzinfo=dt.UTC)
+
+
+def _tx(i: int, amount: int) -> CardTransaction:
+    return CardTransaction(
+        event_id=f"cli-{i}", event_time=T0 + dt.timedelta(hours=i), customer_id="cli-c1",
+        account_id="a1", type="purchase", amount_minor=amount, currency="EUR", mcc="5411",
+        merchant_id="m", channel="pos", country="DE")
+
+
+def test_help_lists_every_subcommand():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in ("broker", "worker", "demo", "generate", "replay", "schemas"):
+        assert name in result.output
+
+
+def test_replay_writes_outputs_snapshot_and_dead_letters(tmp_path):
+    lines = [encode(_tx(i, 2_000)) for i in range(6)]
+    lines.append(b'{"broken": ')
+    lines.append(encode(_tx(7, 500_000)))
+    (tmp_path / "card-transactions.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["replay", str(tmp_path / "card-transactions.jsonl"),
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    alerts = [loads(x) for x in (out / "risk-alerts.jsonl").read_bytes().splitlines()]
+    assert [a["trigger_event_id"] for a in alerts] == ["cli-7"]
+    dead = [loads(x) for x in (out / "dead-letters.jsonl").read_bytes().splitlines()]
+    assert [(d["reason"], d["offset"]) for d in dead] == [("malformed_json", 7)]
+    snapshot = [loads(x) for x in (out / "snapshot.jsonl").read_bytes().splitlines()]
+    assert snapshot[0]["customer_id"] == "cli-c1"
+    summary = loads((out / "summary.json").read_bytes())
+    assert summary["events_total"] == 8
+
+
+def test_replay_rejects_unknown_topic_file(tmp_path):
+    bogus = tmp_path / "not-a-topic.jsonl"
+    bogus.write_text("{}\n")
+    result = runner.invoke(app, ["replay", str(bogus)])
+    assert result.exit_code == 2
+    assert "not-a-topic" in result.output
+
+
+def test_worker_rejects_bad_broker_url():
+    result = runner.invoke(app, ["worker", "--broker", "http://nope:1"])
+    assert result.exit_code == 2
+    assert "--broker" in result.output
+
+
+def test_replay_rejects_bad_policy(tmp_path):
+    (tmp_path / "card-transactions.jsonl").write_bytes(encode(_tx(0, 1)) + b"\n")
+    policy = tmp_path / "p.yaml"
+    policy.write_text("spend_spike: {multiple: 0.5}\n")
+    result = runner.invoke(app, ["replay", str(tmp_path), "--policy", str(policy),
+                                 "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "multiple" in result.output
