@@ -10,6 +10,7 @@ Build the app with :func:`create_app`; no module-level app exists.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -27,6 +28,7 @@ from schemas.codec import decode
 from schemas.errors import DecodeError
 from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS
 from streams.config import Settings, parse_addr
+from streams.control import PolicyWatcher
 from streams.metrics import Metrics
 
 log = logging.getLogger("riskwatch.worker")
@@ -111,9 +113,12 @@ class Riskwatch:
     engine: Engine
     metrics: Metrics
     handler: Handler
+    watcher: PolicyWatcher | None = None
 
     def ready(self) -> bool:
-        """Partitions assigned and table recovery finished."""
+        """Partitions assigned, table recovery finished and the policy caught up."""
+        if self.watcher is not None and not self.watcher.caught_up.is_set():
+            return False
         consumer = self.app.consumer if self.app.producer else None
         try:
             assigned = bool(consumer and consumer.assignment())
@@ -177,6 +182,30 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     handler = Handler(engine, metrics, _Table(), send)
     rw = Riskwatch(app, settings, engine, metrics, handler)
+
+    def apply_policy(policy: Any, record: Any) -> None:
+        engine.set_policy(policy)
+        metrics.set_policy(policy.version, policy.crisis.active)
+
+    async def reject_policy(value: bytes, error: DecodeError, partition: int, offset: int) -> None:
+        when = dt.datetime.now(dt.UTC)
+        await send(dead_letter_emit(dead_letter("risk-policy", partition, offset, None, value,
+                                                error, when)))
+        metrics.dead_letters.labels("risk-policy", error.reason).inc()
+
+    rw.watcher = PolicyWatcher(settings.bootstrap_servers, apply_policy, reject_policy)
+
+    @app.task
+    async def follow_policy() -> None:
+        assert rw.watcher is not None
+        while True:
+            try:
+                await rw.watcher.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("policy watcher failed; retrying in 2 s")
+                await asyncio.sleep(2)
 
     @app.agent(source, concurrency=1)
     async def customer_events(stream: Any) -> None:

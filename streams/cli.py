@@ -23,6 +23,11 @@ app = typer.Typer(
 schemas_app = typer.Typer(help="Event contracts: JSON Schemas and the topic reference.",
                           no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")
+policy_app = typer.Typer(help="Risk policy: validate, diff, publish (with an audit record).",
+                         no_args_is_help=True)
+app.add_typer(policy_app, name="policy")
+audit_app = typer.Typer(help="The hash-chained audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 
 BrokerOpt = Annotated[
     Optional[str],  # noqa: UP045 - typer needs Optional
@@ -193,6 +198,89 @@ def replay(
     summary = report.as_dict()
     (out / "summary.json").write_bytes(dumps(summary) + b"\n")
     typer.echo(dumps(summary).decode())
+
+
+@policy_app.command("validate")
+def policy_validate(path: Annotated[Path, typer.Argument(help="Policy YAML")]) -> None:
+    """Check a policy file; print its version or the errors."""
+    from alerts.policy import load_policy
+
+    try:
+        policy = load_policy(path)
+    except RiskwatchError as exc:
+        _fail(exc)
+    typer.echo(f"ok: {path} is valid (version {policy.version})")
+
+
+@policy_app.command("diff")
+def policy_diff(
+    old: Annotated[Path, typer.Argument(help="Current policy YAML")],
+    new: Annotated[Path, typer.Argument(help="Candidate policy YAML")],
+) -> None:
+    """Show what a candidate policy changes, field by field."""
+    from alerts.audit import diff
+    from alerts.policy import load_policy, policy_document
+
+    try:
+        changes = diff(policy_document(load_policy(old)), policy_document(load_policy(new)))
+    except RiskwatchError as exc:
+        _fail(exc)
+    for line in changes or ["no changes"]:
+        typer.echo(line)
+
+
+@policy_app.command("publish")
+def policy_publish(
+    path: Annotated[Path, typer.Argument(help="Policy YAML")],
+    actor: Annotated[str, typer.Option(help="Who publishes (recorded in the audit log)")],
+    why: Annotated[str, typer.Option(help="Why (recorded in the audit log)")],
+    broker: BrokerOpt = None,
+) -> None:
+    """Publish a policy to every worker (risk-policy topic) and audit it."""
+    from alerts.policy import load_policy
+    from streams.config import parse_broker_url
+    from streams.control import publish_policy
+
+    try:
+        if not broker:
+            raise RiskwatchError("publish: --broker (or RISKWATCH_BROKER) is required")
+        policy = load_policy(path)
+        record, entry = asyncio.run(
+            publish_policy(parse_broker_url(broker), policy, actor=actor, why=why))
+    except RiskwatchError as exc:
+        _fail(exc)
+    typer.echo(f"published {record.version}; audit seq {entry.seq} hash {entry.hash[:16]}")
+
+
+@audit_app.command("verify")
+def audit_verify(
+    broker: BrokerOpt = None,
+    file: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Verify a JSONL export of the audit topic instead of the broker")] = None,
+) -> None:
+    """Check the audit chain; exit 1 and say where if it was tampered with."""
+    from alerts.audit import verify_chain
+    from schemas.codec import decode
+
+    try:
+        if file is not None:
+            records = [decode("audit", line) for line in file.read_bytes().splitlines()
+                       if line.strip()]
+        elif broker:
+            from streams.config import parse_broker_url
+            from streams.control import read_audit
+
+            records = asyncio.run(read_audit(parse_broker_url(broker)))
+        else:
+            raise RiskwatchError("audit verify: give --broker or --file")
+    except RiskwatchError as exc:
+        _fail(exc)
+    problems = verify_chain(records)
+    for problem in problems:
+        typer.secho(f"TAMPERED: {problem}", fg="red", err=True)
+    if problems:
+        raise typer.Exit(1)
+    typer.echo(f"ok: {len(records)} audit records, chain intact")
 
 
 @schemas_app.command("export")

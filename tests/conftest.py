@@ -47,6 +47,7 @@ class WorkerProc:
 def launch_worker(broker: EmbeddedBroker, tmp: Path, *extra: str) -> WorkerProc:
     """Start a worker on ``broker`` and wait until it is ready."""
     addr = f"127.0.0.1:{free_port()}"
+    tmp.mkdir(parents=True, exist_ok=True)
     log = tmp / f"worker-{addr.rsplit(':', 1)[1]}.log"
     with log.open("wb") as handle:
         proc = start_worker(broker.url, addr, tmp / "data", PARTITIONS, handle, list(extra))

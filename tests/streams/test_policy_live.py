@@ -1,0 +1,84 @@
+"""A published policy reaches every worker without restart, and is audited."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import pytest
+from typer.testing import CliRunner
+
+from alerts.audit import verify_chain
+from schemas.codec import encode
+from schemas.models import CardTransaction
+from streams.cli import app as cli
+from streams.control import read_audit
+from tests.conftest import launch_worker
+from tests.streams.helpers import collect, send
+
+pytestmark = pytest.mark.broker
+T0 = dt.datetime(2026, 6, 1, 9, tzinfo=dt.UTC)
+
+
+def _tx(customer: str, i: int, amount: int) -> bytes:
+    return encode(CardTransaction(
+        event_id=f"pl-{customer}-{i}", event_time=T0 + dt.timedelta(hours=i),
+        customer_id=customer, account_id="a", type="purchase", amount_minor=amount,
+        currency="EUR", mcc="5411", merchant_id="m", channel="pos", country="DE"))
+
+
+@pytest.fixture(scope="module")
+def two_workers(broker, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("policy-workers")
+    workers = [launch_worker(broker, tmp / f"w{i}", "--app-id", "riskwatch-policy-test")
+               for i in range(2)]
+    yield workers
+    for w in workers:
+        w.stop()
+
+
+def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp_path):
+    # Under the default policy (multiple 6x) a 4x transaction (event 6) raises nothing; a
+    # 100x one after it (event 7) alerts and shows event 6 was processed.
+    customers = [f"pl-before-{i}" for i in range(8)]
+    amounts = [20_000] * 6 + [80_000, 2_000_000]
+    send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, i, amounts[i]))
+                            for c in customers for i in range(8)])
+    before = collect(broker.bootstrap, ["risk-alerts"],
+                     lambda t, d: d["customer_id"].startswith("pl-before"),
+                     expect=len(customers))
+    assert sorted(d["trigger_event_id"] for _, d, _ in before) == sorted(
+        f"pl-{c}-7" for c in customers)
+    assert {d["policy_version"] for _, d, _ in before} == {"default-1"}
+    policy = tmp_path / "tight.yaml"
+    policy.write_text("version: tight-2026-06\nspend_spike:\n  multiple: 3.0\n")
+    runner = CliRunner()
+    result = runner.invoke(cli, ["policy", "publish", str(policy), "--actor", "risk-manager-1",
+                                 "--why", "tighten spend spikes", "--broker", broker.url])
+    assert result.exit_code == 0, result.output
+    # Both workers apply it (each owns half the partitions): customers spread over all
+    # partitions now alert under the new version.
+    after = [f"pl-after-{i}" for i in range(8)]
+    send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, i, amounts[i]))
+                            for c in after for i in range(7)])
+    found = collect(broker.bootstrap, ["risk-alerts"],
+                    lambda t, d: d["customer_id"].startswith("pl-after"), expect=len(after),
+                    timeout=60)
+    alerted = {d["customer_id"]: d["policy_version"] for _, d, _ in found}
+    assert set(alerted) == set(after)
+    assert set(alerted.values()) == {"tight-2026-06"}
+
+    records = asyncio.run(read_audit(broker.bootstrap))
+    assert verify_chain(records) == []
+    last = records[-1]
+    assert (last.actor, last.version, last.why) == ("risk-manager-1", "tight-2026-06",
+                                                    "tighten spend spikes")
+    assert last.after["spend_spike"]["multiple"] == 3.0
+
+    # The same version with other content is refused.
+    policy.write_text("version: tight-2026-06\nspend_spike:\n  multiple: 2.0\n")
+    again = runner.invoke(cli, ["policy", "publish", str(policy), "--actor", "x", "--why", "y",
+                                "--broker", broker.url])
+    assert again.exit_code == 2 and "already published" in again.output
+    verify = runner.invoke(cli, ["audit", "verify", "--broker", broker.url])
+    assert verify.exit_code == 0, verify.output
