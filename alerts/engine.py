@@ -23,7 +23,9 @@ from alerts.envelope import Emit
 from alerts.ids import event_fingerprint, output_id
 from alerts.policy import Policy
 from detectors.base import Signal
-from detectors.spending import SpendState, spend_spike
+from detectors import behaviour
+from detectors.behaviour import BehaviourState
+from detectors.spending import SpendState, large_transaction
 from schemas import models as m
 from schemas.errors import DecodeError
 from schemas.topics import CUSTOMER_TOPICS
@@ -65,6 +67,7 @@ class CustomerState(Struct, array_like=True):
     watermarks: list[int] = []
     profile: Profile | None = None
     spend: SpendState | None = None
+    behaviour: BehaviourState | None = None
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -98,9 +101,17 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
+        self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
+        #: Score of the last transaction the anomaly model saw (for the metrics histogram).
+        self.last_anomaly_score: float | None = None
 
     def set_policy(self, policy: Policy) -> None:
-        """Switch to a newly published policy (takes effect on the next event)."""
+        """Switch to a newly published policy (takes effect on the next event).
+
+        The global anomaly model keeps what it learned unless its features change.
+        """
+        if policy.behaviour != self.policy.behaviour or policy.anomaly != self.policy.anomaly:
+            self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
         self.policy = policy
 
     def process(self, topic: str, event: Any, raw_state: bytes | None) -> Result:
@@ -150,6 +161,18 @@ class Engine:
     def _dispatch(self, topic: str, event: Any, state: CustomerState) -> list[Signal]:
         if isinstance(event, m.CardTransaction):
             return self._on_transaction(event, state)
+        if isinstance(event, m.CreditApplication):
+            state.behaviour, signals = behaviour.on_application(
+                state.behaviour, event, self.policy.behaviour)
+            return signals
+        if isinstance(event, m.PaymentReceived):
+            state.behaviour = behaviour.on_payment(
+                state.behaviour, event.amount_minor, self.policy.behaviour)
+            return []
+        if isinstance(event, m.PaymentReversed):
+            state.behaviour = behaviour.on_payment(
+                state.behaviour, -event.amount_minor, self.policy.behaviour)
+            return []
         if isinstance(event, m.CustomerProfile):
             state.profile = Profile(
                 limit_minor=event.credit_limit_minor,
@@ -164,18 +187,35 @@ class Engine:
         return []
 
     def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
-        rule = self.policy.spend_spike
-        if not rule.enabled or tx.type not in ("purchase", "cash_advance"):
-            return []
-        state.spend, signals = spend_spike(
-            state.spend,
-            tx.amount_minor,
-            tx.currency,
-            multiple=rule.multiple,
-            min_history=rule.min_history,
-            floor_minor=rule.floor_minor,
-            half_life_events=rule.half_life_events,
+        policy = self.policy
+        profile = state.profile
+        state.behaviour, signals, features = behaviour.on_transaction(
+            state.behaviour,
+            tx,
+            profile.limit_minor if profile else None,
+            None,
+            policy.behaviour,
+            timezone=profile.timezone if profile else None,
         )
+        self.last_anomaly_score = None
+        if features and policy.anomaly.enabled:
+            score, flagged = self.anomaly.process_one(features)
+            self.last_anomaly_score = score
+            if flagged:
+                signals.append(
+                    behaviour.anomaly_signal(tx, score, self.anomaly.threshold, policy.behaviour))
+        rule = policy.large_transaction
+        if rule.enabled and tx.type in ("purchase", "cash_advance"):
+            state.spend, found = large_transaction(
+                state.spend,
+                tx.amount_minor,
+                tx.currency,
+                multiple=rule.multiple,
+                min_history=rule.min_history,
+                floor_minor=rule.floor_minor,
+                half_life_events=rule.half_life_events,
+            )
+            signals.extend(found)
         return signals
 
     # -- outputs -----------------------------------------------------------

@@ -3,13 +3,13 @@
 A policy is a YAML (or JSON) document. Unknown keys are errors (a typo must not
 silently fall back to a default), and every error names the field.
 
->>> p = load_policy_text("version: v7\\nspend_spike: {multiple: 5.0}")
->>> p.version, p.spend_spike.multiple, p.spend_spike.min_history
+>>> p = load_policy_text("version: v7\\nlarge_transaction: {multiple: 5.0}")
+>>> p.version, p.large_transaction.multiple, p.large_transaction.min_history
 ('v7', 5.0, 5)
->>> load_policy_text("version: v7\\nspend_spike: {multple: 5.0}")
+>>> load_policy_text("version: v7\\nlarge_transaction: {multple: 5.0}")
 Traceback (most recent call last):
 ...
-schemas.errors.PolicyError: policy <text>: Object contains unknown field `multple` - at `$.spend_spike`
+schemas.errors.PolicyError: policy <text>: Object contains unknown field `multple` - at `$.large_transaction`
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ import msgspec
 import yaml
 from msgspec import Meta, Struct
 
+from detectors.behaviour import DEFAULT_CONFIG as DEFAULT_BEHAVIOUR
+from detectors.behaviour import BehaviourConfig
 from schemas.errors import PolicyError
 
 _CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
@@ -45,7 +47,7 @@ class CrisisMode(Struct, **_CFG):
         return not (self.end is not None and at >= self.end)
 
 
-class SpendSpikeRule(Struct, **_CFG):
+class LargeTransactionRule(Struct, **_CFG):
     """A single transaction far above the customer's usual amount."""
 
     enabled: bool = True
@@ -53,6 +55,13 @@ class SpendSpikeRule(Struct, **_CFG):
     min_history: Annotated[int, Meta(ge=1)] = 5
     floor_minor: Annotated[int, Meta(ge=0)] = 50_000
     half_life_events: Annotated[float, Meta(gt=0)] = 20.0
+
+
+class AnomalyRule(Struct, **_CFG):
+    """The global anomaly model (River HalfSpaceTrees on scaled transaction features)."""
+
+    enabled: bool = True
+    seed: int = 0
 
 
 class DpdThreshold(Struct, **_CFG):
@@ -69,7 +78,9 @@ class Policy(Struct, **_CFG):
     version: Annotated[str, Meta(min_length=1, max_length=64)] = "default-1"
     allowed_lateness_days: Annotated[int, Meta(ge=0, le=365)] = 35
     crisis: CrisisMode = CrisisMode()
-    spend_spike: SpendSpikeRule = SpendSpikeRule()
+    large_transaction: LargeTransactionRule = LargeTransactionRule()
+    behaviour: BehaviourConfig = DEFAULT_BEHAVIOUR
+    anomaly: AnomalyRule = AnomalyRule()
     dpd_thresholds: tuple[DpdThreshold, ...] = (
         DpdThreshold(days=1, severity="low", routing=("reminders",)),
         DpdThreshold(days=30, severity="medium", routing=("collections",)),

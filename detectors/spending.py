@@ -1,20 +1,20 @@
-"""Spending-spike rule: one transaction far above the customer's usual amount.
+"""Large-transaction rule: one transaction far above the customer's usual amount.
 
 The customer's usual amount is an exponentially weighted mean of purchase and
 cash-advance amounts, in event order. The rule scores before it learns: the
 triggering transaction is compared with the mean of the ones before it.
 
->>> from detectors.spending import SpendState, spend_spike
+>>> from detectors.spending import SpendState, large_transaction
 >>> state, signals = None, []
 >>> for amount in [2000, 2500, 1800, 2200, 2100]:
-...     state, signals = spend_spike(state, amount, "EUR", multiple=6.0, min_history=5,
+...     state, signals = large_transaction(state, amount, "EUR", multiple=6.0, min_history=5,
 ...                                  floor_minor=50_000, half_life_events=20.0)
 >>> signals
 []
->>> state, signals = spend_spike(state, 90_000, "EUR", multiple=6.0, min_history=5,
+>>> state, signals = large_transaction(state, 90_000, "EUR", multiple=6.0, min_history=5,
 ...                              floor_minor=50_000, half_life_events=20.0)
 >>> signals[0].reason_codes, signals[0].evidence[0].text
-(['spend_spike'], "transaction of 900.00 EUR is 44.6x the customer's usual 20.19 EUR")
+(['large_transaction'], "transaction of 900.00 EUR is 44.6x the customer's usual 20.19 EUR")
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from msgspec import Struct
 
 from detectors.base import Evidence, Signal
 
-RULE_ID = "spend-spike"
+RULE_ID = "large-transaction"
 RULE_VERSION = 1
 
 
@@ -40,7 +40,7 @@ def _money(minor: float, currency: str) -> str:
     return f"{minor / 100:,.2f} {currency}"
 
 
-def spend_spike(
+def large_transaction(
     state: SpendState | None,
     amount_minor: int,
     currency: str,
@@ -62,7 +62,7 @@ def spend_spike(
                     rule_id=RULE_ID,
                     rule_version=RULE_VERSION,
                     severity="high" if ratio >= 2 * multiple else "medium",
-                    reason_codes=["spend_spike"],
+                    reason_codes=["large_transaction"],
                     evidence=[
                         Evidence(
                             code="amount_vs_usual",

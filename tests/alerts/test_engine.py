@@ -43,7 +43,7 @@ def test_spike_alert_has_deterministic_id_and_versions():
     assert alert.alert_id == first[0].id
     assert alert.trigger_event_id == "e6"
     assert alert.policy_version == DEFAULT_POLICY.version
-    assert alert.rule_id == "spend-spike"
+    assert alert.rule_id == "large-transaction"
     assert first[0].key == "c1"
 
 
@@ -69,7 +69,7 @@ def test_too_late_event_is_refused_per_topic():
 
 
 def test_policy_version_travels_with_outputs():
-    policy = load_policy_text("version: candidate-9\nspend_spike: {multiple: 3.0}")
+    policy = load_policy_text("version: candidate-9\nlarge_transaction: {multiple: 3.0}")
     _, out = run(Engine(policy), [tx(i) for i in range(6)] + [tx(6, 10_000 * 7)])
     assert out and out[0].record.policy_version == "candidate-9"
 

@@ -64,7 +64,7 @@ def test_worker_rejects_bad_broker_url():
 def test_replay_rejects_bad_policy(tmp_path):
     (tmp_path / "card-transactions.jsonl").write_bytes(encode(_tx(0, 1)) + b"\n")
     policy = tmp_path / "p.yaml"
-    policy.write_text("spend_spike: {multiple: 0.5}\n")
+    policy.write_text("large_transaction: {multiple: 0.5}\n")
     result = runner.invoke(app, ["replay", str(tmp_path), "--policy", str(policy),
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2

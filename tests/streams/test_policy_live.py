@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import time
+import urllib.request
 
 import pytest
 from typer.testing import CliRunner
@@ -27,6 +29,16 @@ def _tx(customer: str, i: int, amount: int) -> bytes:
         currency="EUR", mcc="5411", merchant_id="m", channel="pos", country="DE"))
 
 
+def wait_for_metric(worker, line: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = urllib.request.urlopen(f"http://{worker.metrics_addr}/metrics").read().decode()
+        if line in text:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{line!r} not exported by {worker.metrics_addr} in {timeout}s")
+
+
 @pytest.fixture(scope="module")
 def two_workers(broker, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("policy-workers")
@@ -45,24 +57,29 @@ def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp
     send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, i, amounts[i]))
                             for c in customers for i in range(8)])
     before = collect(broker.bootstrap, ["risk-alerts"],
-                     lambda t, d: d["customer_id"].startswith("pl-before"),
+                     lambda t, d: d["customer_id"].startswith("pl-before")
+                     and d["rule_id"] == "large-transaction",
                      expect=len(customers))
     assert sorted(d["trigger_event_id"] for _, d, _ in before) == sorted(
         f"pl-{c}-7" for c in customers)
     assert {d["policy_version"] for _, d, _ in before} == {"default-1"}
     policy = tmp_path / "tight.yaml"
-    policy.write_text("version: tight-2026-06\nspend_spike:\n  multiple: 3.0\n")
+    policy.write_text("version: tight-2026-06\nlarge_transaction:\n  multiple: 3.0\n")
     runner = CliRunner()
     result = runner.invoke(cli, ["policy", "publish", str(policy), "--actor", "risk-manager-1",
                                  "--why", "tighten spend spikes", "--broker", broker.url])
     assert result.exit_code == 0, result.output
-    # Both workers apply it (each owns half the partitions): customers spread over all
-    # partitions now alert under the new version.
+    # Both workers apply it (eventually: each follows the policy topic on its own).
+    for w in two_workers:
+        wait_for_metric(w, 'riskwatch_policy_info{version="tight-2026-06"} 1.0')
+    # Each owns half the partitions: customers spread over all partitions now alert under
+    # the new version.
     after = [f"pl-after-{i}" for i in range(8)]
     send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, i, amounts[i]))
                             for c in after for i in range(7)])
     found = collect(broker.bootstrap, ["risk-alerts"],
-                    lambda t, d: d["customer_id"].startswith("pl-after"), expect=len(after),
+                    lambda t, d: d["customer_id"].startswith("pl-after")
+                    and d["rule_id"] == "large-transaction", expect=len(after),
                     timeout=60)
     alerted = {d["customer_id"]: d["policy_version"] for _, d, _ in found}
     assert set(alerted) == set(after)
@@ -73,10 +90,10 @@ def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp
     last = records[-1]
     assert (last.actor, last.version, last.why) == ("risk-manager-1", "tight-2026-06",
                                                     "tighten spend spikes")
-    assert last.after["spend_spike"]["multiple"] == 3.0
+    assert last.after["large_transaction"]["multiple"] == 3.0
 
     # The same version with other content is refused.
-    policy.write_text("version: tight-2026-06\nspend_spike:\n  multiple: 2.0\n")
+    policy.write_text("version: tight-2026-06\nlarge_transaction:\n  multiple: 2.0\n")
     again = runner.invoke(cli, ["policy", "publish", str(policy), "--actor", "x", "--why", "y",
                                 "--broker", broker.url])
     assert again.exit_code == 2 and "already published" in again.output

@@ -19,6 +19,12 @@ pytestmark = pytest.mark.broker
 COMPARED = [t for t in OUTPUT_TOPICS if t not in ("dead-letters", "audit")]
 
 
+def _deterministic(doc: dict) -> bool:
+    """Outputs of the global anomaly model depend on arrival order across partitions
+    (it learns from every customer), so they are not expected to match replay."""
+    return "anomalous_transaction" not in doc.get("reason_codes", ())
+
+
 def _id(topic: str, doc: dict) -> str:
     from schemas.topics import TOPICS
 
@@ -33,7 +39,9 @@ def test_replay_and_stream_agree_on_output_ids(broker, worker, tmp_path):
     expected: set[tuple[str, str]] = set()
     for topic in COMPARED:
         for line in (tmp_path / "out" / f"{topic}.jsonl").read_bytes().splitlines():
-            expected.add((topic, _id(topic, loads(line))))
+            doc = loads(line)
+            if _deterministic(doc):
+                expected.add((topic, _id(topic, doc)))
     assert report.dead_letters == {}, report.dead_letters
     assert expected, "the portfolio should raise some outputs"
     customers = {loads(x)["customer_id"]
@@ -47,9 +55,10 @@ def test_replay_and_stream_agree_on_output_ids(broker, worker, tmp_path):
     send(broker.bootstrap, records)
 
     found = collect(broker.bootstrap, COMPARED,
-                    lambda t, d: d.get("customer_id") in customers, expect=len(expected),
+                    lambda t, d: d.get("customer_id") in customers and _deterministic(d),
+                    expect=len(expected),
                     timeout=180)
-    got = {(t, _id(t, d)) for t, d, _ in found}
+    got = {(t, _id(t, d)) for t, d, _ in found if _deterministic(d)}
     elapsed = time.monotonic() - started
     assert got == expected, (
         f"missing {sorted(expected - got)[:5]}, extra {sorted(got - expected)[:5]} "

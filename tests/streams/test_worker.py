@@ -26,7 +26,7 @@ def tx(customer: str, i: int, amount: int, **kw: object) -> CardTransaction:
     return CardTransaction(**fields)  # type: ignore[arg-type]
 
 
-def test_spend_spike_alert_with_cloudevents_headers(broker, worker):
+def test_large_transaction_alert_with_cloudevents_headers(broker, worker):
     customer = "wt-spike-1"
     profile = CustomerProfile(event_id=f"p-{customer}", event_time=T0, customer_id=customer,
                               credit_limit_minor=500_000, currency="EUR",
@@ -39,11 +39,12 @@ def test_spend_spike_alert_with_cloudevents_headers(broker, worker):
     send(broker.bootstrap, records)
 
     found = collect(broker.bootstrap, ["risk-alerts"],
-                    lambda t, d: d["customer_id"] == customer, expect=1)
+                    lambda t, d: d["customer_id"] == customer
+                    and d["rule_id"] == "large-transaction", expect=1)
     assert len(found) == 1
     _, alert, headers = found[0]
     assert alert["trigger_event_id"] == f"wt-{customer}-6"
-    assert alert["reason_codes"] == ["spend_spike"]
+    assert alert["reason_codes"] == ["large_transaction"]
     assert alert["severity"] == "high"
     assert alert["policy_version"] == "default-1"
     assert "120.0x" in alert["evidence"][0]["text"]
@@ -73,7 +74,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_processed(broker, worker):
 
     def mine(topic: str, doc: dict) -> bool:
         if topic == "risk-alerts":
-            return doc["customer_id"] == customer
+            return doc["customer_id"] == customer and doc["rule_id"] == "large-transaction"
         return doc["key"] in (customer, "someone-else")
 
     found = collect(broker.bootstrap, ["risk-alerts", "dead-letters"], mine, expect=7)
