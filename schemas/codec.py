@@ -58,7 +58,8 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
 }
 _ENCODER = msgspec.json.Encoder()
 _PATH = re.compile(r"at `\$\.?([^`]*)`")
-_NON_FINITE = re.compile(rb"(?<![A-Za-z\"])-?(NaN|Infinity)(?![A-Za-z\"])")
+_NON_FINITE = re.compile(rb"(NaN|Infinity)(?![A-Za-z])")
+_BYTE_AT = re.compile(r"\(byte ([0-9]+)\)")
 _PAN = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
 
 
@@ -184,6 +185,12 @@ def decode(
     except KeyError:
         raise DecodeError("unknown_topic", f"no contract for topic {topic!r}", topic=topic) from None
     check_envelope(raw, topic=topic, key=key)
+    if not raw.isascii():
+        # msgspec skips unknown fields unchecked: bad UTF-8 there would get through.
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DecodeError("invalid_utf8", str(exc), topic=topic, key=key) from exc
     try:
         obj = decoder.decode(raw)
     except UnicodeDecodeError as exc:
@@ -196,7 +203,10 @@ def decode(
             raw.decode("utf-8")
         except UnicodeDecodeError as uexc:
             raise DecodeError("invalid_utf8", str(uexc), topic=topic, key=key) from exc
-        reason = "non_finite_number" if _NON_FINITE.search(raw) else "malformed_json"
+        # Only a NaN / Infinity literal where the parser stopped, not one in a string.
+        at = _BYTE_AT.search(str(exc))
+        literal = at is not None and _NON_FINITE.match(raw, int(at.group(1))) is not None
+        reason = "non_finite_number" if literal else "malformed_json"
         raise DecodeError(reason, str(exc), topic=topic, key=key) from exc
     _check_semantics(obj, topic, key, now or dt.datetime.now(_UTC))
     return obj
@@ -259,7 +269,12 @@ def mask_pans(raw: bytes) -> bytes:
             return digits[:6] + b"*" * (len(digits) - 10) + digits[-4:]
         return b"*" * len(digits)
 
-    return _PAN.sub(repl, raw)
+    # Kept digits can join a neighbouring digit group into a new 13-19 digit
+    # run ("123456789 411111******1111"): mask until nothing changes.
+    masked = _PAN.sub(repl, raw)
+    while masked != raw:
+        raw, masked = masked, _PAN.sub(repl, masked)
+    return masked
 
 
 def luhn_valid(digits: bytes) -> bool:
