@@ -23,7 +23,8 @@ from alerts.envelope import Emit
 from alerts.ids import event_fingerprint, output_id
 from alerts.policy import Policy
 from detectors.base import Signal
-from detectors import behaviour
+from detectors import behaviour, delinquency
+from detectors.delinquency import AccountLedger
 from detectors.behaviour import BehaviourState
 from detectors.spending import SpendState, large_transaction
 from schemas import models as m
@@ -34,6 +35,10 @@ from schemas.topics import CUSTOMER_TOPICS
 SEEN_LIMIT = 48
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PRODUCT_OF_DUE: dict[type, str] = {
+    m.StatementDue: "credit_card",
+    m.InstallmentDue: "installment_plan",
+}
 _SEVERITY_ROUTING = {
     "info": [],
     "low": ["monitoring"],
@@ -68,6 +73,10 @@ class CustomerState(Struct, array_like=True):
     profile: Profile | None = None
     spend: SpendState | None = None
     behaviour: BehaviourState | None = None
+    #: Repayment ledger per account.
+    ledgers: dict[str, AccountLedger] = {}
+    #: Earliest epoch day on which time alone could change a ledger (watermark sweep).
+    next_check: int | None = None
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -90,6 +99,14 @@ class Result(NamedTuple):
     state: bytes | None
     emits: list[Emit]
     duplicate: bool = False
+    #: Epoch day the customer needs a watermark sweep (None: no pending check).
+    next_check: int | None = None
+
+
+#: Signal kinds whose findings are about the customer's standing, not about the one
+#: event that revealed it: their ids ignore the trigger, so the same finding gets the
+#: same id whether an event or a watermark sweep detects it first.
+_STANDING_KINDS = frozenset({"delinquency", "warning"})
 
 
 def _ms(t: dt.datetime) -> int:
@@ -141,17 +158,61 @@ class Engine:
         signals = self._dispatch(topic, event, state)
         state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
         state.watermarks[index] = max(watermark, event_ms)
-        emits = [self._alert(signal, event) for signal in signals]
-        return Result(encode_state(state), emits)
+        emits = self._emits(signals, event.customer_id, event.event_id, event.event_time)
+        return Result(encode_state(state), emits, next_check=state.next_check)
+
+    def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
+        """Let event time pass to ``as_of`` for one customer (the watermark sweep).
+
+        Detects missed due dates with no further event from the customer.
+        """
+        state = decode_state(raw_state)
+        day = delinquency.epoch_day(as_of)
+        if state.next_check is None or state.next_check > day:
+            return Result(None, [], next_check=state.next_check)
+        config = self.policy.delinquency
+        pauses = self.policy.pauses()
+        signals: list[Signal] = []
+        ledgers = dict(state.ledgers)
+        for account_id, ledger in state.ledgers.items():
+            ledgers[account_id], found = delinquency.advance(ledger, day, config, pauses=pauses)
+            signals.extend(found)
+        state.ledgers = ledgers
+        state.next_check = self._next_check(state)
+        trigger = f"sweep:{customer_id}:{day}"
+        emits = self._emits(signals, customer_id, trigger, as_of)
+        return Result(encode_state(state), emits, next_check=state.next_check)
+
+    @staticmethod
+    def sweep_info(raw_state: bytes | None) -> tuple[int | None, int]:
+        """(epoch day of the next sweep, newest event time in ms) of a stored state."""
+        if not raw_state:
+            return None, 0
+        state = decode_state(raw_state)
+        return state.next_check, max(state.watermarks, default=0)
+
+    def _next_check(self, state: CustomerState) -> int | None:
+        config = self.policy.delinquency
+        pauses = self.policy.pauses()
+        days = [d for led in state.ledgers.values()
+                if (d := delinquency.next_check_day(led, config, pauses=pauses)) is not None]
+        return min(days) if days else None
 
     def snapshot(self, customer_id: str, raw_state: bytes | None) -> dict[str, Any]:
         """A customer's current standing, for replay snapshots and inspection."""
         state = decode_state(raw_state)
         profile = state.profile
+        dpd = {
+            account: delinquency.days_past_due(led, led.clock, self.policy.delinquency,
+                                               pauses=self.policy.pauses())
+            for account, led in state.ledgers.items()
+        }
         return {
             "customer_id": customer_id,
             "limit_minor": profile.limit_minor if profile else None,
             "currency": profile.currency if profile else None,
+            "days_past_due": max(dpd.values(), default=0),
+            "days_past_due_by_account": dpd,
             "usual_amount_minor": round(state.spend.mean) if state.spend else None,
             "state_bytes": len(raw_state or b""),
         }
@@ -165,14 +226,8 @@ class Engine:
             state.behaviour, signals = behaviour.on_application(
                 state.behaviour, event, self.policy.behaviour)
             return signals
-        if isinstance(event, m.PaymentReceived):
-            state.behaviour = behaviour.on_payment(
-                state.behaviour, event.amount_minor, self.policy.behaviour)
-            return []
-        if isinstance(event, m.PaymentReversed):
-            state.behaviour = behaviour.on_payment(
-                state.behaviour, -event.amount_minor, self.policy.behaviour)
-            return []
+        if topic == "repayments":
+            return self._on_repayment(event, state)
         if isinstance(event, m.CustomerProfile):
             state.profile = Profile(
                 limit_minor=event.credit_limit_minor,
@@ -185,6 +240,22 @@ class Engine:
             )
             return []
         return []
+
+    def _on_repayment(self, event: Any, state: CustomerState) -> list[Signal]:
+        if isinstance(event, m.PaymentReceived):
+            state.behaviour = behaviour.on_payment(
+                state.behaviour, event.amount_minor, self.policy.behaviour)
+        elif isinstance(event, m.PaymentReversed):
+            state.behaviour = behaviour.on_payment(
+                state.behaviour, -event.amount_minor, self.policy.behaviour)
+        product = _PRODUCT_OF_DUE.get(type(event))
+        ledger = state.ledgers.get(event.account_id)
+        new, signals = delinquency.apply(ledger, event, self.policy.delinquency,
+                                         pauses=self.policy.pauses(), product=product)
+        if new is not ledger:
+            state.ledgers = {**state.ledgers, event.account_id: new}
+            state.next_check = self._next_check(state)
+        return signals
 
     def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
         policy = self.policy
@@ -220,16 +291,25 @@ class Engine:
 
     # -- outputs -----------------------------------------------------------
 
-    def _alert(self, signal: Signal, event: Any) -> Emit:
-        alert_id = output_id(
-            signal.rule_id, signal.rule_version, event.event_id, signal.discriminator
-        )
+    def _emits(self, signals: list[Signal], customer_id: str, trigger: str,
+               when: dt.datetime) -> list[Emit]:
+        # Labels (first 30+ / 90+ days past due) train the risk model; they are not alerts.
+        return [self._alert(s, customer_id, trigger, when) for s in signals if s.kind != "label"]
+
+    def _alert(self, signal: Signal, customer_id: str, trigger: str, when: dt.datetime) -> Emit:
+        if signal.kind in _STANDING_KINDS:
+            subject = f"{customer_id}/{signal.account_id or ''}"
+            alert_id = output_id(signal.rule_id, signal.rule_version, subject,
+                                 signal.discriminator)
+        else:
+            alert_id = output_id(signal.rule_id, signal.rule_version, trigger,
+                                 signal.discriminator)
         alert = m.RiskAlert(
             alert_id=alert_id,
-            customer_id=event.customer_id,
+            customer_id=customer_id,
             account_id=signal.account_id,
-            trigger_event_id=event.event_id,
-            event_time=event.event_time,
+            trigger_event_id=trigger,
+            event_time=when,
             policy_version=self.policy.version,
             model_version=self.policy.model_version,
             reason_codes=list(signal.reason_codes),
@@ -240,4 +320,4 @@ class Engine:
             rule_version=signal.rule_version,
             routing=list(_SEVERITY_ROUTING[signal.severity]),
         )
-        return Emit("risk-alerts", event.customer_id, alert_id, alert)
+        return Emit("risk-alerts", customer_id, alert_id, alert)

@@ -24,8 +24,11 @@ from msgspec import Meta, Struct
 
 from detectors.behaviour import DEFAULT_CONFIG as DEFAULT_BEHAVIOUR
 from detectors.behaviour import BehaviourConfig
+from detectors.delinquency import DEFAULT_CONFIG as DEFAULT_DELINQUENCY
+from detectors.delinquency import DelinquencyConfig
 from schemas.errors import PolicyError
 
+_EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
 
 
@@ -64,14 +67,6 @@ class AnomalyRule(Struct, **_CFG):
     seed: int = 0
 
 
-class DpdThreshold(Struct, **_CFG):
-    """An alert when an account first reaches ``days`` past due."""
-
-    days: Annotated[int, Meta(ge=1)]
-    severity: str
-    routing: tuple[str, ...] = ()
-
-
 class Policy(Struct, **_CFG):
     """The whole risk policy in force."""
 
@@ -81,23 +76,20 @@ class Policy(Struct, **_CFG):
     large_transaction: LargeTransactionRule = LargeTransactionRule()
     behaviour: BehaviourConfig = DEFAULT_BEHAVIOUR
     anomaly: AnomalyRule = AnomalyRule()
-    dpd_thresholds: tuple[DpdThreshold, ...] = (
-        DpdThreshold(days=1, severity="low", routing=("reminders",)),
-        DpdThreshold(days=30, severity="medium", routing=("collections",)),
-        DpdThreshold(days=60, severity="high", routing=("collections",)),
-        DpdThreshold(days=90, severity="critical", routing=("collections", "case-management")),
-    )
+    delinquency: DelinquencyConfig = DEFAULT_DELINQUENCY
+    #: Event-time slack before a partition's watermark sweep treats a due date as passed.
+    sweep_lateness_hours: Annotated[int, Meta(ge=0, le=24 * 35)] = 6
     #: Version of the models the policy expects (carried on every output).
     model_version: Annotated[str, Meta(max_length=64)] = "rules-1"
 
-    def __post_init__(self) -> None:
-        severities = {"info", "low", "medium", "high", "critical"}
-        for threshold in self.dpd_thresholds:
-            if threshold.severity not in severities:
-                raise ValueError(
-                    f"dpd_thresholds: severity {threshold.severity!r} is not one of "
-                    f"{sorted(severities)}"
-                )
+    def pauses(self) -> list[tuple[int, int | None]]:
+        """Global DPD-clock pauses (crisis deferral), as epoch-day intervals."""
+        crisis = self.crisis
+        if not (crisis.active and crisis.defer_payments):
+            return []
+        start = crisis.start.date().toordinal() - _EPOCH_ORDINAL if crisis.start else 0
+        end = crisis.end.date().toordinal() - _EPOCH_ORDINAL if crisis.end else None
+        return [(start, end)]
 
 
 DEFAULT_POLICY = Policy()

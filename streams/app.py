@@ -14,16 +14,19 @@ import asyncio
 import datetime as dt
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from faust.types import TP
 from aiohttp import web
 
 from alerts.deadletter import dead_letter, dead_letter_emit
 from alerts.engine import Engine
 from alerts.envelope import Emit, to_message
 from alerts.policy import load_policy
+from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode
 from schemas.errors import DecodeError
 from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS
@@ -38,6 +41,63 @@ STATE_TABLE = "customer-state"
 
 
 @dataclass
+class Sweeper:
+    """Per-partition event-time watermarks and indexes of upcoming due dates.
+
+    A missed due date is found with no further event from the customer: when a
+    partition's watermark (event time minus the policy's sweep lateness) passes a
+    customer's next check day, the customer's ledgers are advanced. Work is
+    proportional to the due dates crossed, never to the customers held.
+
+    A partition's watermark is the *lowest* newest-event-time among its topics that
+    still have unread records: Kafka does not order two topics against each other, so
+    one topic read ahead must not declare a due date missed while the other topic
+    may still hold the payment.
+    """
+
+    topic_ms: dict[tuple[int, str], int] = field(default_factory=dict)
+    last_event_at: dict[int, float] = field(default_factory=dict)
+    due: dict[int, DueIndex] = field(default_factory=dict)
+    pending: set[int] = field(default_factory=set)
+
+    def index(self, partition: int) -> DueIndex:
+        found = self.due.get(partition)
+        if found is None:
+            found = self.due[partition] = DueIndex()
+        return found
+
+    def saw(self, partition: int, topic: str, key: str, event_ms: int,
+            next_check: int | None) -> None:
+        if event_ms > self.topic_ms.get((partition, topic), 0):
+            self.topic_ms[(partition, topic)] = event_ms
+        self.last_event_at[partition] = time.monotonic()
+        self.index(partition).add(key, next_check)
+
+    def watermark_ms(self, partition: int, behind: Callable[[str, int], bool]) -> int | None:
+        """The partition's event-time watermark; ``behind(topic, partition)`` tells
+        whether a topic still has unread records there."""
+        seen = {t: ms for (p, t), ms in self.topic_ms.items() if p == partition}
+        if not seen:
+            return None
+        lagging = [ms for t, ms in seen.items() if behind(t, partition)]
+        return min(lagging) if lagging else max(seen.values())
+
+    def as_of(self, partition: int, behind: Callable[[str, int], bool], lateness_s: float,
+              idle_s: float, live_window_s: float) -> float | None:
+        """Event time (Unix s) up to which ``partition`` may be swept now, if any."""
+        wm = self.watermark_ms(partition, behind)
+        if wm is None:
+            return None
+        as_of = wm / 1000 - lateness_s
+        now = time.time()
+        idle = time.monotonic() - self.last_event_at.get(partition, 0.0) > idle_s
+        # A live stream that went idle: wall-clock time passes for it too.
+        if idle and now - wm / 1000 < live_window_s:
+            as_of = max(as_of, now - lateness_s)
+        return as_of
+
+
+@dataclass
 class Handler:
     """Processes one raw record: the whole of an agent's per-event work."""
 
@@ -45,12 +105,30 @@ class Handler:
     metrics: Metrics
     table: Any
     send: Any  # async (Emit) -> None
+    ticks_topic: str = ""
+    sweeper: Sweeper = field(default_factory=Sweeper)
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+    async def sweep(self, partition: int, value: bytes) -> None:
+        """Advance every customer of ``partition`` whose check day has passed."""
+        self.sweeper.pending.discard(partition)
+        as_of = dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC)
+        index = self.sweeper.index(partition)
+        for key in index.pop_due(epoch_day(as_of)):
+            result = self.engine.advance(key, self.table.get(key), as_of)
+            if result.state is not None:
+                self.table[key] = result.state
+            index.add(key, result.next_check)
+            for emit in result.emits:
+                await self.send(emit)
 
     async def handle(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
         timestamp: float | None,
     ) -> None:
+        if topic == self.ticks_topic:
+            await self.sweep(partition, value or b"0")
+            return
         received = time.time()
         self.last_offsets[(topic, partition)] = offset
         key_text: str | None = None
@@ -93,6 +171,8 @@ class Handler:
         if result.state is not None:
             self.table[key_text] = result.state
             self.metrics.state_bytes.observe(len(result.state))
+            self.sweeper.saw(partition, topic, key_text,
+                             int(event.event_time.timestamp() * 1000), result.next_check)
         for emit in result.emits:
             await self.send(emit)
         self.metrics.events.labels(topic, "processed").inc()
@@ -158,7 +238,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
-    source = app.topic(*CUSTOMER_TOPICS, **raw)
+    ticks_name = f"{settings.app_id}-sweep-ticks"
+    ticks = app.topic(ticks_name, partitions=settings.partitions, internal=True, **raw)
+    source = app.topic(*CUSTOMER_TOPICS, ticks_name, **raw)
     outputs = {name: app.topic(name, **raw) for name in OUTPUT_TOPICS}
     table = app.Table(STATE_TABLE, default=None, key_type=bytes, value_type=bytes,
                       partitions=settings.partitions)
@@ -180,7 +262,21 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         def __setitem__(self, key: str, value: bytes) -> None:
             table[key.encode()] = value
 
-    handler = Handler(engine, metrics, _Table(), send)
+    handler = Handler(engine, metrics, _Table(), send, ticks_topic=ticks_name)
+
+    async def rebuild_due_index() -> None:
+        """After recovery: index every recovered customer's next check day (once)."""
+        store = getattr(table.data, "_key_partition", None)
+        if store is None:
+            log.warning("table store does not expose key partitions; sweeps resume as "
+                        "customers' events arrive")
+            return
+        sweeper = handler.sweeper
+        for raw_key, partition in list(store.items()):
+            next_check, _newest_ms = engine.sweep_info(table.data.get(raw_key))
+            sweeper.index(partition).add(raw_key.decode(), next_check)
+
+    table.on_recover(rebuild_due_index)
     rw = Riskwatch(app, settings, engine, metrics, handler)
 
     def apply_policy(policy: Any, record: Any) -> None:
@@ -213,6 +309,31 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             message = event.message
             await handler.handle(message.topic, message.partition, message.offset,
                                  message.key, message.value, message.timestamp)
+
+    @app.timer(settings.sweep_interval)
+    async def request_sweeps() -> None:
+        """Ask each assigned partition to sweep when its watermark passed a check day."""
+        if not app.consumer or app.rebalancing:
+            return
+        policy = engine.policy
+        sweeper = handler.sweeper
+        consumer = app.consumer
+
+        def behind(topic: str, partition: int) -> bool:
+            high = consumer.highwater(TP(topic, partition))
+            return (high or 0) - 1 > handler.last_offsets.get((topic, partition), -1)
+
+        for tp in consumer.assignment():
+            if tp.topic != ticks_name or tp.partition in sweeper.pending:
+                continue
+            as_of = sweeper.as_of(tp.partition, behind, policy.sweep_lateness_hours * 3600.0,
+                                  settings.sweep_idle, settings.sweep_live_window)
+            next_day = sweeper.index(tp.partition).next_day()
+            if as_of is None or next_day is None or next_day > int(as_of // 86_400):
+                continue
+            sweeper.pending.add(tp.partition)
+            await ticks.send(key=b"sweep", value=str(int(as_of * 1000)).encode(),
+                             partition=tp.partition)
 
     @app.timer(5.0)
     async def export_lag() -> None:

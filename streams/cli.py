@@ -184,6 +184,8 @@ def replay(
         help="<topic>.jsonl files, topic=path pairs, or a directory of them")],
     out: Annotated[Path, typer.Option("--out", help="Output directory")] = Path("replay-out"),
     policy: Annotated[Optional[Path], typer.Option(help="Policy YAML")] = None,  # noqa: UP045
+    partitions: Annotated[int, typer.Option(
+        help="Emulate the worker's per-partition watermarks for this many partitions")] = 1,
 ) -> None:
     """Run the worker's logic in-process over JSONL history, in event-time order."""
     from alerts.policy import load_policy
@@ -192,7 +194,10 @@ def replay(
     from streams.replay import resolve_inputs
 
     try:
-        report = run_replay(resolve_inputs(inputs), out, load_policy(policy))
+        if partitions < 1:
+            raise RiskwatchError(f"--partitions {partitions}: must be at least 1")
+        report = run_replay(resolve_inputs(inputs), out, load_policy(policy),
+                            partitions=partitions)
     except RiskwatchError as exc:
         _fail(exc)
     summary = report.as_dict()

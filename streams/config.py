@@ -72,6 +72,13 @@ class Settings:
     #: Producer linger in seconds (batches outputs and changelog writes).
     producer_linger: float = 0.005
     loglevel: str = "warning"
+    #: Seconds between watermark-sweep checks per partition.
+    sweep_interval: float = 1.0
+    #: A partition with no event for this many seconds is idle.
+    sweep_idle: float = 30.0
+    #: An idle partition whose newest event is younger than this is live: wall-clock
+    #: time then advances its sweep (a historical replay never is).
+    sweep_live_window: float = 2 * 86_400.0
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -23,10 +23,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiokafka.partitioner import murmur2
+
 from alerts.deadletter import dead_letter, dead_letter_emit
 from alerts.engine import Engine
 from alerts.envelope import Emit
 from alerts.policy import Policy
+from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode, dumps, encode
 from schemas.errors import ConfigError, DecodeError
 from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS, TOPICS
@@ -138,22 +141,62 @@ class _Writers:
             handle.close()
 
 
+def partition_of(key: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner (murmur2) gives a key."""
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
+
+
 def replay(
     inputs: list[tuple[str, Path]],
     out_dir: Path,
     policy: Policy,
     *,
     now: dt.datetime | None = None,
+    partitions: int = 1,
 ) -> ReplayReport:
-    """Run the engine over ``inputs`` and write outputs and a snapshot to ``out_dir``."""
+    """Run the engine over ``inputs`` and write outputs and a snapshot to ``out_dir``.
+
+    ``partitions`` emulates the worker's per-partition event-time watermarks (a
+    missed due date is detected when the customer's *partition* has moved on);
+    with the topics' partition count, replay and worker sweep alike.
+    """
     engine = Engine(policy)
     states: dict[str, bytes] = {}
     report = ReplayReport()
     writers = _Writers(out_dir)
+    dues = [DueIndex() for _ in range(partitions)]
+    lateness = dt.timedelta(hours=policy.sweep_lateness_hours)
+    watermarks = [_FAR_PAST] * partitions
+
+    def emit_all(emits: list[Emit]) -> None:
+        for emit in emits:
+            writers.write(emit)
+            report.outputs[emit.topic] += 1
+            if emit.topic == "risk-alerts":
+                report.alerts_by_severity[emit.record.severity] += 1
+                for code in emit.record.reason_codes:
+                    report.alerts_by_reason[code] += 1
+
+    def sweep(due: DueIndex, as_of: dt.datetime) -> None:
+        # As the worker does per partition: event time passing a due date, with no
+        # further event from the customer, is what detects the miss.
+        for customer_id in due.pop_due(epoch_day(as_of)):
+            result = engine.advance(customer_id, states.get(customer_id), as_of)
+            if result.state is not None:
+                states[customer_id] = result.state
+            due.add(customer_id, result.next_check)
+            emit_all(result.emits)
+
     started = time.perf_counter()
     try:
         for event_time, topic, line_no, raw, obj in iter_merged(inputs, now):
             report.events[topic] += 1
+            key = getattr(obj, "customer_id", None)
+            part = partition_of(key, partitions) if key and partitions > 1 else 0
+            # Like the worker, only decoded customer events move a partition's watermark.
+            if key and topic in CUSTOMER_TOPICS and event_time > watermarks[part]:
+                watermarks[part] = event_time
+                sweep(dues[part], event_time - lateness)
             emits: list[Emit] = []
             error: DecodeError | None = obj if isinstance(obj, DecodeError) else None
             if error is None and topic not in CUSTOMER_TOPICS:
@@ -171,18 +214,13 @@ def replay(
                     else:
                         if result.state is not None:
                             states[obj.customer_id] = result.state
+                            dues[part].add(obj.customer_id, result.next_check)
                         emits = result.emits
             if error is not None:
                 emits = [dead_letter_emit(
                     dead_letter(topic, -1, line_no, None, raw, error, event_time))]
                 report.dead_letters[error.reason] += 1
-            for emit in emits:
-                writers.write(emit)
-                report.outputs[emit.topic] += 1
-                if emit.topic == "risk-alerts":
-                    report.alerts_by_severity[emit.record.severity] += 1
-                    for code in emit.record.reason_codes:
-                        report.alerts_by_reason[code] += 1
+            emit_all(emits)
         report.seconds = time.perf_counter() - started
     finally:
         writers.close()

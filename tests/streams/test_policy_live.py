@@ -49,7 +49,20 @@ def two_workers(broker, tmp_path_factory):
         w.stop()
 
 
-def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp_path):
+@pytest.fixture
+def restore_default_policy(broker, tmp_path):
+    """Other tests share the broker (and the session worker follows every policy)."""
+    yield
+    default = tmp_path / "default.yaml"
+    default.write_text("version: default-1\n")
+    result = CliRunner().invoke(cli, ["policy", "publish", str(default), "--actor", "tests",
+                                      "--why", "restore the default after the test",
+                                      "--broker", broker.url])
+    assert result.exit_code == 0, result.output
+
+
+def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp_path,
+                                                        restore_default_policy):
     # Under the default policy (multiple 6x) a 4x transaction (event 6) raises nothing; a
     # 100x one after it (event 7) alerts and shows event 6 was processed.
     customers = [f"pl-before-{i}" for i in range(8)]
