@@ -19,6 +19,7 @@ from typing import Any, NamedTuple
 import msgspec
 from msgspec import Struct
 
+from alerts.actions import action_emit, plan_actions
 from alerts.envelope import Emit
 from alerts.ids import event_fingerprint, output_id
 from alerts.policy import Policy
@@ -77,6 +78,8 @@ class CustomerState(Struct, array_like=True):
     ledgers: dict[str, AccountLedger] = {}
     #: Earliest epoch day on which time alone could change a ledger (watermark sweep).
     next_check: int | None = None
+    #: Recent messages to the customer: (channel index, Unix seconds), for frequency caps.
+    sent: list[tuple[int, int]] = []
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -158,7 +161,7 @@ class Engine:
         signals = self._dispatch(topic, event, state)
         state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
         state.watermarks[index] = max(watermark, event_ms)
-        emits = self._emits(signals, event.customer_id, event.event_id, event.event_time)
+        emits = self._emits(signals, state, event.customer_id, event.event_id, event.event_time)
         return Result(encode_state(state), emits, next_check=state.next_check)
 
     def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
@@ -180,7 +183,7 @@ class Engine:
         state.ledgers = ledgers
         state.next_check = self._next_check(state)
         trigger = f"sweep:{customer_id}:{day}"
-        emits = self._emits(signals, customer_id, trigger, as_of)
+        emits = self._emits(signals, state, customer_id, trigger, as_of)
         return Result(encode_state(state), emits, next_check=state.next_check)
 
     @staticmethod
@@ -291,10 +294,20 @@ class Engine:
 
     # -- outputs -----------------------------------------------------------
 
-    def _emits(self, signals: list[Signal], customer_id: str, trigger: str,
-               when: dt.datetime) -> list[Emit]:
-        # Labels (first 30+ / 90+ days past due) train the risk model; they are not alerts.
-        return [self._alert(s, customer_id, trigger, when) for s in signals if s.kind != "label"]
+    def _emits(self, signals: list[Signal], state: CustomerState, customer_id: str,
+               trigger: str, when: dt.datetime) -> list[Emit]:
+        emits: list[Emit] = []
+        timezone = state.profile.timezone if state.profile else "UTC"
+        for signal in signals:
+            # Labels (first 30+ / 90+ days past due) train the risk model; not alerts.
+            if signal.kind == "label":
+                continue
+            alert = self._alert(signal, customer_id, trigger, when)
+            emits.append(alert)
+            actions, state.sent, _suppressed = plan_actions(
+                alert.record, timezone, state.sent, self.policy.actions)
+            emits.extend(action_emit(a) for a in actions)
+        return emits
 
     def _alert(self, signal: Signal, customer_id: str, trigger: str, when: dt.datetime) -> Emit:
         if signal.kind in _STANDING_KINDS:

@@ -251,6 +251,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         metrics.outputs.labels(emit.topic).inc()
         if emit.topic == "risk-alerts":
             metrics.alerts.labels(emit.record.alert_type, emit.record.severity).inc()
+        elif emit.topic == "customer-actions":
+            metrics.customer_actions.labels(emit.record.action, emit.record.channel).inc()
 
     class _Table:
         """The state table seen through text keys (Faust stores raw bytes)."""

@@ -1,0 +1,153 @@
+"""Customer actions from delinquency findings: reminders, escalation, offers.
+
+What a collections and customer-care team does, as policy:
+
+* onset of delinquency (first day past due) -> SMS reminder;
+* a broken restructuring promise -> call;
+* a move into a bucket at or past ``call_at_dpd`` -> call; at or past
+  ``collections_at_dpd`` -> collections case (internal);
+* warnings before delinquency (minimum-only streak, falling payment ratio,
+  repeated late-but-cured) -> restructuring offer by letter.
+
+Messages to the customer respect quiet hours in the customer's own time zone
+(``not_before`` is set to the end of the quiet period) and frequency caps per
+channel over a rolling window; a capped action is not sent and is reported as
+suppressed. Action ids derive from the alert id, so replays deduplicate.
+
+>>> import datetime as dt
+>>> from schemas.models import RiskAlert
+>>> alert = RiskAlert(alert_id="a-1", customer_id="c1", trigger_event_id="e1",
+...     event_time=dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC), policy_version="p",
+...     model_version="m", reason_codes=["delinquency_onset", "dpd_1_29"], evidence=[],
+...     alert_type="delinquency", severity="low", rule_id="delinquency-onset", rule_version=1,
+...     routing=[], account_id="acc-1")
+>>> actions, history, suppressed = plan_actions(alert, "Europe/Berlin", [], ActionPolicy())
+>>> [(a.action, a.channel, a.not_before.isoformat()) for a in actions], suppressed
+([('sms', 'sms', '2026-03-03T07:00:00+00:00')], [])
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from msgspec import Meta, Struct
+
+from alerts.envelope import Emit
+from alerts.ids import output_id
+from schemas.models import CustomerAction, RiskAlert
+
+_CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
+
+#: Channel codes kept in the per-customer send history (compact).
+CHANNELS = ("sms", "email", "push", "call", "letter", "internal")
+
+
+class ActionPolicy(Struct, **_CFG):
+    """When and how customers are contacted."""
+
+    enabled: bool = True
+    call_at_dpd: Annotated[int, Meta(ge=1)] = 30
+    collections_at_dpd: Annotated[int, Meta(ge=1)] = 60
+    quiet_start_hour: Annotated[int, Meta(ge=0, le=23)] = 21
+    quiet_end_hour: Annotated[int, Meta(ge=0, le=23)] = 8
+    #: At most this many messages per channel within ``cap_window_days``.
+    cap_per_channel: Annotated[int, Meta(ge=1)] = 3
+    cap_window_days: Annotated[int, Meta(ge=1)] = 7
+
+
+#: History entry: (channel index, Unix seconds of the send).
+Sent = tuple[int, int]
+
+
+def _bucket_floor(alert: RiskAlert) -> int | None:
+    """Lowest DPD of the bucket an alert moved into (from reason codes like dpd_30_59)."""
+    for code in alert.reason_codes:
+        if code.startswith("dpd_") and code[4:].split("_")[0].isdigit():
+            return int(code[4:].split("_")[0])
+    return None
+
+
+def _after_quiet(at: dt.datetime, tz_name: str, policy: ActionPolicy) -> dt.datetime | None:
+    """End of the quiet period containing ``at`` in the customer's time, or None."""
+    try:
+        tz = ZoneInfo(tz_name)
+    except (ZoneInfoNotFoundError, ValueError):
+        tz = ZoneInfo("UTC")
+    local = at.astimezone(tz)
+    start, end = policy.quiet_start_hour, policy.quiet_end_hour
+    hour = local.hour
+    quiet = (hour >= start or hour < end) if start > end else (start <= hour < end)
+    if not quiet:
+        return None
+    wake = local.replace(hour=end, minute=0, second=0, microsecond=0)
+    if wake <= local:
+        wake += dt.timedelta(days=1)
+    return wake.astimezone(dt.UTC)
+
+
+def _wanted(alert: RiskAlert, policy: ActionPolicy) -> list[tuple[str, str]]:
+    codes = set(alert.reason_codes)
+    if "delinquency_onset" in codes:
+        return [("sms", "sms")]
+    if "broken_promise" in codes:
+        return [("call", "call")]
+    if "dpd_bucket_worsened" in codes:
+        floor = _bucket_floor(alert) or 0
+        out = []
+        if floor >= policy.collections_at_dpd:
+            out.append(("collections_case", "internal"))
+        if floor >= policy.call_at_dpd:
+            out.append(("call", "call"))
+        return out
+    if codes & {"min_payment_only_streak", "payment_ratio_falling", "late_but_cured_repeated"}:
+        return [("restructuring_offer", "letter")]
+    return []
+
+
+def plan_actions(
+    alert: RiskAlert,
+    timezone: str,
+    history: list[Sent],
+    policy: ActionPolicy,
+) -> tuple[list[CustomerAction], list[Sent], list[str]]:
+    """Actions for ``alert``; the updated send history; actions suppressed by caps."""
+    if not policy.enabled or alert.alert_type not in ("delinquency", "warning"):
+        return [], history, []
+    now_s = int(alert.event_time.timestamp())
+    window_s = policy.cap_window_days * 86_400
+    recent = [h for h in history if now_s - h[1] < window_s]
+    actions: list[CustomerAction] = []
+    suppressed: list[str] = []
+    for action, channel in _wanted(alert, policy):
+        index = CHANNELS.index(channel)
+        if channel != "internal":
+            if sum(1 for c, _ in recent if c == index) >= policy.cap_per_channel:
+                suppressed.append(action)
+                continue
+            recent.append((index, now_s))
+        not_before = (
+            _after_quiet(alert.event_time, timezone, policy)
+            if channel in ("sms", "call", "push") else None
+        )
+        actions.append(CustomerAction(
+            action_id=output_id(f"action-{action}", 1, alert.alert_id),
+            customer_id=alert.customer_id,
+            account_id=alert.account_id,
+            trigger_event_id=alert.trigger_event_id,
+            event_time=alert.event_time,
+            policy_version=alert.policy_version,
+            model_version=alert.model_version,
+            reason_codes=list(alert.reason_codes),
+            evidence=list(alert.evidence),
+            action=action,  # type: ignore[arg-type]
+            channel=channel,  # type: ignore[arg-type]
+            not_before=not_before,
+        ))
+    return actions, recent[-16:], suppressed
+
+
+def action_emit(action: CustomerAction) -> Emit:
+    """The action as an output keyed by customer."""
+    return Emit("customer-actions", action.customer_id, action.action_id, action)
