@@ -1,0 +1,75 @@
+"""Customer actions: escalation ladder, quiet hours, frequency caps."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from alerts.actions import ActionPolicy, plan_actions
+from schemas.models import RiskAlert
+
+T = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
+
+
+def alert(codes, when=T, alert_id="a-1", alert_type="delinquency"):
+    return RiskAlert(alert_id=alert_id, customer_id="c1", trigger_event_id="e1", event_time=when,
+                     policy_version="p", model_version="m", reason_codes=codes, evidence=[],
+                     alert_type=alert_type, severity="medium", rule_id="r", rule_version=1,
+                     routing=[], account_id="acc")
+
+
+def kinds(codes, policy=ActionPolicy()):
+    actions, _, _ = plan_actions(alert(codes), "UTC", [], policy)
+    return [(a.action, a.channel) for a in actions]
+
+
+def test_escalation_ladder():
+    assert kinds(["delinquency_onset", "dpd_1_29"]) == [("sms", "sms")]
+    assert kinds(["dpd_bucket_worsened", "dpd_30_59"]) == [("call", "call")]
+    assert kinds(["dpd_bucket_worsened", "dpd_60_89"]) == [
+        ("collections_case", "internal"), ("call", "call")]
+    assert kinds(["broken_promise"]) == [("call", "call")]
+    assert kinds(["payment_ratio_falling"]) == [("restructuring_offer", "letter")]
+    assert kinds(["large_transaction"]) == []
+
+
+def test_quiet_hours_follow_the_customer_time_zone():
+    late_evening_utc = dt.datetime(2026, 3, 2, 20, 30, tzinfo=dt.UTC)  # 21:30 Berlin, 15:30 NY
+    a = alert(["delinquency_onset"], when=late_evening_utc)
+    berlin, _, _ = plan_actions(a, "Europe/Berlin", [], ActionPolicy())
+    new_york, _, _ = plan_actions(a, "America/New_York", [], ActionPolicy())
+    assert berlin[0].not_before == dt.datetime(2026, 3, 3, 7, tzinfo=dt.UTC)
+    assert new_york[0].not_before is None
+
+
+def test_unknown_time_zone_falls_back_to_utc():
+    actions, _, _ = plan_actions(alert(["delinquency_onset"]), "Mars/Olympus", [], ActionPolicy())
+    assert actions and actions[0].not_before is None
+
+
+def test_action_ids_are_deterministic_and_derive_from_the_alert():
+    a1, _, _ = plan_actions(alert(["broken_promise"]), "UTC", [], ActionPolicy())
+    a2, _, _ = plan_actions(alert(["broken_promise"]), "UTC", [], ActionPolicy())
+    a3, _, _ = plan_actions(alert(["broken_promise"], alert_id="a-2"), "UTC", [], ActionPolicy())
+    assert a1[0].action_id == a2[0].action_id != a3[0].action_id
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=30 * 24), min_size=1, max_size=40),
+       st.integers(min_value=1, max_value=5), st.integers(min_value=1, max_value=10))
+def test_frequency_cap_never_exceeded_in_any_window(hours, cap, window_days):
+    policy = ActionPolicy(cap_per_channel=cap, cap_window_days=window_days,
+                          quiet_start_hour=0, quiet_end_hour=0)
+    history: list = []
+    sent: list[dt.datetime] = []
+    for i, h in enumerate(sorted(hours)):
+        when = T + dt.timedelta(hours=h)
+        actions, history, suppressed = plan_actions(
+            alert(["delinquency_onset"], when=when, alert_id=f"a{i}"), "UTC", history, policy)
+        assert len(actions) + len(suppressed) == 1
+        sent.extend(when for a in actions if a.channel == "sms")
+    window = dt.timedelta(days=window_days)
+    for t in sent:
+        assert sum(1 for u in sent if t - window < u <= t) <= cap
