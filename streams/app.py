@@ -20,7 +20,6 @@ from typing import Any
 
 import faust
 from faust.types import TP
-from aiohttp import web
 
 from alerts.deadletter import dead_letter, dead_letter_emit
 from alerts.engine import Engine
@@ -30,7 +29,7 @@ from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode
 from schemas.errors import DecodeError
 from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS
-from streams.config import Settings, parse_addr
+from streams.config import Settings
 from streams.control import PolicyWatcher
 from streams.metrics import Metrics
 
@@ -359,38 +358,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     @app.task
     async def serve_http() -> None:
+        from streams.web import start_http
+
         await start_http(rw)
 
     return rw
-
-
-async def start_http(rw: Riskwatch) -> web.AppRunner:
-    """Serve ``/metrics``, ``/healthz`` and ``/readyz`` on the metrics address."""
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    async def metrics_view(request: web.Request) -> web.Response:
-        body = generate_latest(rw.metrics.registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-    async def healthz(request: web.Request) -> web.Response:
-        # Answering at all proves the event loop is alive.
-        return web.json_response({"status": "ok"})
-
-    async def readyz(request: web.Request) -> web.Response:
-        ready = rw.ready()
-        rw.metrics.ready.set(1 if ready else 0)
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
-
-    http = web.Application()
-    http.router.add_get("/metrics", metrics_view)
-    http.router.add_get("/healthz", healthz)
-    http.router.add_get("/readyz", readyz)
-    runner = web.AppRunner(http, access_log=None)
-    await runner.setup()
-    host, port = parse_addr(rw.settings.metrics_addr)
-    await web.TCPSite(runner, host, port).start()
-    log.info("metrics and health on http://%s:%d", host, port)
-    return runner
 
 
 def run_worker(settings: Settings) -> None:
