@@ -124,6 +124,7 @@ class Engine:
         self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
         #: Score of the last transaction the anomaly model saw (for the metrics histogram).
         self.last_anomaly_score: float | None = None
+        self._learn = True
 
     def set_policy(self, policy: Policy) -> None:
         """Switch to a newly published policy (takes effect on the next event).
@@ -134,8 +135,24 @@ class Engine:
             self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
         self.policy = policy
 
-    def process(self, topic: str, event: Any, raw_state: bytes | None) -> Result:
-        """Process one decoded event of a customer-keyed topic."""
+    def models(self) -> dict[str, Any]:
+        """The engine's global (cross-customer) models, for checkpoints."""
+        return {"anomaly": self.anomaly}
+
+    def restore_models(self, models: dict[str, Any]) -> None:
+        """Resume global models from a checkpoint (ignored when the features differ)."""
+        anomaly = models.get("anomaly")
+        if anomaly is not None and getattr(anomaly, "features", None) == self.anomaly.features:
+            self.anomaly = anomaly
+
+    def process(self, topic: str, event: Any, raw_state: bytes | None, *,
+                learn: bool = True) -> Result:
+        """Process one decoded event of a customer-keyed topic.
+
+        ``learn=False`` scores with the global models without teaching them (for
+        events they learned before a restart).
+        """
+        self._learn = learn
         state = decode_state(raw_state)
         fingerprint = event_fingerprint(event.event_id)
         if fingerprint in state.seen:
@@ -273,7 +290,10 @@ class Engine:
         )
         self.last_anomaly_score = None
         if features and policy.anomaly.enabled:
-            score, flagged = self.anomaly.process_one(features)
+            score = self.anomaly.score_one(features)
+            flagged = self.anomaly.is_anomalous(score)
+            if self._learn:
+                self.anomaly.learn_one(features)
             self.last_anomaly_score = score
             if flagged:
                 signals.append(

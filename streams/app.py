@@ -29,6 +29,7 @@ from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode
 from schemas.errors import DecodeError
 from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS
+from streams import checkpoint
 from streams.config import Settings
 from streams.control import PolicyWatcher
 from streams.metrics import Metrics
@@ -107,6 +108,8 @@ class Handler:
     ticks_topic: str = ""
     sweeper: Sweeper = field(default_factory=Sweeper)
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Offsets the global models had learned up to at the last checkpoint.
+    learned_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
     async def sweep(self, partition: int, value: bytes) -> None:
         """Advance every customer of ``partition`` whose check day has passed."""
@@ -141,7 +144,8 @@ class Handler:
             except UnicodeDecodeError as exc:
                 raise DecodeError("invalid_utf8", "message key is not UTF-8", topic=topic) from exc
             event = decode(topic, value, key=key_text)
-            result = self.engine.process(topic, event, self.table.get(key_text))
+            learn = offset > self.learned_offsets.get((topic, partition), -1)
+            result = self.engine.process(topic, event, self.table.get(key_text), learn=learn)
         except DecodeError as exc:
             when = dt.datetime.fromtimestamp(timestamp or received, dt.UTC)
             record = dead_letter(topic, partition, offset, key, value, exc, when)
@@ -264,6 +268,20 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             table[key.encode()] = value
 
     handler = Handler(engine, metrics, _Table(), send, ticks_topic=ticks_name)
+    checkpoint_path = settings.data_dir / "models.ckpt"
+    resumed = checkpoint.load(checkpoint_path)
+    if resumed is not None:
+        engine.restore_models(resumed.models)
+        handler.learned_offsets = dict(resumed.offsets)
+        log.warning("global models resumed from %s (%d partitions learned)", checkpoint_path,
+                    len(resumed.offsets))
+
+    @app.timer(settings.checkpoint_interval)
+    async def checkpoint_models() -> None:
+        offsets = {**handler.learned_offsets, **handler.last_offsets}
+        blob = checkpoint.dumps(checkpoint.Checkpoint(engine.models(), offsets,
+                                                      engine.policy.version))
+        await asyncio.to_thread(checkpoint.write, checkpoint_path, blob)
 
     async def rebuild_due_index() -> None:
         """After recovery: index every recovered customer's next check day (once)."""

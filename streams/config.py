@@ -72,6 +72,8 @@ class Settings:
     #: Producer linger in seconds (batches outputs and changelog writes).
     producer_linger: float = 0.005
     loglevel: str = "warning"
+    #: Seconds between checkpoints of the global models (with their input offsets).
+    checkpoint_interval: float = 30.0
     #: Seconds between watermark-sweep checks per partition.
     sweep_interval: float = 1.0
     #: A partition with no event for this many seconds is idle.
