@@ -573,7 +573,13 @@ def pipeline() -> Board:
         timeseries(
             "Table recovery remaining",
             "Changelog messages left to recover before the worker is ready.",
-            [query(f"riskwatch_table_recovery_remaining_messages{{{SEL}}}", "{{instance}}")],
+            [
+                query(f"riskwatch_table_recovery_remaining_messages{{{SEL}}}", "{{instance}}"),
+                query(
+                    f"increase(riskwatch_table_recovery_gap_records_total{{{SEL}}}[{RATE}])",
+                    "{{instance}} past reported end",
+                ),
+            ],
             unit="short",
         ),
     )

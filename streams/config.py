@@ -72,6 +72,10 @@ class Settings:
     #: Producer linger in seconds (batches outputs and changelog writes).
     producer_linger: float = 0.005
     loglevel: str = "warning"
+    #: Coalesced state writes: flush (and acknowledge) at least this often, in seconds...
+    state_flush_interval: float = 0.5
+    #: ...or after this many events.
+    state_flush_every: int = 2000
     #: Seconds between checkpoints of the global models (with their input offsets).
     checkpoint_interval: float = 30.0
     #: Seconds between watermark-sweep checks per partition.

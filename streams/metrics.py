@@ -64,6 +64,10 @@ class Metrics:
         self.recovery_remaining = Gauge(
             "riskwatch_table_recovery_remaining_messages", "Changelog messages left to recover "
             "before the worker is ready.", registry=r)
+        self.recovery_gap_records = Counter(
+            "riskwatch_table_recovery_gap_records", "Changelog records applied after Faust's "
+            "recovery, past end offsets the broker reported short (0 on Apache Kafka).",
+            registry=r)
         self.rebalances = Counter(
             "riskwatch_rebalances", "Consumer-group rebalances seen by this worker.", registry=r)
         self.ready = Gauge(
