@@ -1,0 +1,1 @@
+"""Riskwatch benchmarks: one command (``python -m bench.run``) on one embedded broker."""

@@ -1,0 +1,64 @@
+"""Smoke test of the benchmark harness: a tiny run, checked for shape, never for speed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import pytest
+
+from bench import dataset, profile, report
+from bench.run import metric_sum, parse_args, percentile, run_suite
+from schemas.codec import decode
+
+
+def test_synthetic_input_decodes_and_is_about_a_kilobyte():
+    records = list(dataset.synthetic(dataset.SyntheticConfig(customers=5, events=60)))
+    assert len(records) == 60
+    sizes = [len(v) for t, _, v in records if t == "card-transactions"]
+    assert 800 < sum(sizes) / len(sizes) < 1600
+    for topic, key, value in records:
+        assert decode(topic, value, key=key.decode()).customer_id == key.decode()
+
+
+def test_profile_buckets_and_helpers(tmp_path: Path):
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "thread (1): MainThread;run (mode/worker.py:1);handle (streams/app.py:50);"
+        "decode (schemas/codec.py:170) 30\n"
+        "thread (1): MainThread;run (mode/worker.py:1);handle (streams/app.py:50);"
+        "Engine.process (alerts/engine.py:100) 50\n"
+        "thread (2): Consumer;getmany (aiokafka/consumer/consumer.py:1) 20\n")
+    doc = profile.summarise_pyspy(raw, {"cpu_s_per_1k": 0.2})
+    shares = {b["name"].split(":")[0]: b["percent"] for b in doc["buckets"]}
+    assert shares == {"engine": 50.0, "decode": 30.0, "consumer": 20.0}
+    assert doc["cpu_us_per_event"] == 200.0
+    assert metric_sum('x_total{a="1"} 2.0\nx_total{a="2"} 3.0\nx_totals 9\n', "x_total") == 5.0
+    assert percentile([1.0, 2.0, 3.0], 0.5) == 2.0
+    assert "| variant |" in report.markdown({"variants": {}, "machine": {}})
+
+
+@pytest.mark.broker
+def test_quick_run_writes_results_with_the_required_keys(tmp_path: Path):
+    opts = parse_args(["--quick", "--parallel", "--events", "400",
+                       "--customers", "25", "--latency-seconds", "1.5", "--out", str(tmp_path)])
+    doc = run_suite(opts)
+
+    saved = orjson.loads((tmp_path / "latest.json").read_bytes())
+    assert saved["ratio_vs_naive_faust"] == doc["ratio_vs_naive_faust"]
+    for key in ("ratio_vs_naive_faust", "ratio_vs_bare_faust", "replay_events_per_s"):
+        assert saved[key] > 0, key
+    for variant in "abcde":
+        result = saved["variants"][variant]
+        assert "error" not in result, result.get("error")
+        for key in ("events_per_s", "cpu_s_per_1k", "peak_rss_bytes"):
+            assert result[key] > 0, (variant, key)
+    assert saved["variants"]["d"]["events"] >= 400
+    latency = saved["latency"]
+    assert latency["alerts_received"] > 0
+    assert 0 < latency["p50_ms"] <= latency["p99_ms"]
+    assert saved["state"]["mean_bytes"] > 0
+    assert saved["recovery"]["messages_per_s"] > 0
+    assert saved["machine"]["nproc"] >= 1
+    assert saved["machine"]["versions"]["faust-streaming"]
+    assert "| (d) Riskwatch worker" in (tmp_path / "latest.md").read_text()
