@@ -2,9 +2,9 @@
 
 py-spy samples every thread of the worker (Faust runs the aiokafka consumer in a
 thread of its own) from outside the process, from the first to the N-th event.
-Each sample is charged to one *bucket*: the handler's calls (decode, engine,
-table write, output send, metrics; :data:`HANDLER`) wherever they occur in the
-stack, then debug logging, then the component (:data:`COMPONENTS`: producer,
+Each sample is charged to one *bucket*: logging wherever it is called from, then
+the handler's calls (decode, engine, state, output send, metrics; :data:`HANDLER`)
+wherever they occur in the stack, then the component (:data:`COMPONENTS`: producer,
 network, consumer, Faust agent loop, mode) of the innermost non-stdlib frame; the
 shares are turned into microseconds of CPU per event using the profiled run's
 CPU time per event.
@@ -43,8 +43,10 @@ HANDLER: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("handler other: Handler.handle itself", "streams/app.py", ("handle",)),
     ("bench probe wrapper", "bench/faust_apps.py", ("probed",)),
 )
-#: Debug logging switched on by Faust's terminal spinner (root logger at DEBUG).
-LOGGING = "logging: LogRecords built for debug() calls (root logger at DEBUG)"
+#: Debug logging switched on by Faust's terminal spinner (root logger at DEBUG): every
+#: ``log.debug()`` builds a record and runs the loggers' filters, whoever calls it.
+LOGGING = ("logging: debug() records built, formatted and filtered (root logger at DEBUG), "
+           "from any caller")
 #: Everything else, by the component of the innermost frame outside the stdlib.
 COMPONENTS: tuple[tuple[str, str], ...] = (
     ("producer: faust buffer + aiokafka sender/accumulator", "aiokafka/producer/"),
@@ -117,11 +119,12 @@ def _matches(frame: tuple[str, str], file_part: str, funcs: tuple[str, ...] | No
 
 
 def _bucket(frames: list[tuple[str, str]], thread: str = "MainThread") -> str:
+    # Logging first, wherever it is called from: a cost the worker can switch off.
+    if any("logging/" in f[1] for f in frames):
+        return LOGGING
     for name, file_part, funcs in HANDLER:
         if any(_matches(f, file_part, funcs) for f in frames):
             return name
-    if any("logging/" in f[1] for f in frames):
-        return LOGGING
     mode_seen = False
     for frame in reversed(frames):
         if any(root in frame[1] for root in _ROOTS):
@@ -144,7 +147,7 @@ def _engine_part(frames: list[tuple[str, str]]) -> str:
     start = next((i for i, f in enumerate(frames)
                   if _matches(f, "alerts/engine.py", ("process", "advance"))), None)
     if start is None:
-        return ""
+        return "other engine entry points"
     for func, file in frames[start + 1:]:
         if file.startswith("detectors/"):
             return file

@@ -247,6 +247,12 @@ def percentile(values: list[float], p: float) -> float | None:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
+def _cpu_ratio(variants: dict[str, Any], other: str, mine: str) -> float | None:
+    a = variants.get(other, {}).get("cpu_s_per_1k")
+    b = variants.get(mine, {}).get("cpu_s_per_1k")
+    return round(a / b, 3) if a and b else None
+
+
 def free_addr() -> str:
     from streams.broker import free_port
 
@@ -761,6 +767,9 @@ class Suite:
             "wall_seconds": round(time.time() - started, 1),
             "ratio_vs_naive_faust": round(d / c, 3) if d and c else None,
             "ratio_vs_bare_faust": round(d / b, 3) if d and b else None,
+            # CPU per event of the other variant over the worker's: robust on a shared machine.
+            "cpu_efficiency_vs_naive_faust": _cpu_ratio(variants, "c", "d"),
+            "cpu_efficiency_vs_bare_faust": _cpu_ratio(variants, "b", "d"),
             "replay_events_per_s": variants.get("e", {}).get("events_per_s"),
             "variants": variants,
             **self.results,
