@@ -1,8 +1,15 @@
-"""Topic administration and small producer/consumer helpers (aiokafka)."""
+"""Topic administration and small producer/consumer helpers (aiokafka).
+
+Every helper takes ``security``: the :class:`~streams.config.Settings` whose Kafka
+client security (TLS, SASL) its clients use; None means the ``RISKWATCH_KAFKA_*``
+environment variables (plaintext when none is set). A client that cannot start
+raises :class:`~schemas.errors.BrokerError` naming the broker and the cause.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -11,6 +18,8 @@ from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
 from schemas.errors import BrokerError
 from schemas.topics import TOPICS
+from streams.config import Settings
+from streams.security import aiokafka_kwargs, client_security, describe, start_client
 
 
 def topic_configs(name: str) -> dict[str, str]:
@@ -24,6 +33,7 @@ async def ensure_topics(
     names: Iterable[str] | None = None,
     *,
     timeout: float = 30.0,
+    security: Settings | None = None,
 ) -> list[str]:
     """Create the Riskwatch topics that do not exist yet; return the created ones.
 
@@ -31,21 +41,24 @@ async def ensure_topics(
     with the per-customer state table.
     """
     wanted = list(names) if names is not None else list(TOPICS)
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000))
+    security = client_security(security)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=int(timeout * 1000),
+                                **aiokafka_kwargs(security))
     try:
-        await asyncio.wait_for(admin.start(), timeout)
+        await asyncio.wait_for(start_client(admin, security, bootstrap, "create topics"), timeout)
         existing = set(await admin.list_topics())
         missing = [n for n in wanted if n not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [NewTopic(n, partitions, 1, topic_configs=topic_configs(n)) for n in missing]
                 )
-            except TopicAlreadyExistsError:
-                pass
         return missing
-    except (KafkaError, OSError, asyncio.TimeoutError) as exc:
-        raise BrokerError(f"cannot create topics on {bootstrap}: {exc!r}") from exc
+    except BrokerError:
+        raise
+    except (KafkaError, OSError, TimeoutError) as exc:
+        raise BrokerError(f"cannot create topics on {describe(security, bootstrap)}: "
+                          f"{exc!r}") from exc
     finally:
         await admin.close()
 
@@ -55,11 +68,13 @@ async def produce(
     records: Iterable[tuple[str, bytes | None, bytes]],
     *,
     linger_ms: int = 5,
+    security: Settings | None = None,
 ) -> int:
     """Produce ``(topic, key, value)`` records; return how many were sent."""
+    security = client_security(security)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=linger_ms,
-                                max_batch_size=256 * 1024)
-    await producer.start()
+                                max_batch_size=256 * 1024, **aiokafka_kwargs(security))
+    await start_client(producer, security, bootstrap, "produce")
     count = 0
     try:
         for topic, key, value in records:
@@ -78,12 +93,15 @@ async def consume_all(
     idle: float = 2.0,
     until: float = 60.0,
     stop_when: int | None = None,
+    security: Settings | None = None,
 ) -> list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]:
     """Read ``topics`` from the beginning (no group) until ``idle`` seconds pass
     without a record, ``stop_when`` records arrived, or ``until`` seconds elapse."""
+    security = client_security(security)
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
-    await consumer.start()
+                                auto_offset_reset="earliest", enable_auto_commit=False,
+                                **aiokafka_kwargs(security))
+    await start_client(consumer, security, bootstrap, "consume")
     out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + until

@@ -14,6 +14,7 @@ import asyncio
 import datetime as dt
 import logging
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from alerts.deadletter import dead_letter, dead_letter_emit
 from alerts.engine import Engine
 from alerts.envelope import Emit, to_message
 from alerts.policy import load_policy
+from alerts.privacy import PseudonymKey, describe_error
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode
 from schemas.errors import DecodeError
@@ -35,6 +37,7 @@ from streams import checkpoint
 from streams.config import Settings
 from streams.control import PolicyWatcher
 from streams.metrics import Metrics
+from streams.security import aiokafka_kwargs, faust_credentials, preflight, start_client
 
 log = logging.getLogger("riskwatch.worker")
 
@@ -154,6 +157,8 @@ class Handler:
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Offsets the global models had learned up to at the last checkpoint.
     learned_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Log lines name a customer by pseudonym only (alerts.privacy).
+    pseudonym: PseudonymKey = field(default_factory=PseudonymKey.generate)
 
     async def flush(self) -> None:
         """Write coalesced state, then acknowledge the events it covers."""
@@ -211,7 +216,12 @@ class Handler:
             self.metrics.dead_letters.labels(topic, exc.reason).inc()
             return
         except Exception as exc:  # a bug: never lose the record, never crash the worker
-            log.exception("processing failed for %s[%d]@%d", topic, partition, offset)
+            # Read by people: the customer as a pseudonym, the message redacted, and the
+            # traceback's frames without the exception text.
+            log.error("processing failed for %s[%d]@%d customer %s: %s\n%s", topic, partition,
+                      offset, self.pseudonym(key_text), describe_error(exc, key_text,
+                                                                       self.pseudonym),
+                      "".join(traceback.format_tb(exc.__traceback__)).rstrip())
             when = dt.datetime.fromtimestamp(timestamp or received, dt.UTC)
             error = DecodeError("processing_error", f"{type(exc).__name__}: {exc}", topic=topic)
             await self.send(dead_letter_emit(dead_letter(topic, partition, offset, key, value,
@@ -295,6 +305,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         table_standby_replicas=0,
         stream_wait_empty=False,
         logging_config=None,
+        broker_credentials=faust_credentials(settings),
     )
     raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
            "value_serializer": "raw"}
@@ -315,7 +326,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             metrics.customer_actions.labels(emit.record.action, emit.record.channel).inc()
 
     handler = Handler(engine, metrics, StateStore(table), send, ticks_topic=ticks_name,
-                      flush_every=settings.state_flush_every)
+                      flush_every=settings.state_flush_every,
+                      pseudonym=settings.pseudonym_key or PseudonymKey.generate())
     checkpoint_path = settings.data_dir / "models.ckpt"
     resumed = checkpoint.load(checkpoint_path)
     if resumed is not None:
@@ -348,8 +360,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         name = table.changelog_topic.get_topic_name()
         tps = [AIOTopicPartition(name, p) for p in actives]
         consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
-        await consumer.start()
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    **aiokafka_kwargs(settings))
+        await start_client(consumer, settings, settings.bootstrap_servers, "table recovery")
         applied = 0
         store = table.data
         key_partition = getattr(store, "_key_partition", None)
@@ -409,7 +422,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                                                 error, when)))
         metrics.dead_letters.labels("risk-policy", error.reason).inc()
 
-    rw.watcher = PolicyWatcher(settings.bootstrap_servers, apply_policy, reject_policy)
+    rw.watcher = PolicyWatcher(settings.bootstrap_servers, apply_policy, reject_policy,
+                               security=settings)
 
     @app.task
     async def follow_policy() -> None:
@@ -500,6 +514,7 @@ def run_worker(settings: Settings) -> None:
     """Run a worker until SIGINT/SIGTERM (blocks)."""
     import mode.loop
 
+    preflight(settings)  # refused TLS or credentials: fail now, with the cause
     mode.loop.use("uvloop")
     rw = create_app(settings)
     worker = faust.Worker(rw.app, loglevel=settings.loglevel, quiet=True)

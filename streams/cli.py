@@ -12,6 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from schemas.errors import RiskwatchError
+from streams.security import kafka_security_options
 
 app = typer.Typer(
     name="riskwatch",
@@ -39,6 +40,13 @@ BrokerOpt = Annotated[
 def _fail(exc: RiskwatchError) -> None:
     typer.secho(f"error: {exc}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+def _kafka(broker: str | None, security: dict[str, Any] | None) -> Any:
+    """Settings carrying the Kafka security options (and env) of a client command."""
+    from streams.config import Settings
+
+    return Settings.from_env(broker=broker, **(security or {}))
 
 
 @app.command()
@@ -71,6 +79,7 @@ def broker(
 
 
 @app.command()
+@kafka_security_options
 def worker(
     broker: BrokerOpt = None,
     metrics_addr: Annotated[Optional[str], typer.Option(  # noqa: UP045
@@ -83,6 +92,7 @@ def worker(
     app_id: Annotated[Optional[str], typer.Option(help="Consumer group / app id")] = None,  # noqa: UP045
     fast: Annotated[bool, typer.Option(help="Short group timings (single-machine broker)")] = False,
     loglevel: Annotated[str, typer.Option(help="Log level")] = "warning",
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Run a stream worker against a Kafka broker (blocks until stopped)."""
     from streams.app import run_worker
@@ -91,7 +101,7 @@ def worker(
     try:
         settings = Settings.from_env(broker=broker, metrics_addr=metrics_addr, policy_file=policy,
                                      data_dir=data_dir, partitions=partitions, app_id=app_id,
-                                     loglevel=loglevel)
+                                     loglevel=loglevel, **(security or {}))
         if fast:
             settings = settings.fast()
         run_worker(settings)
@@ -122,6 +132,7 @@ def demo(
 
 
 @app.command()
+@kafka_security_options
 def generate(
     out_dir: Annotated[Path, typer.Argument(help="Directory for <topic>.jsonl files")],
     customers: Annotated[int, typer.Option(help="Customers")] = 1000,
@@ -131,6 +142,7 @@ def generate(
     broker: Annotated[Optional[str], typer.Option(  # noqa: UP045
         help="Also produce to this broker (kafka://host:port)")] = None,
     rate: Annotated[float, typer.Option(help="Events/s when producing (0 = max)")] = 0.0,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Generate a synthetic portfolio with ground truth (JSONL per topic)."""
     from streams.simulator import Portfolio, write_jsonl
@@ -150,9 +162,13 @@ def generate(
             from streams.admin import produce
 
             records = ((topic, _key_of(raw), raw) for _, topic, _, raw, _ in iter_merged(inputs))
-            return await produce(hosts, _paced(records, rate))
+            return await produce(hosts, _paced(records, rate), security=kafka)
 
-        typer.echo(f"produced {asyncio.run(_send())} records to {broker}")
+        try:
+            kafka = _kafka(broker, security)
+            typer.echo(f"produced {asyncio.run(_send())} records to {broker}")
+        except RiskwatchError as exc:
+            _fail(exc)
 
 
 def _key_of(raw: bytes) -> bytes | None:
@@ -235,11 +251,13 @@ def policy_diff(
 
 
 @policy_app.command("publish")
+@kafka_security_options
 def policy_publish(
     path: Annotated[Path, typer.Argument(help="Policy YAML")],
     actor: Annotated[str, typer.Option(help="Who publishes (recorded in the audit log)")],
     why: Annotated[str, typer.Option(help="Why (recorded in the audit log)")],
     broker: BrokerOpt = None,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Publish a policy to every worker (risk-policy topic) and audit it."""
     from alerts.policy import load_policy
@@ -251,17 +269,20 @@ def policy_publish(
             raise RiskwatchError("publish: --broker (or RISKWATCH_BROKER) is required")
         policy = load_policy(path)
         record, entry = asyncio.run(
-            publish_policy(parse_broker_url(broker), policy, actor=actor, why=why))
+            publish_policy(parse_broker_url(broker), policy, actor=actor, why=why,
+                           security=_kafka(broker, security)))
     except RiskwatchError as exc:
         _fail(exc)
     typer.echo(f"published {record.version}; audit seq {entry.seq} hash {entry.hash[:16]}")
 
 
 @audit_app.command("verify")
+@kafka_security_options
 def audit_verify(
     broker: BrokerOpt = None,
     file: Annotated[Optional[Path], typer.Option(  # noqa: UP045
         help="Verify a JSONL export of the audit topic instead of the broker")] = None,
+    security: dict[str, Any] | None = None,
 ) -> None:
     """Check the audit chain; exit 1 and say where if it was tampered with."""
     from alerts.audit import verify_chain
@@ -275,7 +296,8 @@ def audit_verify(
             from streams.config import parse_broker_url
             from streams.control import read_audit
 
-            records = asyncio.run(read_audit(parse_broker_url(broker)))
+            records = asyncio.run(read_audit(parse_broker_url(broker),
+                                             security=_kafka(broker, security)))
         else:
             raise RiskwatchError("audit verify: give --broker or --file")
     except RiskwatchError as exc:

@@ -4,6 +4,19 @@ Environment variables (all optional): ``RISKWATCH_BROKER`` (``kafka://host:port`
 comma-separated for several), ``RISKWATCH_METRICS_ADDR`` (``host:port``, default
 ``127.0.0.1:9464``), ``RISKWATCH_DATA_DIR``, ``RISKWATCH_POLICY_FILE``,
 ``RISKWATCH_PARTITIONS``, ``RISKWATCH_APP_ID``.
+
+Kafka client security (every client: worker, CLI, admin, control, demo; see
+:mod:`streams.security`): ``RISKWATCH_KAFKA_SECURITY_PROTOCOL`` (``PLAINTEXT``,
+``SSL``, ``SASL_PLAINTEXT``, ``SASL_SSL``), ``RISKWATCH_KAFKA_SASL_MECHANISM``
+(``SCRAM-SHA-256``, ``SCRAM-SHA-512``, ``PLAIN``), ``RISKWATCH_KAFKA_SASL_USERNAME``,
+``RISKWATCH_KAFKA_SASL_PASSWORD`` or (better) ``RISKWATCH_KAFKA_SASL_PASSWORD_FILE``,
+``RISKWATCH_KAFKA_SSL_CAFILE``, ``RISKWATCH_KAFKA_SSL_CERTFILE``,
+``RISKWATCH_KAFKA_SSL_KEYFILE``, ``RISKWATCH_KAFKA_SSL_CHECK_HOSTNAME`` (default true).
+
+Secrets are read from files and held in :class:`~alerts.privacy.Secret` (masked in
+every ``repr``): ``RISKWATCH_CONTROL_TOKEN_FILE`` (bearer token of the HTTP control
+endpoints; unset = control disabled) and ``RISKWATCH_PSEUDONYM_KEY_FILE`` with
+``RISKWATCH_PSEUDONYM_KEY_VERSION`` (key of the customer pseudonyms in log lines).
 """
 
 from __future__ import annotations
@@ -12,7 +25,14 @@ import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from alerts.privacy import PseudonymKey, Secret, read_secret_file
 from schemas.errors import ConfigError
+
+#: Kafka security protocols and SASL mechanisms a client may use.
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN")
+#: Shortest accepted control token, in characters.
+MIN_TOKEN_CHARS = 16
 
 
 def parse_broker_url(url: str) -> list[str]:
@@ -85,6 +105,22 @@ class Settings:
     #: An idle partition whose newest event is younger than this is live: wall-clock
     #: time then advances its sweep (a historical replay never is).
     sweep_live_window: float = 2 * 86_400.0
+    #: Kafka client security, for every client (see :mod:`streams.security`).
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: Secret[str] | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+    #: Bearer token of the HTTP control endpoints; None = control disabled (403).
+    control_token: Secret[str] | None = None
+    #: Key of customer pseudonyms in log lines; None = a random per-process key.
+    pseudonym_key: PseudonymKey | None = None
+
+    def __post_init__(self) -> None:
+        _check_security(self)
 
     @property
     def bootstrap_servers(self) -> list[str]:
@@ -114,6 +150,14 @@ class Settings:
                 values["partitions"] = int(env["RISKWATCH_PARTITIONS"])
             except ValueError as exc:
                 raise ConfigError("RISKWATCH_PARTITIONS: not a whole number") from exc
+        values.update(security_from_env(env))
+        values.update(_secret_values(env))
+        for name in ("security_protocol", "sasl_mechanism"):
+            if isinstance(overrides.get(name), str):
+                overrides[name] = str(overrides[name]).strip().upper()
+        password_file = overrides.pop("sasl_password_file", None)
+        if password_file is not None:
+            values["sasl_password"] = _password_from_file(password_file)
         values.update({k: v for k, v in overrides.items() if v is not None})
         settings = cls(**values)  # type: ignore[arg-type]
         settings.bootstrap_servers  # noqa: B018 - validate early
@@ -121,3 +165,108 @@ class Settings:
         if settings.partitions < 1:
             raise ConfigError("partitions must be at least 1")
         return settings
+
+
+def _check_security(settings: Settings) -> None:
+    """Refuse contradictory or unsafe Kafka security settings (no file is read here)."""
+    protocol = settings.security_protocol
+    if protocol not in SECURITY_PROTOCOLS:
+        raise ConfigError(f"--security-protocol {protocol!r}: expected one of "
+                          f"{', '.join(SECURITY_PROTOCOLS)}")
+    sasl = protocol.startswith("SASL_")
+    tls = protocol in ("SSL", "SASL_SSL")
+    if sasl:
+        if settings.sasl_mechanism not in SASL_MECHANISMS:
+            raise ConfigError(f"--sasl-mechanism {settings.sasl_mechanism!r}: {protocol} needs "
+                              f"one of {', '.join(SASL_MECHANISMS)}")
+        if not settings.sasl_username:
+            raise ConfigError(f"--sasl-username: {protocol} needs a user name")
+        if not settings.sasl_password:
+            raise ConfigError(f"--sasl-password-file: {protocol} needs a password "
+                              "(RISKWATCH_KAFKA_SASL_PASSWORD_FILE or RISKWATCH_KAFKA_SASL_PASSWORD)")
+        if settings.sasl_mechanism == "PLAIN" and not tls:
+            raise ConfigError("--sasl-mechanism PLAIN over SASL_PLAINTEXT would send the password "
+                              "in clear: use SASL_SSL, or a SCRAM mechanism")
+    else:
+        given = [name for name in ("sasl_mechanism", "sasl_username", "sasl_password")
+                 if getattr(settings, name)]
+        if given:
+            raise ConfigError(f"--security-protocol {protocol}: {', '.join(given)} would not be "
+                              "used; choose SASL_SSL or SASL_PLAINTEXT")
+    if not tls:
+        given = [name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                 if getattr(settings, name) is not None]
+        if given:
+            raise ConfigError(f"--security-protocol {protocol}: {', '.join(given)} would not be "
+                              "used; choose SSL or SASL_SSL")
+    if settings.ssl_keyfile is not None and settings.ssl_certfile is None:
+        raise ConfigError("--ssl-keyfile needs --ssl-certfile (the client certificate)")
+
+
+def _parse_bool(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{name} {text!r}: expected true or false")
+
+
+def _password_from_file(path: object, what: str = "--sasl-password-file") -> Secret[str]:
+    data = read_secret_file(Path(str(path)), what=what)
+    try:
+        return Secret(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {str(path)!r}: not UTF-8 text") from None
+
+
+def security_from_env(env: dict[str, str] | os._Environ[str] | None = None) -> dict[str, object]:
+    """The Kafka client security settings given by ``RISKWATCH_KAFKA_*`` variables."""
+    env = os.environ if env is None else env
+    values: dict[str, object] = {}
+    for field_name, var in (("security_protocol", "SECURITY_PROTOCOL"),
+                            ("sasl_mechanism", "SASL_MECHANISM")):
+        if env.get(f"RISKWATCH_KAFKA_{var}"):
+            values[field_name] = env[f"RISKWATCH_KAFKA_{var}"].strip().upper()
+    if env.get("RISKWATCH_KAFKA_SASL_USERNAME"):
+        values["sasl_username"] = env["RISKWATCH_KAFKA_SASL_USERNAME"]
+    inline = env.get("RISKWATCH_KAFKA_SASL_PASSWORD")
+    path = env.get("RISKWATCH_KAFKA_SASL_PASSWORD_FILE")
+    if inline and path:
+        raise ConfigError("set RISKWATCH_KAFKA_SASL_PASSWORD_FILE or RISKWATCH_KAFKA_SASL_PASSWORD, "
+                          "not both")
+    if path:
+        values["sasl_password"] = _password_from_file(path, "RISKWATCH_KAFKA_SASL_PASSWORD_FILE")
+    elif inline:
+        values["sasl_password"] = Secret(inline)
+    for field_name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile"):
+        var = f"RISKWATCH_KAFKA_{field_name.upper()}"
+        if env.get(var):
+            values[field_name] = Path(env[var])
+    if env.get("RISKWATCH_KAFKA_SSL_CHECK_HOSTNAME"):
+        values["ssl_check_hostname"] = _parse_bool("RISKWATCH_KAFKA_SSL_CHECK_HOSTNAME",
+                                                   env["RISKWATCH_KAFKA_SSL_CHECK_HOSTNAME"])
+    return values
+
+
+def control_token_from_file(path: str | Path) -> Secret[str]:
+    """The HTTP control bearer token stored in ``path`` (at least 16 characters)."""
+    data = read_secret_file(path, what="RISKWATCH_CONTROL_TOKEN_FILE")
+    try:
+        token = data.decode("ascii").strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"RISKWATCH_CONTROL_TOKEN_FILE {str(path)!r}: not ASCII text") from None
+    if len(token) < MIN_TOKEN_CHARS or any(c.isspace() for c in token):
+        raise ConfigError(f"RISKWATCH_CONTROL_TOKEN_FILE {str(path)!r}: the token must be at "
+                          f"least {MIN_TOKEN_CHARS} characters, without spaces")
+    return Secret(token)
+
+
+def _secret_values(env: dict[str, str] | os._Environ[str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    if env.get("RISKWATCH_CONTROL_TOKEN_FILE"):
+        values["control_token"] = control_token_from_file(env["RISKWATCH_CONTROL_TOKEN_FILE"])
+    key = PseudonymKey.from_env(dict(env))
+    if key is not None:
+        values["pseudonym_key"] = key
+    return values

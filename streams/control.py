@@ -6,6 +6,11 @@ records share one key, so one partition keeps their order). Every worker runs a
 :class:`PolicyWatcher`: a consumer *without* a group, assigned every partition
 of ``risk-policy``, so each worker sees every version and applies the newest
 without a restart or redeploy.
+
+Crisis mode is switched by publishing the current policy with ``crisis.active``
+toggled under a new version (:func:`publish_crisis`), so the switch is audited like
+any other change. Every function takes ``security`` (the Kafka client security
+settings; None = the ``RISKWATCH_KAFKA_*`` variables).
 """
 
 from __future__ import annotations
@@ -14,40 +19,56 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import re
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import msgspec
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from alerts import audit
 from alerts.envelope import Emit, to_message
-from alerts.policy import Policy, parse_policy, policy_document
+from alerts.policy import DEFAULT_POLICY, Policy, parse_policy, policy_document
 from schemas.codec import decode, encode
 from schemas.errors import DecodeError, PolicyError, RiskwatchError
 from schemas.models import AuditRecord, RiskPolicyRecord
 from streams.admin import consume_all
+from streams.config import Settings
+from streams.security import aiokafka_kwargs, client_security, start_client
 
 log = logging.getLogger("riskwatch.control")
 
 AUDIT_KEY = "risk-policy"
 
+_NOT_ID = re.compile(r"[^A-Za-z0-9._:@/-]")
 
-async def read_policy_history(bootstrap: list[str] | str) -> list[RiskPolicyRecord]:
+
+class AlreadyInState(PolicyError):
+    """The requested switch (crisis on/off) is already in force: nothing published."""
+
+
+class VersionConflict(PolicyError):
+    """The policy version was already published with other content."""
+
+
+async def read_policy_history(bootstrap: list[str] | str, *,
+                              security: Settings | None = None) -> list[RiskPolicyRecord]:
     """Every valid published policy record, oldest first."""
     records = []
     for _topic, _key, value, _headers in await consume_all(bootstrap, ["risk-policy"], idle=1.0,
-                                                           until=20):
+                                                           until=20, security=security):
         with contextlib.suppress(DecodeError):
             records.append(decode("risk-policy", value))
     return sorted(records, key=lambda r: (r.event_time, r.version))
 
 
-async def read_audit(bootstrap: list[str] | str) -> list[AuditRecord]:
+async def read_audit(bootstrap: list[str] | str, *,
+                     security: Settings | None = None) -> list[AuditRecord]:
     """The audit chain as stored, in sequence order (undecodable records raise)."""
     out = []
     for _topic, _key, value, _headers in await consume_all(bootstrap, ["audit"], idle=1.0,
-                                                           until=20):
+                                                           until=20, security=security):
         out.append(decode("audit", value))
     return sorted(out, key=lambda r: r.seq)
 
@@ -65,28 +86,36 @@ async def publish_policy(
     action: str = "policy.publish",
     now: dt.datetime | None = None,
     source: str = "urn:riskwatch:control",
+    security: Settings | None = None,
+    history: list[RiskPolicyRecord] | None = None,
 ) -> tuple[RiskPolicyRecord, AuditRecord]:
-    """Publish ``policy`` and append its audit record; refuse to reuse a version."""
+    """Publish ``policy`` and append its audit record; refuse to reuse a version.
+
+    ``history`` is the already-read policy history, if the caller has it.
+    """
     if not actor.strip():
         raise PolicyError("publish: --actor is required")
     if not why.strip():
         raise PolicyError("publish: --why is required (the audit record says why)")
+    security = client_security(security)
     now = now or dt.datetime.now(dt.UTC)
-    history = await read_policy_history(bootstrap)
+    if history is None:
+        history = await read_policy_history(bootstrap, security=security)
     document = policy_document(policy)
     for record in history:
         if record.version == policy.version and record.document != document:
-            raise PolicyError(
+            raise VersionConflict(
                 f"publish: version {policy.version!r} was already published with other "
                 "content; give the new policy a new version"
             )
     previous = current_policy(history)
-    chain = await read_audit(bootstrap)
+    chain = await read_audit(bootstrap, security=security)
     problems = audit.verify_chain(chain)
     if problems:
         raise RiskwatchError("publish: the audit chain is broken: " + "; ".join(problems[:3]))
     record = RiskPolicyRecord(
-        event_id=f"policy-{policy.version}-{int(now.timestamp() * 1000)}",
+        # Versions may hold characters an event id may not ("v1+crisis-on-2").
+        event_id=f"policy-{_NOT_ID.sub('_', policy.version)}-{int(now.timestamp() * 1000)}",
         event_time=now,
         version=policy.version,
         actor=actor,
@@ -104,11 +133,17 @@ async def publish_policy(
         why=why,
         when=now,
     )
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
+    value = encode(record)
+    try:  # what every worker will decode: refuse to publish what they would reject
+        decode("risk-policy", value, now=now)
+        decode("audit", encode(entry))
+    except DecodeError as exc:
+        raise PolicyError(f"publish: the record would not validate: {exc}") from None
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all",
+                                **aiokafka_kwargs(security))
+    await start_client(producer, security, bootstrap, "publish policy")
     try:
-        await producer.start()
-        await producer.send_and_wait("risk-policy", key=policy.version.encode(),
-                                     value=encode(record))
+        await producer.send_and_wait("risk-policy", key=policy.version.encode(), value=value)
         key, value, headers = to_message(Emit("audit", AUDIT_KEY, entry.audit_id, entry), source)
         await producer.send_and_wait("audit", key=key, value=value, headers=headers)
     except KafkaError as exc:
@@ -116,6 +151,52 @@ async def publish_policy(
     finally:
         await producer.stop()
     return record, entry
+
+
+def crisis_version(base_version: str, active: bool, history: list[RiskPolicyRecord]) -> str:
+    """``"<base>+crisis-on-<n>"`` (or ``-off-``): ``n`` counts the crisis switches of
+    ``base`` so far, plus one; ``base`` loses any earlier ``+crisis-`` suffix.
+
+    >>> crisis_version("tight-2026+crisis-on-1", False, [])
+    'tight-2026+crisis-off-1'
+    """
+    base = base_version.split("+crisis-", 1)[0]
+    n = 1 + sum(1 for r in history if r.version.startswith(base + "+crisis-"))
+    suffix = f"+crisis-{'on' if active else 'off'}-{n}"
+    return base[: 64 - len(suffix)] + suffix
+
+
+async def publish_crisis(
+    bootstrap: list[str] | str,
+    active: bool,
+    *,
+    actor: str,
+    why: str,
+    fallback: Policy | None = None,
+    now: dt.datetime | None = None,
+    source: str = "urn:riskwatch:control",
+    security: Settings | None = None,
+) -> tuple[RiskPolicyRecord, AuditRecord]:
+    """Publish the current policy with crisis mode switched ``active``, audited.
+
+    The current policy is the newest published one (``fallback``, else the default
+    policy, when none was). Raises :class:`AlreadyInState` when crisis mode already
+    is ``active``.
+    """
+    security = client_security(security)
+    history = await read_policy_history(bootstrap, security=security)
+    current = current_policy(history)
+    policy = (parse_policy(current.document, source=f"risk-policy {current.version}")
+              if current is not None else fallback or DEFAULT_POLICY)
+    if policy.crisis.active == active:
+        raise AlreadyInState(f"crisis mode is already {'on' if active else 'off'} "
+                             f"(policy {policy.version})")
+    version = crisis_version(policy.version, active, history)
+    switched = msgspec.structs.replace(
+        policy, version=version, crisis=msgspec.structs.replace(policy.crisis, active=active))
+    return await publish_policy(bootstrap, switched, actor=actor, why=why,
+                                action=f"crisis.{'on' if active else 'off'}", now=now,
+                                source=source, security=security, history=history)
 
 
 class PolicyWatcher:
@@ -126,8 +207,11 @@ class PolicyWatcher:
         bootstrap: list[str],
         apply: Callable[[Policy, RiskPolicyRecord], None],
         reject: Callable[[bytes, DecodeError, int, int], Awaitable[None]],
+        *,
+        security: Settings | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        self.security = client_security(security)
         self.apply = apply
         self.reject = reject
         self.current: RiskPolicyRecord | None = None
@@ -159,8 +243,9 @@ class PolicyWatcher:
     async def run(self) -> None:
         """Consume forever (cancel to stop)."""
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                    enable_auto_commit=False, auto_offset_reset="earliest")
-        await consumer.start()
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    **aiokafka_kwargs(self.security))
+        await start_client(consumer, self.security, self.bootstrap, "follow risk-policy")
         try:
             partitions = consumer.partitions_for_topic("risk-policy") or set()
             tps = [TopicPartition("risk-policy", p) for p in sorted(partitions)]

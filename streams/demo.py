@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import IO, Any, TextIO
 
 import aiohttp
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -29,6 +29,19 @@ from schemas.errors import BrokerError
 from schemas.topics import OUTPUT_TOPICS
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker, free_port
+from streams.config import Settings
+from streams.security import aiokafka_kwargs, start_client
+
+#: The embedded broker listens on loopback without TLS or SASL.
+EMBEDDED = Settings()
+
+
+def embedded_env() -> dict[str, str]:
+    """Worker environment for the embedded broker: any ``RISKWATCH_KAFKA_*`` security
+    variables of the caller (meant for a real cluster) blanked out."""
+    env = {name: "" for name in os.environ if name.startswith("RISKWATCH_KAFKA_")}
+    env["RISKWATCH_KAFKA_SECURITY_PROTOCOL"] = "PLAINTEXT"
+    return env
 
 
 @dataclass
@@ -70,21 +83,27 @@ async def wait_ready(url: str, timeout: float, proc: subprocess.Popen[bytes] | N
 
 
 def start_worker(broker_url: str, metrics_addr: str, data_dir: Path, partitions: int,
-                 log: TextIO | int, extra: list[str] | None = None) -> subprocess.Popen[bytes]:
-    """Start ``riskwatch worker`` as a subprocess with single-machine timings."""
+                 log: IO[Any] | int, extra: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start ``riskwatch worker`` as a subprocess with single-machine timings.
+
+    ``env`` adds variables to the worker's environment (Kafka security, secret files).
+    """
     cmd = [sys.executable, "-m", "streams.cli", "worker", "--broker", broker_url, "--fast",
            "--metrics-addr", metrics_addr, "--data-dir", str(data_dir),
            "--partitions", str(partitions), *(extra or [])]
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            env={**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"})
 
 
 async def _produce(bootstrap: str, customers: int, days: int, seed: int, rate: float,
-                   poison_rate: float, stats: DemoStats, stop: asyncio.Event) -> None:
+                   poison_rate: float, stats: DemoStats, stop: asyncio.Event,
+                   security: Settings = EMBEDDED) -> None:
     from streams.simulator import Portfolio, iter_events
 
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5,
+                                **aiokafka_kwargs(security))
+    await start_client(producer, security, bootstrap, "demo produce")
     started = time.monotonic()
     try:
         config = Portfolio(customers=customers, days=days, seed=seed, poison_rate=poison_rate)
@@ -105,10 +124,11 @@ async def _produce(bootstrap: str, customers: int, days: int, seed: int, rate: f
         await producer.stop()
 
 
-async def _consume(bootstrap: str, stats: DemoStats, stop: asyncio.Event) -> None:
+async def _consume(bootstrap: str, stats: DemoStats, stop: asyncio.Event,
+                   security: Settings = EMBEDDED) -> None:
     consumer = AIOKafkaConsumer(*OUTPUT_TOPICS, bootstrap_servers=bootstrap, group_id=None,
-                                auto_offset_reset="earliest")
-    await consumer.start()
+                                auto_offset_reset="earliest", **aiokafka_kwargs(security))
+    await start_client(consumer, security, bootstrap, "demo consume")
     try:
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=300, max_records=5000)
@@ -146,11 +166,12 @@ async def run_demo(*, customers: int, days: int, seed: int, duration: float, rat
     with tempfile.TemporaryDirectory(prefix="riskwatch-demo-") as tmp, \
             EmbeddedBroker(log_path=Path(tmp) / "broker.log") as broker:
         print(f"broker      {broker.url} (embedded Tansu)", file=out, flush=True)
-        await ensure_topics(broker.bootstrap, partitions)
+        await ensure_topics(broker.bootstrap, partitions, security=EMBEDDED)
         metrics_addr = f"127.0.0.1:{free_port()}"
         log_path = Path(tmp) / "worker.log"
         with log_path.open("wb") as log:
-            worker = start_worker(broker.url, metrics_addr, Path(tmp) / "data", partitions, log)
+            worker = start_worker(broker.url, metrics_addr, Path(tmp) / "data", partitions, log,
+                                  env=embedded_env())
             try:
                 await wait_ready(f"http://{metrics_addr}/readyz", 90, worker)
                 print(f"worker      ready; metrics on http://{metrics_addr}/metrics", file=out,
