@@ -383,10 +383,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                             if key_partition is not None:
                                 key_partition[record.key] = tp.partition
                         applied += 1
-                if not batch and all(
-                    await consumer.position(tp) >= (consumer.highwater(tp) or 0) for tp in tps
-                ):
-                    break
+                if not batch:
+                    positions = [await consumer.position(tp) for tp in tps]
+                    if all(pos >= (consumer.highwater(tp) or 0)
+                           for pos, tp in zip(positions, tps, strict=True)):
+                        break
         finally:
             await consumer.stop()
         if applied:
@@ -516,6 +517,13 @@ def run_worker(settings: Settings) -> None:
 
     preflight(settings)  # refused TLS or credentials: fail now, with the cause
     mode.loop.use("uvloop")
+    if settings.fetch_max_wait is not None:
+        from streams.tuning import set_group_fetch_wait
+
+        set_group_fetch_wait(int(settings.fetch_max_wait * 1000))
     rw = create_app(settings)
     worker = faust.Worker(rw.app, loglevel=settings.loglevel, quiet=True)
+    # The terminal spinner sets the root logger to DEBUG, so every debug() call in Faust
+    # and aiokafka builds a log record: about a quarter of the worker's CPU.
+    worker.spinner = None
     worker.execute_from_commandline()

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from schemas.codec import loads
+from schemas.topics import TOPICS
 from streams.admin import consume_all, produce
 
 
@@ -23,14 +24,21 @@ def collect(
     expect: int,
     timeout: float = 60.0,
 ) -> list[tuple[str, dict[str, Any], dict[str, bytes]]]:
-    """Output records kept by ``keep`` once at least ``expect`` arrived (or timeout)."""
+    """Distinct output records kept by ``keep`` once at least ``expect`` arrived (or timeout)."""
     deadline = time.monotonic() + timeout
     found: list[tuple[str, dict[str, Any], dict[str, bytes]]] = []
     while time.monotonic() < deadline:
         raw = asyncio.run(consume_all(bootstrap, topics, idle=0.5, until=10))
         found = []
+        seen: set[tuple[str, str]] = set()
         for topic, _key, value, headers in raw:
             doc = loads(value)
+            # Consumers deduplicate by output id (several workers or consumer groups may
+            # produce the same output: at-least-once with deterministic ids).
+            ident = (topic, doc[TOPICS[topic].id_field])
+            if ident in seen:
+                continue
+            seen.add(ident)
             if keep(topic, doc):
                 found.append((topic, doc, dict(headers)))
         if len(found) >= expect:
