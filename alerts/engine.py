@@ -26,6 +26,7 @@ from alerts.policy import Policy
 from detectors.base import Signal
 from detectors import behaviour, delinquency
 from detectors.delinquency import AccountLedger
+from detectors.segments import SegmentMonitor
 from detectors.behaviour import BehaviourState
 from detectors.spending import SpendState, large_transaction
 from schemas import models as m
@@ -80,6 +81,8 @@ class CustomerState(Struct, array_like=True):
     next_check: int | None = None
     #: Recent messages to the customer: (channel index, Unix seconds), for frequency caps.
     sent: list[tuple[int, int]] = []
+    #: Last segment window this customer's accounts were counted in (segment KPIs).
+    segment_window: int = -1
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -106,6 +109,9 @@ class Result(NamedTuple):
     next_check: int | None = None
 
 
+#: The ``customer_id`` of segment-level alerts (they concern no single customer).
+SEGMENT_SUBJECT = "segments"
+
 #: Signal kinds whose findings are about the customer's standing, not about the one
 #: event that revealed it: their ids ignore the trigger, so the same finding gets the
 #: same id whether an event or a watermark sweep detects it first.
@@ -122,6 +128,8 @@ class Engine:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
         self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
+        #: Segment KPIs of this engine's customers and the broadcast sector indicators.
+        self.segments = SegmentMonitor(policy.segments)
         #: Score of the last transaction the anomaly model saw (for the metrics histogram).
         self.last_anomaly_score: float | None = None
         self._learn = True
@@ -133,7 +141,20 @@ class Engine:
         """
         if policy.behaviour != self.policy.behaviour or policy.anomaly != self.policy.anomaly:
             self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
+        if policy.segments != self.policy.segments:
+            fresh = SegmentMonitor(policy.segments)
+            fresh.merge(self.segments)
+            self.segments = fresh
         self.policy = policy
+
+    def on_sector_indicator(self, event: m.SectorIndicator) -> list[Emit]:
+        """Record a (broadcast) sector indicator; alert when a segment's tightening
+        starts or stops."""
+        day = delinquency.epoch_day(event.event_time)
+        self.segments.observe_indicator(event.sector, event.indicator, event.value, day)
+        signals = self.segments.changes(day)
+        return [self._alert(s, SEGMENT_SUBJECT, event.event_id, event.event_time)
+                for s in signals]
 
     def models(self) -> dict[str, Any]:
         """The engine's global (cross-customer) models, for checkpoints."""
@@ -275,7 +296,26 @@ class Engine:
         if new is not ledger:
             state.ledgers = {**state.ledgers, event.account_id: new}
             state.next_check = self._next_check(state)
+            self._count_segment(state, new, signals)
         return signals
+
+    def _count_segment(self, state: CustomerState, ledger: AccountLedger,
+                       signals: list[Signal]) -> None:
+        """Count the account in its segment's window KPIs (once per window)."""
+        profile = state.profile
+        if profile is None:
+            return
+        day = ledger.clock
+        window = day // self.policy.segments.window_days
+        if window == state.segment_window:
+            return
+        state.segment_window = window
+        product = ledger.product or (profile.products[0] if profile.products else "other")
+        key = self.segments.key(profile.sector, product, profile.region)
+        dpd = delinquency.days_past_due(ledger, day, self.policy.delinquency,
+                                        pauses=self.policy.pauses())
+        onset = any(s.rule_id == "delinquency-onset" for s in signals)
+        self.segments.observe_account(key, day, dpd > 0, onset)
 
     def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
         policy = self.policy

@@ -27,6 +27,7 @@ from detectors.behaviour import BehaviourConfig
 from detectors.delinquency import DEFAULT_CONFIG as DEFAULT_DELINQUENCY
 from detectors.delinquency import DelinquencyConfig
 from alerts.actions import ActionPolicy
+from detectors.segments import SegmentConfig
 from schemas.errors import PolicyError
 
 _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
@@ -79,6 +80,7 @@ class Policy(Struct, **_CFG):
     anomaly: AnomalyRule = AnomalyRule()
     delinquency: DelinquencyConfig = DEFAULT_DELINQUENCY
     actions: ActionPolicy = ActionPolicy()
+    segments: SegmentConfig = SegmentConfig()
     #: Event-time slack before a partition's watermark sweep treats a due date as passed.
     sweep_lateness_hours: Annotated[int, Meta(ge=0, le=24 * 35)] = 6
     #: Version of the models the policy expects (carried on every output).

@@ -34,6 +34,7 @@ from schemas.codec import decode
 from schemas.errors import DecodeError
 from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS
 from streams import checkpoint
+from streams.broadcast import Follower
 from streams.config import Settings
 from streams.control import PolicyWatcher
 from streams.metrics import Metrics
@@ -425,6 +426,30 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     rw.watcher = PolicyWatcher(settings.bootstrap_servers, apply_policy, reject_policy,
                                security=settings)
+
+    async def on_indicator(event: Any) -> None:
+        for emit in engine.on_sector_indicator(event):
+            await send(emit)
+
+    async def reject_indicator(value: bytes, error: DecodeError, partition: int,
+                               offset: int) -> None:
+        when = dt.datetime.now(dt.UTC)
+        await send(dead_letter_emit(dead_letter("sector-indicators", partition, offset, None,
+                                                value, error, when)))
+        metrics.dead_letters.labels("sector-indicators", error.reason).inc()
+
+    indicators = Follower(settings, "sector-indicators", on_indicator, reject_indicator)
+
+    @app.task
+    async def follow_indicators() -> None:
+        while True:
+            try:
+                await indicators.run()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sector-indicator reader failed; retrying in 2 s")
+                await asyncio.sleep(2)
 
     @app.task
     async def follow_policy() -> None:

@@ -199,6 +199,9 @@ def replay(
                 sweep(dues[part], event_time - lateness)
             emits: list[Emit] = []
             error: DecodeError | None = obj if isinstance(obj, DecodeError) else None
+            if error is None and topic == "sector-indicators":
+                emit_all(engine.on_sector_indicator(obj))
+                continue
             if error is None and topic not in CUSTOMER_TOPICS:
                 report.skipped_topics[topic] += 1
                 continue
