@@ -26,6 +26,11 @@ from alerts.policy import Policy
 from detectors.base import Signal
 from detectors import behaviour, delinquency
 from detectors.delinquency import AccountLedger
+from alerts import grades as grading
+from alerts import limits
+from alerts.limits import LimitState
+from detectors import scoring
+from detectors.scoring import ScoreState
 from detectors.segments import SegmentMonitor
 from detectors.behaviour import BehaviourState
 from detectors.spending import SpendState, large_transaction
@@ -37,6 +42,28 @@ from schemas.topics import CUSTOMER_TOPICS
 SEEN_LIMIT = 48
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: Tier responses that become customer actions: response -> (action, channel).
+_TIER_ACTIONS: dict[str, tuple[str, str]] = {
+    "review_queue": ("review_queue", "internal"),
+    "reminder": ("reminder", "sms"),
+    "call": ("call", "call"),
+    "collections_case": ("collections_case", "internal"),
+}
+
+
+def _on_time_cycles(state: CustomerState) -> int:
+    """Consecutive most recent repayment cycles paid on time, over all accounts."""
+    streak = None
+    for ledger in state.ledgers.values():
+        run = 0
+        for code in reversed(delinquency._records(ledger.cycles)):
+            if code & delinquency._C_LATE:
+                break
+            run += 1
+        streak = run if streak is None else min(streak, run)
+    return streak or 0
+
+
 _PRODUCT_OF_DUE: dict[type, str] = {
     m.StatementDue: "credit_card",
     m.InstallmentDue: "installment_plan",
@@ -83,6 +110,14 @@ class CustomerState(Struct, array_like=True):
     sent: list[tuple[int, int]] = []
     #: Last segment window this customer's accounts were counted in (segment KPIs).
     segment_window: int = -1
+    #: Risk score, pending feature snapshots for delayed labels, grade.
+    score: ScoreState | None = None
+    #: Early-warning line history.
+    lines: grading.LineState | None = None
+    #: Credit-limit guardrail state (limit, cooldown, history).
+    limit: LimitState | None = None
+    #: Last day the customer was scored on a card transaction without signals.
+    scored_day: int = -1
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -130,6 +165,12 @@ class Engine:
         self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
         #: Segment KPIs of this engine's customers and the broadcast sector indicators.
         self.segments = SegmentMonitor(policy.segments)
+        #: Probability of 30+ days past due within the horizon (global, learns on labels).
+        self.risk_model = scoring.RiskModel.from_config(policy.scoring)
+        #: Progressive (predict-then-learn) quality of the risk model.
+        self.quality = scoring.ProgressiveMetrics()
+        #: Customers per grade among those this engine has graded.
+        self.grade_counts: dict[str, int] = {}
         #: Score of the last transaction the anomaly model saw (for the metrics histogram).
         self.last_anomaly_score: float | None = None
         self._learn = True
@@ -158,13 +199,17 @@ class Engine:
 
     def models(self) -> dict[str, Any]:
         """The engine's global (cross-customer) models, for checkpoints."""
-        return {"anomaly": self.anomaly}
+        return {"anomaly": self.anomaly, "risk": self.risk_model, "quality": self.quality}
 
     def restore_models(self, models: dict[str, Any]) -> None:
         """Resume global models from a checkpoint (ignored when the features differ)."""
         anomaly = models.get("anomaly")
         if anomaly is not None and getattr(anomaly, "features", None) == self.anomaly.features:
             self.anomaly = anomaly
+        if isinstance(models.get("risk"), scoring.RiskModel):
+            self.risk_model = models["risk"]
+        if isinstance(models.get("quality"), scoring.ProgressiveMetrics):
+            self.quality = models["quality"]
 
     def process(self, topic: str, event: Any, raw_state: bytes | None, *,
                 learn: bool = True) -> Result:
@@ -200,6 +245,8 @@ class Engine:
         state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
         state.watermarks[index] = max(watermark, event_ms)
         emits = self._emits(signals, state, event.customer_id, event.event_id, event.event_time)
+        if topic != "customer-profiles":
+            emits.extend(self._assess(topic, event, state, signals))
         return Result(encode_state(state), emits, next_check=state.next_check)
 
     def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
@@ -222,6 +269,8 @@ class Engine:
         state.next_check = self._next_check(state)
         trigger = f"sweep:{customer_id}:{day}"
         emits = self._emits(signals, state, customer_id, trigger, as_of)
+        emits.extend(self._assess_at(state, signals, customer_id, trigger, as_of, day,
+                                     always=True))
         return Result(encode_state(state), emits, next_check=state.next_check)
 
     @staticmethod
@@ -270,6 +319,8 @@ class Engine:
         if topic == "repayments":
             return self._on_repayment(event, state)
         if isinstance(event, m.CustomerProfile):
+            if state.limit is not None:
+                state.limit = limits.sync_limit(state.limit, event.credit_limit_minor)
             state.profile = Profile(
                 limit_minor=event.credit_limit_minor,
                 currency=event.currency,
@@ -281,6 +332,115 @@ class Engine:
             )
             return []
         return []
+
+    # -- score, grade, responses, limits -------------------------------------
+
+    def _assess(self, topic: str, event: Any, state: CustomerState,
+                signals: list[Signal]) -> list[Emit]:
+        day = delinquency.epoch_day(event.event_time)
+        if isinstance(event, m.Outcome):
+            label = scoring.label_from_outcome(event.label, day)
+            if label is not None:
+                state.score = scoring.on_label(state.score, label[0], label[1], self.risk_model,
+                                               self.quality, self.policy.scoring)
+        # A card transaction that raised nothing re-scores the customer once a day.
+        always = topic != "card-transactions" or bool(signals)
+        return self._assess_at(state, signals, event.customer_id, event.event_id,
+                               event.event_time, day, always=always)
+
+    def _assess_at(self, state: CustomerState, signals: list[Signal], customer_id: str,
+                   trigger: str, when: dt.datetime, day: int, *, always: bool) -> list[Emit]:
+        """Learn from labels, score, grade, and respond (tiers, lines, limits)."""
+        policy = self.policy
+        cfg = policy.scoring
+        for positive, label_day in scoring.labels_from_signals(signals):
+            state.score = scoring.on_label(state.score, positive, label_day, self.risk_model,
+                                           self.quality, cfg)
+        if not always and state.scored_day == day:
+            return []
+        state.scored_day = day
+        state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg)
+        profile = state.profile
+        pauses = policy.pauses()
+        feats = scoring.features(
+            profile.limit_minor if profile else None, state.ledgers, state.behaviour, day,
+            behaviour_config=policy.behaviour, delinquency_config=policy.delinquency,
+            pauses=pauses)
+        state.score, result = scoring.score(state.score, feats, signals, self.risk_model, cfg,
+                                            day)
+        tightening = None
+        if profile is not None:
+            product = profile.products[0] if profile.products else "other"
+            tightening = self.segments.tightening(profile.sector, product, profile.region, day)
+            if tightening.score_add:
+                result = msgspec.structs.replace(
+                    result, score=min(1000, result.score + tightening.score_add))
+        outcome = grading.grade_outputs(
+            state.score, result, customer_id=customer_id, trigger_event_id=trigger,
+            event_time=when, day=day, policy_version=policy.version,
+            model_version=policy.model_version, policy=policy.grades, tiers=policy.tiers)
+        state.score = outcome.state
+        emits: list[Emit] = []
+        if outcome.changed:
+            if outcome.previous:
+                self.grade_counts[outcome.previous] = self.grade_counts.get(outcome.previous,
+                                                                            1) - 1
+            self.grade_counts[outcome.grade] = self.grade_counts.get(outcome.grade, 0) + 1
+        if outcome.record is not None:
+            emits.append(Emit("risk-grades", customer_id, outcome.record.grade_id,
+                              outcome.record))
+        extra = [outcome.signal] if outcome.signal is not None else []
+        state.lines, line_signals = grading.update_lines(
+            state.lines, {"max_dpd": feats.get("max_dpd", 0.0),
+                          "utilisation": feats.get("utilisation", 0.0),
+                          "score": float(result.score)}, day, policy.early_warning)
+        extra.extend(line_signals)
+        emits.extend(self._emits(extra, state, customer_id, trigger, when))
+        if outcome.changed and outcome.grade != "low":
+            emits.extend(self._tier_actions(outcome, state, customer_id, trigger, when))
+        emits.extend(self._limit(state, outcome, result.score, feats, customer_id, trigger,
+                                 when, tightening))
+        return emits
+
+    def _tier_actions(self, outcome: Any, state: CustomerState, customer_id: str,
+                      trigger: str, when: dt.datetime) -> list[Emit]:
+        """Customer actions of the grade's tier (limits are proposed by the guardrails)."""
+        out = []
+        for response in outcome.responses:
+            action, channel = _TIER_ACTIONS.get(response, (None, None))
+            if action is None:
+                continue
+            record = m.CustomerAction(
+                action_id=output_id(f"tier-{response}", 1, trigger, customer_id),
+                customer_id=customer_id, trigger_event_id=trigger, event_time=when,
+                policy_version=self.policy.version, model_version=self.policy.model_version,
+                reason_codes=[f"grade_{outcome.grade}", f"tier_{response}"],
+                evidence=list(outcome.signal.evidence) if outcome.signal else [],
+                action=action, channel=channel)
+            out.append(Emit("customer-actions", customer_id, record.action_id, record))
+        return out
+
+    def _limit(self, state: CustomerState, outcome: Any, score_value: int, feats: dict,
+               customer_id: str, trigger: str, when: dt.datetime, tightening: Any) -> list[Emit]:
+        profile = state.profile
+        policy = self.policy
+        if profile is None or not policy.limits.enabled:
+            return []
+        if state.limit is None:
+            state.limit = limits.new_state(profile.limit_minor)
+        crisis = policy.crisis.suspend_limit_cuts and policy.crisis.in_force(when)
+        balance = state.behaviour.balance if state.behaviour else 0
+        state.limit, adjustment = limits.propose(
+            state.limit, customer_id=customer_id, account_id=None, trigger_event_id=trigger,
+            event_time=when, grade=outcome.grade, previous_grade=outcome.previous,
+            score=score_value, balance_minor=max(0, balance),
+            utilisation=feats.get("utilisation"), on_time_cycles=_on_time_cycles(state),
+            crisis_in_force=crisis, currency=profile.currency, policy=policy.limits,
+            policy_version=policy.version, model_version=policy.model_version,
+            tightening=tightening)
+        if adjustment is None:
+            return []
+        return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]
 
     def _on_repayment(self, event: Any, state: CustomerState) -> list[Signal]:
         if isinstance(event, m.PaymentReceived):

@@ -27,6 +27,11 @@ from detectors.behaviour import BehaviourConfig
 from detectors.delinquency import DEFAULT_CONFIG as DEFAULT_DELINQUENCY
 from detectors.delinquency import DelinquencyConfig
 from alerts.actions import ActionPolicy
+from alerts.grades import DEFAULT_GRADES, DEFAULT_LINES, DEFAULT_TIERS, EarlyWarningLines
+from alerts.grades import GradePolicy, TierPolicy
+from alerts.limits import LimitPolicy
+from detectors.scoring import DEFAULT_CONFIG as DEFAULT_SCORING
+from detectors.scoring import ScoreConfig
 from detectors.segments import SegmentConfig
 from schemas.errors import PolicyError
 
@@ -81,6 +86,11 @@ class Policy(Struct, **_CFG):
     delinquency: DelinquencyConfig = DEFAULT_DELINQUENCY
     actions: ActionPolicy = ActionPolicy()
     segments: SegmentConfig = SegmentConfig()
+    scoring: ScoreConfig = DEFAULT_SCORING
+    grades: GradePolicy = DEFAULT_GRADES
+    tiers: TierPolicy = DEFAULT_TIERS
+    early_warning: EarlyWarningLines = DEFAULT_LINES
+    limits: LimitPolicy = LimitPolicy()
     #: Event-time slack before a partition's watermark sweep treats a due date as passed.
     sweep_lateness_hours: Annotated[int, Meta(ge=0, le=24 * 35)] = 6
     #: Version of the models the policy expects (carried on every output).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import heapq
 import logging
 import time
 import traceback
@@ -44,63 +45,6 @@ log = logging.getLogger("riskwatch.worker")
 
 #: Name of the per-customer state table (changelog ``<app_id>-customer-state-changelog``).
 STATE_TABLE = "customer-state"
-
-
-@dataclass
-class Sweeper:
-    """Per-partition event-time watermarks and indexes of upcoming due dates.
-
-    A missed due date is found with no further event from the customer: when a
-    partition's watermark (event time minus the policy's sweep lateness) passes a
-    customer's next check day, the customer's ledgers are advanced. Work is
-    proportional to the due dates crossed, never to the customers held.
-
-    A partition's watermark is the *lowest* newest-event-time among its topics that
-    still have unread records: Kafka does not order two topics against each other, so
-    one topic read ahead must not declare a due date missed while the other topic
-    may still hold the payment.
-    """
-
-    topic_ms: dict[tuple[int, str], int] = field(default_factory=dict)
-    last_event_at: dict[int, float] = field(default_factory=dict)
-    due: dict[int, DueIndex] = field(default_factory=dict)
-    pending: set[int] = field(default_factory=set)
-
-    def index(self, partition: int) -> DueIndex:
-        found = self.due.get(partition)
-        if found is None:
-            found = self.due[partition] = DueIndex()
-        return found
-
-    def saw(self, partition: int, topic: str, key: str, event_ms: int,
-            next_check: int | None) -> None:
-        if event_ms > self.topic_ms.get((partition, topic), 0):
-            self.topic_ms[(partition, topic)] = event_ms
-        self.last_event_at[partition] = time.monotonic()
-        self.index(partition).add(key, next_check)
-
-    def watermark_ms(self, partition: int, behind: Callable[[str, int], bool]) -> int | None:
-        """The partition's event-time watermark; ``behind(topic, partition)`` tells
-        whether a topic still has unread records there."""
-        seen = {t: ms for (p, t), ms in self.topic_ms.items() if p == partition}
-        if not seen:
-            return None
-        lagging = [ms for t, ms in seen.items() if behind(t, partition)]
-        return min(lagging) if lagging else max(seen.values())
-
-    def as_of(self, partition: int, behind: Callable[[str, int], bool], lateness_s: float,
-              idle_s: float, live_window_s: float) -> float | None:
-        """Event time (Unix s) up to which ``partition`` may be swept now, if any."""
-        wm = self.watermark_ms(partition, behind)
-        if wm is None:
-            return None
-        as_of = wm / 1000 - lateness_s
-        now = time.time()
-        idle = time.monotonic() - self.last_event_at.get(partition, 0.0) > idle_s
-        # A live stream that went idle: wall-clock time passes for it too.
-        if idle and now - wm / 1000 < live_window_s:
-            as_of = max(as_of, now - lateness_s)
-        return as_of
 
 
 class StateStore:
@@ -140,26 +84,83 @@ class StateStore:
         return len(dirty)
 
 
+
+#: Tie-break for records of equal event time: topic name order (as replay merges files).
+_TOPIC_RANK = {name: rank for rank, name in enumerate(sorted(CUSTOMER_TOPICS))}
+
+
+@dataclass
+class Received:
+    """A decoded record waiting for its turn in its partition's event-time order."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes
+    key_text: str
+    value: bytes
+    timestamp: float | None
+    received: float
+    event: Any
+    message: Any  # the Faust event, acknowledged once its state is flushed
+
+
+@dataclass
+class PartitionClock:
+    """One partition's records in event-time order, its watermark and due index.
+
+    Kafka does not order two topics against each other, so records are held in a
+    heap and released only when no topic that still has unread records on this
+    partition could deliver an earlier one (the timestamp synchronisation of Kafka
+    Streams). The partition then advances in the same order replay uses, and its
+    watermark is the newest event time applied: when it passes a customer's check
+    day, the customer's ledgers are advanced (a missed due date is found with no
+    further event from that customer), before the record that moved it.
+    """
+
+    heap: list[tuple[int, int, int, Received]] = field(default_factory=list)
+    seen_ms: dict[str, int] = field(default_factory=dict)
+    watermark_ms: int = 0
+    due: DueIndex = field(default_factory=DueIndex)
+    last_event_at: float = 0.0
+    tick_pending: bool = False
+
+    def bound_ms(self, partition: int, behind: Callable[[str, int], bool]) -> float:
+        """Records up to this event time can be released."""
+        lagging = [ms for topic, ms in self.seen_ms.items() if behind(topic, partition)]
+        return min(lagging) if lagging else float("inf")
+
+
 @dataclass
 class Handler:
-    """Processes one raw record: the whole of an agent's per-event work."""
+    """A worker's per-record work: decode, order, process, write state, send."""
 
     engine: Engine
     metrics: Metrics
     table: StateStore
     send: Any  # async (Emit) -> None
     ticks_topic: str = ""
-    #: Events handled but not yet acknowledged (acked after their state is flushed).
+    #: Events processed but not yet acknowledged (acked after their state is flushed).
     pending: list[Any] = field(default_factory=list)
     ack: Any = None  # async (event) -> bool, set by the agent
     flush_every: int = 2000
+    #: Held records beyond this many per partition are released anyway (memory bound).
+    max_held: int = 50_000
     last_flush: float = field(default_factory=time.monotonic)
-    sweeper: Sweeper = field(default_factory=Sweeper)
+    clocks: dict[int, PartitionClock] = field(default_factory=dict)
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Offsets the global models had learned up to at the last checkpoint.
     learned_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: Whether a topic still has unread records on a partition (set by the app).
+    behind: Callable[[str, int], bool] = field(default=lambda topic, partition: False)
     #: Log lines name a customer by pseudonym only (alerts.privacy).
     pseudonym: PseudonymKey = field(default_factory=PseudonymKey.generate)
+
+    def clock(self, partition: int) -> PartitionClock:
+        found = self.clocks.get(partition)
+        if found is None:
+            found = self.clocks[partition] = PartitionClock()
+        return found
 
     async def flush(self) -> None:
         """Write coalesced state, then acknowledge the events it covers."""
@@ -174,11 +175,15 @@ class Handler:
         return (len(self.pending) >= self.flush_every
                 or time.monotonic() - self.last_flush >= interval)
 
-    async def sweep(self, partition: int, value: bytes) -> None:
-        """Advance every customer of ``partition`` whose check day has passed."""
-        self.sweeper.pending.discard(partition)
-        as_of = dt.datetime.fromtimestamp(int(value) / 1000, dt.UTC)
-        index = self.sweeper.index(partition)
+    def drop(self, partitions: set[int]) -> None:
+        """Forget held records of revoked partitions (unacked: the new owner re-reads them)."""
+        for partition in partitions:
+            self.clocks.pop(partition, None)
+
+    async def sweep(self, partition: int, as_of_ms: int) -> None:
+        """Advance every customer of ``partition`` whose check day is at or before ``as_of``."""
+        as_of = dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC)
+        index = self.clock(partition).due
         for key in index.pop_due(epoch_day(as_of)):
             result = self.engine.advance(key, self.table.get(key), as_of)
             if result.state is not None:
@@ -187,16 +192,23 @@ class Handler:
             for emit in result.emits:
                 await self.send(emit)
 
-    async def handle(
+    async def tick(self, partition: int, value: bytes, message: Any) -> None:
+        """A wall-clock sweep request for an idle live partition."""
+        clock = self.clock(partition)
+        clock.tick_pending = False
+        await self.sweep(partition, int(value or b"0"))
+        self.pending.append(message)
+
+    async def receive(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-        timestamp: float | None,
+        timestamp: float | None, message: Any = None,
     ) -> None:
+        """Decode a record and hold it for its turn (bad records are dead-lettered now)."""
         if topic == self.ticks_topic:
-            await self.sweep(partition, value or b"0")
+            await self.tick(partition, value or b"0", message)
             return
         received = time.time()
         self.last_offsets[(topic, partition)] = offset
-        key_text: str | None = None
         try:
             if key is None:
                 raise DecodeError("missing_field", "message has no key", topic=topic)
@@ -207,52 +219,91 @@ class Handler:
             except UnicodeDecodeError as exc:
                 raise DecodeError("invalid_utf8", "message key is not UTF-8", topic=topic) from exc
             event = decode(topic, value, key=key_text)
-            learn = offset > self.learned_offsets.get((topic, partition), -1)
-            result = self.engine.process(topic, event, self.table.get(key_text), learn=learn)
         except DecodeError as exc:
-            when = dt.datetime.fromtimestamp(timestamp or received, dt.UTC)
-            record = dead_letter(topic, partition, offset, key, value, exc, when)
-            await self.send(dead_letter_emit(record))
-            self.metrics.events.labels(topic, "dead_lettered").inc()
-            self.metrics.dead_letters.labels(topic, exc.reason).inc()
+            await self._dead_letter(topic, partition, offset, key, value, exc,
+                                    timestamp or received)
+            self.pending.append(message)
+            return
+        event_ms = int(event.event_time.timestamp() * 1000)
+        clock = self.clock(partition)
+        clock.last_event_at = time.monotonic()
+        if event_ms > clock.seen_ms.get(topic, 0):
+            clock.seen_ms[topic] = event_ms
+        item = Received(topic, partition, offset, key, key_text, value, timestamp, received,
+                        event, message)
+        heapq.heappush(clock.heap, (event_ms, _TOPIC_RANK[topic], offset, item))
+        await self.release(partition)
+
+    async def release(self, partition: int) -> None:
+        """Process the held records no lagging topic can still precede."""
+        clock = self.clock(partition)
+        heap = clock.heap
+        bound = clock.bound_ms(partition, self.behind) if heap else 0
+        while heap and (heap[0][0] <= bound or len(heap) > self.max_held):
+            event_ms, _, _, item = heapq.heappop(heap)
+            if event_ms > clock.watermark_ms:
+                clock.watermark_ms = event_ms
+                lateness_ms = self.engine.policy.sweep_lateness_hours * 3_600_000
+                next_day = clock.due.next_day()
+                if next_day is not None and next_day <= (event_ms - lateness_ms) // 86_400_000:
+                    await self.sweep(partition, event_ms - lateness_ms)
+            await self.apply(item)
+
+    async def release_all(self) -> None:
+        for partition in list(self.clocks):
+            await self.release(partition)
+
+    async def _dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
+                           value: bytes | None, error: DecodeError, when_s: float) -> None:
+        when = dt.datetime.fromtimestamp(when_s, dt.UTC)
+        await self.send(dead_letter_emit(dead_letter(topic, partition, offset, key, value,
+                                                     error, when)))
+        outcome = "duplicate" if error.reason == "duplicate_event" else "dead_lettered"
+        self.metrics.events.labels(topic, outcome).inc()
+        self.metrics.dead_letters.labels(topic, error.reason).inc()
+
+    async def apply(self, item: Received) -> None:
+        """Run the engine on one record, write the state, send the outputs."""
+        topic, partition, offset, event = item.topic, item.partition, item.offset, item.event
+        self.pending.append(item.message)
+        when_s = item.timestamp or item.received
+        try:
+            learn = offset > self.learned_offsets.get((topic, partition), -1)
+            result = self.engine.process(topic, event, self.table.get(item.key_text),
+                                         learn=learn)
+        except DecodeError as exc:
+            await self._dead_letter(topic, partition, offset, item.key, item.value, exc, when_s)
             return
         except Exception as exc:  # a bug: never lose the record, never crash the worker
             # Read by people: the customer as a pseudonym, the message redacted, and the
             # traceback's frames without the exception text.
             log.error("processing failed for %s[%d]@%d customer %s: %s\n%s", topic, partition,
-                      offset, self.pseudonym(key_text), describe_error(exc, key_text,
-                                                                       self.pseudonym),
+                      offset, self.pseudonym(item.key_text),
+                      describe_error(exc, item.key_text, self.pseudonym),
                       "".join(traceback.format_tb(exc.__traceback__)).rstrip())
-            when = dt.datetime.fromtimestamp(timestamp or received, dt.UTC)
             error = DecodeError("processing_error", f"{type(exc).__name__}: {exc}", topic=topic)
-            await self.send(dead_letter_emit(dead_letter(topic, partition, offset, key, value,
-                                                         error, when)))
-            self.metrics.events.labels(topic, "dead_lettered").inc()
-            self.metrics.dead_letters.labels(topic, "processing_error").inc()
+            await self._dead_letter(topic, partition, offset, item.key, item.value, error,
+                                    when_s)
             return
         if result.duplicate:
-            when = dt.datetime.fromtimestamp(timestamp or received, dt.UTC)
             error = DecodeError("duplicate_event", f"event_id {event.event_id!r} already applied",
-                                topic=topic, key=key_text, field="event_id")
-            await self.send(dead_letter_emit(dead_letter(topic, partition, offset, key, value,
-                                                         error, when)))
-            self.metrics.events.labels(topic, "duplicate").inc()
-            self.metrics.dead_letters.labels(topic, "duplicate_event").inc()
+                                topic=topic, key=item.key_text, field="event_id")
+            await self._dead_letter(topic, partition, offset, item.key, item.value, error,
+                                    when_s)
             return
         if result.state is not None:
-            self.table.put(key_text, result.state, partition)
+            self.table.put(item.key_text, result.state, partition)
             self.metrics.state_bytes.observe(len(result.state))
-            self.sweeper.saw(partition, topic, key_text,
-                             int(event.event_time.timestamp() * 1000), result.next_check)
+            self.clock(partition).due.add(item.key_text, result.next_check)
         for emit in result.emits:
             await self.send(emit)
         self.metrics.events.labels(topic, "processed").inc()
         self.metrics.last_event_time.labels(topic).set(event.event_time.timestamp())
-        self.metrics.last_receive_time.labels(topic).set(received)
+        self.metrics.last_receive_time.labels(topic).set(item.received)
         if result.emits:
             now = time.time()
             self.metrics.event_to_output.observe(max(0.0, now - event.event_time.timestamp()))
-            self.metrics.receive_to_output.observe(now - received)
+            self.metrics.receive_to_output.observe(now - item.received)
 
 
 @dataclass
@@ -406,10 +457,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             log.warning("table store does not expose key partitions; sweeps resume as "
                         "customers' events arrive")
             return
-        sweeper = handler.sweeper
         for raw_key, partition in list(store.items()):
-            next_check, _newest_ms = engine.sweep_info(table.data.get(raw_key))
-            sweeper.index(partition).add(raw_key.decode(), next_check)
+            next_check, newest_ms = engine.sweep_info(table.data.get(raw_key))
+            clock = handler.clock(partition)
+            clock.due.add(raw_key.decode(), next_check)
+            clock.watermark_ms = max(clock.watermark_ms, newest_ms)
 
     table.on_recover(rebuild_due_index)
     rw = Riskwatch(app, settings, engine, metrics, handler)
@@ -469,9 +521,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         handler.ack = manual.ack
         async for event in manual.events():
             message = event.message
-            await handler.handle(message.topic, message.partition, message.offset,
-                                 message.key, message.value, message.timestamp)
-            handler.pending.append(event)
+            await handler.receive(message.topic, message.partition, message.offset,
+                                  message.key, message.value, message.timestamp, event)
             if handler.flush_due(settings.state_flush_interval):
                 await handler.flush()
 
@@ -481,29 +532,40 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         if handler.pending and handler.flush_due(settings.state_flush_interval):
             await handler.flush()
 
+    def behind(topic: str, partition: int) -> bool:
+        consumer = app.consumer
+        if not consumer:
+            return False
+        high = consumer.highwater(TP(topic, partition))
+        return (high or 0) - 1 > handler.last_offsets.get((topic, partition), -1)
+
+    handler.behind = behind
+
     @app.timer(settings.sweep_interval)
-    async def request_sweeps() -> None:
-        """Ask each assigned partition to sweep when its watermark passed a check day."""
+    async def release_and_sweep() -> None:
+        """Release held records once their topics caught up; sweep idle live partitions.
+
+        A partition whose stream went quiet while its event time is close to the wall
+        clock (a live stream, not a replay of history) is swept up to the wall clock,
+        through a tick on the partition itself (so its state writes stay in it).
+        """
         if not app.consumer or app.rebalancing:
             return
-        policy = engine.policy
-        sweeper = handler.sweeper
-        consumer = app.consumer
-
-        def behind(topic: str, partition: int) -> bool:
-            high = consumer.highwater(TP(topic, partition))
-            return (high or 0) - 1 > handler.last_offsets.get((topic, partition), -1)
-
-        for tp in consumer.assignment():
-            if tp.topic != ticks_name or tp.partition in sweeper.pending:
+        await handler.release_all()
+        lateness_s = engine.policy.sweep_lateness_hours * 3600.0
+        now = time.time()
+        for tp in app.consumer.assignment():
+            if tp.topic != ticks_name:
                 continue
-            as_of = sweeper.as_of(tp.partition, behind, policy.sweep_lateness_hours * 3600.0,
-                                  settings.sweep_idle, settings.sweep_live_window)
-            next_day = sweeper.index(tp.partition).next_day()
-            if as_of is None or next_day is None or next_day > int(as_of // 86_400):
+            clock = handler.clock(tp.partition)
+            next_day = clock.due.next_day()
+            idle = time.monotonic() - clock.last_event_at > settings.sweep_idle
+            live = now - clock.watermark_ms / 1000 < settings.sweep_live_window
+            if (clock.tick_pending or clock.heap or next_day is None or not idle or not live
+                    or next_day > int((now - lateness_s) // 86_400)):
                 continue
-            sweeper.pending.add(tp.partition)
-            await ticks.send(key=b"sweep", value=str(int(as_of * 1000)).encode(),
+            clock.tick_pending = True
+            await ticks.send(key=b"sweep", value=str(int((now - lateness_s) * 1000)).encode(),
                              partition=tp.partition)
 
     @app.timer(5.0)
@@ -524,6 +586,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     @app.on_partitions_revoked.connect
     async def _on_rebalance(sender: Any, revoked: Any, **kwargs: Any) -> None:
         await handler.flush()
+        handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
         metrics.rebalances.inc()
         metrics.ready.set(0)
 
