@@ -7,10 +7,10 @@
 * ``b``: a bare Faust agent that only consumes and decodes (raw bytes values, orjson);
 * ``c``: the naive Faust pattern: ``faust.Record`` values, a table write and one
   send per event;
-* ``d``: the full Riskwatch worker, built by :func:`streams.app.create_app` and run
-  exactly as ``riskwatch worker --fast`` runs it (:func:`streams.app.run_worker`),
-  with a probe around ``Handler.handle`` and around the state table's changelog
-  recovery.
+* ``d``: the full Riskwatch worker, run exactly as ``riskwatch worker --fast`` runs it
+  (:func:`streams.app.run_worker`), with probes put in by wrapping ``create_app``: a
+  task that reads the worker's own ``riskwatch_events_total`` every 5 ms, and a count
+  of the changelog messages the state table recovers.
 
 Every variant uses the worker's Faust settings (``Settings.fast()``), its own
 consumer group (``--app-id``) and reads the customer-keyed input topics from the
@@ -33,14 +33,47 @@ from bench.probe import Probe
 from schemas.topics import CUSTOMER_TOPICS
 
 
-def faust_kwargs(app_id: str, broker: str, partitions: int, data_dir: Path) -> dict[str, Any]:
-    """The Faust settings :func:`streams.app.create_app` uses, with fast group timings."""
+def worker_settings(args: argparse.Namespace) -> Any:
+    """Settings exactly as ``riskwatch worker --fast`` builds them, then ``--set`` overrides."""
+    import dataclasses
+
     from streams.config import Settings
 
-    s = Settings(broker=broker, app_id=app_id, data_dir=data_dir, partitions=partitions).fast()
+    settings = Settings.from_env(broker=args.broker, metrics_addr=args.metrics_addr,
+                                 data_dir=args.data_dir, partitions=args.partitions,
+                                 app_id=args.app_id, loglevel="warning").fast()
+    fields = {f.name: f for f in dataclasses.fields(settings)}
+    changes: dict[str, Any] = {}
+    for item in args.set or ():
+        name, _, text = item.partition("=")
+        if name not in fields:
+            raise SystemExit(f"--set {item}: Settings has no field {name!r}")
+        current = getattr(settings, name)
+        if text.lower() == "none":
+            changes[name] = None
+        elif isinstance(current, bool):
+            changes[name] = text.lower() in ("1", "true", "yes")
+        elif isinstance(current, int):
+            changes[name] = int(text)
+        elif isinstance(current, float) or current is None:
+            changes[name] = float(text)
+        else:
+            changes[name] = text
+    return dataclasses.replace(settings, **changes) if changes else settings
+
+
+def faust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """The Faust settings :func:`streams.app.create_app` uses, with ``--fast`` timings; the
+    group fetch wait tuned as :func:`streams.app.run_worker` tunes it."""
+    s = worker_settings(args)
+    wait = getattr(s, "fetch_max_wait", None)
+    if wait is not None:
+        from streams.tuning import set_group_fetch_wait
+
+        set_group_fetch_wait(int(wait * 1000))
     return dict(
         broker=[f"kafka://{h}" for h in s.bootstrap_servers], store="memory://",
-        datadir=str(data_dir), web_enabled=False, topic_partitions=partitions,
+        datadir=str(args.data_dir), web_enabled=False, topic_partitions=args.partitions,
         topic_allow_declare=True, topic_disable_leader=True,
         consumer_auto_offset_reset="earliest", broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=s.heartbeat_interval,
@@ -53,8 +86,7 @@ def bare_app(args: argparse.Namespace, probe: Probe) -> Any:
     """(b) Consume and decode only: raw bytes values, ``orjson.loads``."""
     import faust
 
-    app = faust.App(args.app_id, **faust_kwargs(args.app_id, args.broker, args.partitions,
-                                                args.data_dir))
+    app = faust.App(args.app_id, **faust_kwargs(args))
     source = app.topic(*args.topics, key_type=bytes, value_type=bytes, key_serializer="raw",
                        value_serializer="raw")
 
@@ -98,8 +130,7 @@ def naive_app(args: argparse.Namespace, probe: Probe) -> Any:
         mean_minor: float
         spike: bool
 
-    app = faust.App(args.app_id, **faust_kwargs(args.app_id, args.broker, args.partitions,
-                                                args.data_dir))
+    app = faust.App(args.app_id, **faust_kwargs(args))
     source = app.topic(*args.topics, key_type=str, value_type=Transaction)
     out = app.topic(args.out_topic, key_type=str, value_type=Scored)
     table = app.Table("naive-state", default=CustomerAgg, key_type=str, value_type=CustomerAgg,
@@ -122,27 +153,33 @@ def naive_app(args: argparse.Namespace, probe: Probe) -> Any:
     return app
 
 
-def riskwatch_app(args: argparse.Namespace, probe: Probe) -> Any:
-    """(d) The full worker from ``create_app``, probed around the handler and recovery."""
-    from streams.app import STATE_TABLE, create_app
-    from streams.config import Settings
+def events_total(metrics: Any) -> int:
+    """``riskwatch_events_total`` summed over its labels (every input record handled:
+    processed, duplicate or dead-lettered)."""
+    total = 0.0
+    for family in metrics.events.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                total += sample.value
+    return int(total)
 
-    settings = Settings.from_env(broker=args.broker, metrics_addr=args.metrics_addr,
-                                 data_dir=args.data_dir, partitions=args.partitions,
-                                 app_id=args.app_id, loglevel="warning",
-                                 producer_linger=args.producer_linger).fast()
-    rw = create_app(settings)
-    handle = rw.handler.handle
-    tick = probe.tick
 
-    inputs = frozenset(CUSTOMER_TOPICS)
+def install_probes(rw: Any, args: argparse.Namespace, probe: Probe) -> None:
+    """Count handled input events and recovered changelog messages, in the worker process.
 
-    async def probed(topic: str, *a: Any) -> None:
-        await handle(topic, *a)
-        if topic in inputs:  # not the worker's own sweep ticks
-            tick()
+    Events are read off the worker's own ``riskwatch_events_total`` every 5 ms (not a
+    wrapper around a handler method, which the worker's refactors would break); the
+    table's ``apply_changelog_batch`` counts what Faust recovers.
+    """
+    from streams.app import STATE_TABLE
 
-    rw.handler.handle = probed  # type: ignore[method-assign]
+    @rw.app.task
+    async def count_events() -> None:
+        while True:
+            seen = events_total(rw.metrics)
+            if seen > probe.count:
+                probe.tick(seen - probe.count)
+            await asyncio.sleep(0.005)
 
     table = rw.app.tables[STATE_TABLE]
     apply = table.apply_changelog_batch
@@ -156,13 +193,19 @@ def riskwatch_app(args: argparse.Namespace, probe: Probe) -> Any:
         recovery["recovered"] += len(batch)
         recovery["t_last_batch"] = time.time()
 
-    table.apply_changelog_batch = counted  # type: ignore[method-assign]
+    table.apply_changelog_batch = counted
 
     @rw.app.timer(0.05)
     async def report_ready() -> None:
         if "t_ready" not in recovery and rw.ready():
             recovery["t_ready"] = time.time()
             recovery["cpu_ready"] = time.process_time()
+            gap = getattr(rw.metrics, "recovery_gap_records", None)
+            if gap is not None:  # what the worker read itself past short end offsets
+                recovery["recovered_past_end_offsets"] = int(sum(
+                    s.value for f in gap.collect() for s in f.samples
+                    if s.name.endswith("_total")))
+            recovery["keys"] = len(table.data)
             probe.update(recovery=dict(recovery))
 
     if args.cprofile:
@@ -171,7 +214,24 @@ def riskwatch_app(args: argparse.Namespace, probe: Probe) -> Any:
         profiler = cProfile.Profile()
         probe.on_first = profiler.enable
         probe.on_done = lambda: (profiler.disable(), profiler.dump_stats(args.cprofile))
-    return rw.app
+
+
+def run_riskwatch(args: argparse.Namespace, probe: Probe) -> None:
+    """(d) The worker exactly as ``riskwatch worker --fast`` runs it
+    (:func:`streams.app.run_worker`), with the probes put in by wrapping ``create_app``."""
+    import streams.app
+
+    create_app = streams.app.create_app
+
+    def probed_create_app(*a: Any, **kw: Any) -> Any:
+        rw = create_app(*a, **kw)
+        install_probes(rw, args, probe)
+        return rw
+
+    streams.app.create_app = probed_create_app  # type: ignore[assignment]
+    probe.update(settings_changed=list(args.set or ()))
+    sys.argv = [sys.argv[0]]  # the Faust worker reads no options of ours
+    streams.app.run_worker(worker_settings(args))
 
 
 async def forward(args: argparse.Namespace, probe: Probe) -> None:
@@ -206,23 +266,6 @@ async def forward(args: argparse.Namespace, probe: Probe) -> None:
         await producer.stop()
 
 
-def patch_fetch_wait(ms: int) -> None:
-    """Faust builds its group consumer with ``fetch_max_wait_ms=1500`` and no setting to
-    change it; a broker that holds a fetch for the whole wait (Tansu) then adds up to
-    1.5 s per hop. Swap in a consumer class that uses ``ms`` instead."""
-    import aiokafka
-
-    base = aiokafka.AIOKafkaConsumer
-
-    class Consumer(base):  # type: ignore[misc, valid-type]
-        def __init__(self, *topics: Any, **kwargs: Any) -> None:
-            if kwargs.get("group_id") is not None and "fetch_max_wait_ms" in kwargs:
-                kwargs["fetch_max_wait_ms"] = ms
-            super().__init__(*topics, **kwargs)
-
-    aiokafka.AIOKafkaConsumer = Consumer  # type: ignore[misc]
-
-
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.faust_apps", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -237,13 +280,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--data-dir", type=Path, default=Path(".bench-data"))
     p.add_argument("--metrics-addr", default="127.0.0.1:9464", help="(d) metrics address")
     p.add_argument("--cprofile", default=None, help="(d) cProfile the first..last event window")
-    p.add_argument("--fetch-max-wait-ms", type=int, default=0,
-                   help="patch the Faust consumer's fetch_max_wait_ms (hard-coded 1500)")
-    p.add_argument("--no-spinner", action="store_true",
-                   help="drop faust.Worker's terminal spinner (which sets the root logger to "
-                        "DEBUG)")
-    p.add_argument("--producer-linger", type=float, default=None,
-                   help="(d) Settings.producer_linger in seconds (default 0.005)")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a streams.config.Settings field after --fast (repeatable; "
+                        "'none' for None); applies to b, c (Faust timings) and d")
     return p.parse_args(argv)
 
 
@@ -257,15 +296,14 @@ def main(argv: list[str] | None = None) -> None:
     if args.variant == "a":
         asyncio.run(forward(args, probe))
         return
+    if args.variant == "d":
+        run_riskwatch(args, probe)
+        return
     import faust
 
-    if args.fetch_max_wait_ms:
-        patch_fetch_wait(args.fetch_max_wait_ms)
-    build = {"b": bare_app, "c": naive_app, "d": riskwatch_app}[args.variant]
-    app = build(args, probe)
+    app = {"b": bare_app, "c": naive_app}[args.variant](args, probe)
     worker = faust.Worker(app, loglevel="warning", quiet=True)
-    if args.no_spinner:
-        worker.spinner = None
+    worker.spinner = None  # as run_worker: the spinner sets the root logger to DEBUG
     sys.argv = [sys.argv[0]]  # faust.Worker reads no options of ours
     worker.execute_from_commandline()
 

