@@ -162,7 +162,7 @@ class Engine:
 
     def __init__(self, policy: Policy) -> None:
         self.policy = policy
-        self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
+        self.anomaly = self._anomaly_model(policy)
         #: Segment KPIs of this engine's customers and the broadcast sector indicators.
         self.segments = SegmentMonitor(policy.segments)
         #: Probability of 30+ days past due within the horizon (global, learns on labels).
@@ -181,7 +181,7 @@ class Engine:
         The global anomaly model keeps what it learned unless its features change.
         """
         if policy.behaviour != self.policy.behaviour or policy.anomaly != self.policy.anomaly:
-            self.anomaly = behaviour.make_anomaly_model(policy.behaviour, seed=policy.anomaly.seed)
+            self.anomaly = self._anomaly_model(policy)
         if policy.segments != self.policy.segments:
             fresh = SegmentMonitor(policy.segments)
             fresh.merge(self.segments)
@@ -196,6 +196,12 @@ class Engine:
         signals = self.segments.changes(day)
         return [self._alert(s, SEGMENT_SUBJECT, event.event_id, event.event_time)
                 for s in signals]
+
+    @staticmethod
+    def _anomaly_model(policy: Policy) -> Any:
+        rule = policy.anomaly
+        return behaviour.make_anomaly_model(policy.behaviour, seed=rule.seed,
+                                            quantile=rule.quantile, min_score=rule.min_score)
 
     def models(self) -> dict[str, Any]:
         """The engine's global (cross-customer) models, for checkpoints."""

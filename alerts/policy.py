@@ -27,7 +27,7 @@ from detectors.behaviour import BehaviourConfig
 from detectors.delinquency import DEFAULT_CONFIG as DEFAULT_DELINQUENCY
 from detectors.delinquency import DelinquencyConfig
 from alerts.actions import ActionPolicy
-from alerts.grades import DEFAULT_GRADES, DEFAULT_LINES, DEFAULT_TIERS, EarlyWarningLines
+from alerts.grades import DEFAULT_LINES, DEFAULT_TIERS, EarlyWarningLines
 from alerts.grades import GradePolicy, TierPolicy
 from alerts.limits import LimitPolicy
 from detectors.scoring import DEFAULT_CONFIG as DEFAULT_SCORING
@@ -61,9 +61,9 @@ class LargeTransactionRule(Struct, **_CFG):
     """A single transaction far above the customer's usual amount."""
 
     enabled: bool = True
-    multiple: Annotated[float, Meta(gt=1.0)] = 6.0
-    min_history: Annotated[int, Meta(ge=1)] = 5
-    floor_minor: Annotated[int, Meta(ge=0)] = 50_000
+    multiple: Annotated[float, Meta(gt=1.0)] = 12.0
+    min_history: Annotated[int, Meta(ge=1)] = 10
+    floor_minor: Annotated[int, Meta(ge=0)] = 150_000
     half_life_events: Annotated[float, Meta(gt=0)] = 20.0
 
 
@@ -72,6 +72,10 @@ class AnomalyRule(Struct, **_CFG):
 
     enabled: bool = True
     seed: int = 0
+    #: Flag scores above this running quantile (a ceiling on the flag rate).
+    quantile: Annotated[float, Meta(gt=0.5, lt=1.0)] = 0.997
+    #: Never flag below this score.
+    min_score: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.7
 
 
 class Policy(Struct, **_CFG):
@@ -87,7 +91,8 @@ class Policy(Struct, **_CFG):
     actions: ActionPolicy = ActionPolicy()
     segments: SegmentConfig = SegmentConfig()
     scoring: ScoreConfig = DEFAULT_SCORING
-    grades: GradePolicy = DEFAULT_GRADES
+    #: Bands tuned on generated portfolios (bench/quality.py): fewer false escalations.
+    grades: GradePolicy = GradePolicy(medium=350, high=650, critical=800)
     tiers: TierPolicy = DEFAULT_TIERS
     early_warning: EarlyWarningLines = DEFAULT_LINES
     limits: LimitPolicy = LimitPolicy()

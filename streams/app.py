@@ -297,6 +297,8 @@ class Handler:
             self.clock(partition).due.add(item.key_text, result.next_check)
         for emit in result.emits:
             await self.send(emit)
+        if topic == "card-transactions" and self.engine.last_anomaly_score is not None:
+            self.metrics.anomaly_score.observe(self.engine.last_anomaly_score)
         self.metrics.events.labels(topic, "processed").inc()
         self.metrics.last_event_time.labels(topic).set(event.event_time.timestamp())
         self.metrics.last_receive_time.labels(topic).set(item.received)
@@ -374,6 +376,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         metrics.outputs.labels(emit.topic).inc()
         if emit.topic == "risk-alerts":
             metrics.alerts.labels(emit.record.alert_type, emit.record.severity).inc()
+            if "habit_drift" in emit.record.reason_codes:
+                metrics.drift_detections.labels("spend").inc()
+        elif emit.topic == "limit-adjustments":
+            metrics.limit_proposals.labels(emit.record.direction).inc()
         elif emit.topic == "customer-actions":
             metrics.customer_actions.labels(emit.record.action, emit.record.channel).inc()
 
@@ -582,6 +588,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         for topic in CUSTOMER_TOPICS:
             metrics.consumer_lag.labels(topic).set(lag.get(topic, 0))
         metrics.ready.set(1 if rw.ready() else 0)
+        for grade in ("low", "medium", "high", "critical"):
+            metrics.customers_by_grade.labels(grade).set(engine.grade_counts.get(grade, 0))
+        if engine.quality.n:
+            metrics.model_auc.labels("risk").set(engine.quality.auc)
+            metrics.model_log_loss.labels("risk").set(engine.quality.log_loss)
 
     @app.on_partitions_revoked.connect
     async def _on_rebalance(sender: Any, revoked: Any, **kwargs: Any) -> None:
