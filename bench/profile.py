@@ -30,6 +30,8 @@ _FRAME = re.compile(r"^(?P<func>.*?) \((?P<file>[^():]*)(?::\d+)?\)$")
 #: frame's name or its last dotted part. The names follow ``streams/app.py`` (the
 #: ``Handler``, its state store and ``send``); renamed functions fall to "handler other".
 HANDLER: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
+    ("bench probe (reads riskwatch_events_total every 5 ms)", "bench/faust_apps.py",
+     ("count_events", "events_total", "report_ready", "counted")),
     ("decode: schemas.codec.decode", "schemas/codec.py", ("decode",)),
     ("engine: alerts.engine.Engine.process", "alerts/engine.py", ("process",)),
     ("engine sweeps: Handler.sweep / Engine.advance", "streams/app.py", ("sweep",)),
@@ -40,8 +42,9 @@ HANDLER: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("state read: table get", "streams/app.py", ("get",)),
     ("output send: app.send (to_message + topic.send)", "streams/app.py", ("send",)),
     ("metrics: prometheus_client in the handler", "prometheus_client/", None),
-    ("handler other: Handler.handle itself", "streams/app.py", ("handle",)),
-    ("bench probe wrapper", "bench/faust_apps.py", ("probed",)),
+    ("handler other: receive / hold in event-time order / release / apply themselves",
+     "streams/app.py", ("handle", "receive", "release", "release_all", "apply", "tick",
+                        "_dead_letter")),
 )
 #: Debug logging switched on by Faust's terminal spinner (root logger at DEBUG): every
 #: ``log.debug()`` builds a record and runs the loggers' filters, whoever calls it.

@@ -90,7 +90,14 @@ def markdown(doc: dict[str, Any]) -> str:
             f"| event → alert latency at {_num(lat.get('achieved_rate_events_per_s'))} events/s "
             f"(half of saturation) | p50 **{_num(lat.get('p50_ms'), 1)} ms**, p99 "
             f"**{_num(lat.get('p99_ms'), 1)} ms**, max {_num(lat.get('max_ms'), 1)} ms "
-            f"({lat.get('alerts_received')}/{lat.get('alerts_expected')} alerts) |")
+            f"({lat.get('alerts_received')} alerts for {lat.get('spikes_sent')} spikes sent) |")
+        inside = lat.get("worker_receive_to_output") or {}
+        if inside.get("count"):
+            rows.append(
+                f"| of which inside the worker (its receive → output histogram) | mean "
+                f"{_num(inside.get('mean_ms'), 1)} ms, p50 ≤ {_num(inside.get('p50_at_most_ms'))} "
+                f"ms, p99 ≤ {_num(inside.get('p99_at_most_ms'))} ms "
+                f"({_num(inside.get('count'))} outputs) |")
     elif lat:
         rows.append(f"| event → alert latency | {lat.get('error', 'no alerts received')} |")
     state = doc.get("state") or {}
