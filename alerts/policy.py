@@ -81,7 +81,7 @@ class AnomalyRule(Struct, **_CFG):
 class Policy(Struct, **_CFG):
     """The whole risk policy in force."""
 
-    version: Annotated[str, Meta(min_length=1, max_length=64)] = "default-1"
+    version: Annotated[str, Meta(min_length=1, max_length=64)] = "default"
     allowed_lateness_days: Annotated[int, Meta(ge=0, le=365)] = 35
     crisis: CrisisMode = CrisisMode()
     large_transaction: LargeTransactionRule = LargeTransactionRule()
@@ -111,7 +111,19 @@ class Policy(Struct, **_CFG):
         return [(start, end)]
 
 
-DEFAULT_POLICY = Policy()
+def _content_version(policy: Policy) -> Policy:
+    """The built-in default, versioned by its content: a release that changes a default
+    publishes under a new version instead of clashing with the old one."""
+    import hashlib
+
+    body = msgspec.to_builtins(policy)
+    body.pop("version", None)
+    digest = hashlib.sha256(msgspec.json.encode(body, order="sorted")).hexdigest()[:10]
+    return msgspec.structs.replace(policy, version=f"default-{digest}")
+
+
+#: The built-in policy (version ``default-<content hash>``).
+DEFAULT_POLICY = _content_version(Policy())
 
 
 def parse_policy(document: Any, *, source: str = "<document>") -> Policy:

@@ -243,10 +243,11 @@ class Handler:
             event_ms, _, _, item = heapq.heappop(heap)
             if event_ms > clock.watermark_ms:
                 clock.watermark_ms = event_ms
-                lateness_ms = self.engine.policy.sweep_lateness_hours * 3_600_000
                 next_day = clock.due.next_day()
-                if next_day is not None and next_day <= (event_ms - lateness_ms) // 86_400_000:
-                    await self.sweep(partition, event_ms - lateness_ms)
+                if next_day is not None:
+                    lateness_ms = self.engine.policy.sweep_lateness_hours * 3_600_000
+                    if next_day <= (event_ms - lateness_ms) // 86_400_000:
+                        await self.sweep(partition, event_ms - lateness_ms)
             await self.apply(item)
 
     async def release_all(self) -> None:
@@ -297,6 +298,12 @@ class Handler:
             self.clock(partition).due.add(item.key_text, result.next_check)
         for emit in result.emits:
             await self.send(emit)
+        # A check day already behind the partition's watermark (a late record) is due now.
+        clock = self.clock(partition)
+        if result.next_check is not None and clock.watermark_ms:
+            as_of_ms = clock.watermark_ms - self.engine.policy.sweep_lateness_hours * 3_600_000
+            if result.next_check <= as_of_ms // 86_400_000:
+                await self.sweep(partition, as_of_ms)
         if topic == "card-transactions" and self.engine.last_anomaly_score is not None:
             self.metrics.anomaly_score.observe(self.engine.last_anomaly_score)
         self.metrics.events.labels(topic, "processed").inc()

@@ -198,6 +198,7 @@ def replay(
                 watermarks[part] = event_time
                 sweep(dues[part], event_time - lateness)
             emits: list[Emit] = []
+            late_check = False
             error: DecodeError | None = obj if isinstance(obj, DecodeError) else None
             if error is None and topic == "sector-indicators":
                 emit_all(engine.on_sector_indicator(obj))
@@ -219,11 +220,16 @@ def replay(
                             states[obj.customer_id] = result.state
                             dues[part].add(obj.customer_id, result.next_check)
                         emits = result.emits
+                        late_check = result.next_check is not None and (
+                            result.next_check <= epoch_day(watermarks[part] - lateness))
             if error is not None:
                 emits = [dead_letter_emit(
                     dead_letter(topic, -1, line_no, None, raw, error, event_time))]
                 report.dead_letters[error.reason] += 1
             emit_all(emits)
+            if error is None and late_check:
+                # A check day already behind the partition's watermark is due now.
+                sweep(dues[part], watermarks[part] - lateness)
         report.seconds = time.perf_counter() - started
     finally:
         writers.close()

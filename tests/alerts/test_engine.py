@@ -23,6 +23,12 @@ def tx(i: int, amount: int = 2_000, hours: float | None = None, customer: str = 
         currency="EUR", mcc="5411", merchant_id="m", channel="pos", country="DE")
 
 
+#: The large-transaction rule with a short history, as in these tests.
+SENSITIVE = load_policy_text(
+    "version: test-sensitive\nlarge_transaction: {multiple: 6.0, min_history: 5, "
+    "floor_minor: 50000}")
+
+
 def run(engine: Engine, events, state=None):
     outputs = []
     for event in events:
@@ -35,14 +41,16 @@ def run(engine: Engine, events, state=None):
 
 def test_spike_alert_has_deterministic_id_and_versions():
     events = [tx(i) for i in range(6)] + [tx(6, 200_000)]
-    _, first = run(Engine(DEFAULT_POLICY), events)
-    _, second = run(Engine(DEFAULT_POLICY), events)
+    _, first = run(Engine(SENSITIVE), events)
+    _, second = run(Engine(SENSITIVE), events)
     assert [e.id for e in first] == [e.id for e in second]
+    first = [e for e in first if e.topic == "risk-alerts" and e.record.rule_id ==
+             "large-transaction"]
     assert len(first) == 1
     alert = first[0].record
     assert alert.alert_id == first[0].id
     assert alert.trigger_event_id == "e6"
-    assert alert.policy_version == DEFAULT_POLICY.version
+    assert alert.policy_version == SENSITIVE.version
     assert alert.rule_id == "large-transaction"
     assert first[0].key == "c1"
 
@@ -69,7 +77,8 @@ def test_too_late_event_is_refused_per_topic():
 
 
 def test_policy_version_travels_with_outputs():
-    policy = load_policy_text("version: candidate-9\nlarge_transaction: {multiple: 3.0}")
+    policy = load_policy_text("version: candidate-9\nlarge_transaction: {multiple: 3.0, "
+                              "min_history: 5, floor_minor: 0}")
     _, out = run(Engine(policy), [tx(i) for i in range(6)] + [tx(6, 10_000 * 7)])
     assert out and out[0].record.policy_version == "candidate-9"
 

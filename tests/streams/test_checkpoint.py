@@ -36,7 +36,8 @@ def test_round_trip_resumes_the_same_model(tmp_path):
     engine = Engine(DEFAULT_POLICY)
     _feed(engine, 0, 300)
     path = tmp_path / "models.ckpt"
-    size = save(path, Checkpoint(engine.models(), {("card-transactions", 0): 299}, "default-1"))
+    size = save(path, Checkpoint(engine.models(), {("card-transactions", 0): 299},
+                                       DEFAULT_POLICY.version))
     assert size > 0 and not path.with_suffix(".ckpt.tmp").exists()
     resumed = Engine(DEFAULT_POLICY)
     loaded = load(path)

@@ -29,22 +29,23 @@ def test_help_lists_every_subcommand():
 
 
 def test_replay_writes_outputs_snapshot_and_dead_letters(tmp_path):
-    lines = [encode(_tx(i, 2_000)) for i in range(6)]
+    lines = [encode(_tx(i, 2_000)) for i in range(11)]
     lines.append(b'{"broken": ')
-    lines.append(encode(_tx(7, 500_000)))
+    lines.append(encode(_tx(12, 500_000)))
     (tmp_path / "card-transactions.jsonl").write_bytes(b"\n".join(lines) + b"\n")
     out = tmp_path / "out"
     result = runner.invoke(app, ["replay", str(tmp_path / "card-transactions.jsonl"),
                                  "--out", str(out)])
     assert result.exit_code == 0, result.output
     alerts = [loads(x) for x in (out / "risk-alerts.jsonl").read_bytes().splitlines()]
-    assert [a["trigger_event_id"] for a in alerts] == ["cli-7"]
+    assert [a["trigger_event_id"] for a in alerts
+            if a["rule_id"] == "large-transaction"] == ["cli-12"]
     dead = [loads(x) for x in (out / "dead-letters.jsonl").read_bytes().splitlines()]
-    assert [(d["reason"], d["offset"]) for d in dead] == [("malformed_json", 7)]
+    assert [(d["reason"], d["offset"]) for d in dead] == [("malformed_json", 12)]
     snapshot = [loads(x) for x in (out / "snapshot.jsonl").read_bytes().splitlines()]
     assert snapshot[0]["customer_id"] == "cli-c1"
     summary = loads((out / "summary.json").read_bytes())
-    assert summary["events_total"] == 8
+    assert summary["events_total"] == 13
 
 
 def test_replay_rejects_unknown_topic_file(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from alerts.audit import verify_chain
+from alerts.policy import DEFAULT_POLICY
 from schemas.codec import encode
 from schemas.models import CardTransaction
 from streams.cli import app as cli
@@ -54,7 +55,7 @@ def restore_default_policy(broker, tmp_path):
     """Other tests share the broker (and the session worker follows every policy)."""
     yield
     default = tmp_path / "default.yaml"
-    default.write_text("version: default-1\n")
+    default.write_text(f"version: {DEFAULT_POLICY.version}\n")
     result = CliRunner().invoke(cli, ["policy", "publish", str(default), "--actor", "tests",
                                       "--why", "restore the default after the test",
                                       "--broker", broker.url])
@@ -63,19 +64,19 @@ def restore_default_policy(broker, tmp_path):
 
 def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp_path,
                                                         restore_default_policy):
-    # Under the default policy (multiple 6x) a 4x transaction (event 6) raises nothing; a
-    # 100x one after it (event 7) alerts and shows event 6 was processed.
+    # Under the default policy (12x) a 5x transaction (event 10) raises nothing; a 20x one
+    # after it (event 11) alerts and shows event 10 was processed.
     customers = [f"pl-before-{i}" for i in range(8)]
-    amounts = [20_000] * 6 + [80_000, 2_000_000]
+    amounts = [40_000] * 10 + [200_000, 800_000]
     send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, i, amounts[i]))
-                            for c in customers for i in range(8)])
+                            for c in customers for i in range(12)])
     before = collect(broker.bootstrap, ["risk-alerts"],
                      lambda t, d: d["customer_id"].startswith("pl-before")
                      and d["rule_id"] == "large-transaction",
                      expect=len(customers))
     assert sorted(d["trigger_event_id"] for _, d, _ in before) == sorted(
-        f"pl-{c}-7" for c in customers)
-    assert {d["policy_version"] for _, d, _ in before} == {"default-1"}
+        f"pl-{c}-11" for c in customers)
+    assert {d["policy_version"] for _, d, _ in before} == {DEFAULT_POLICY.version}
     policy = tmp_path / "tight.yaml"
     policy.write_text("version: tight-2026-06\nlarge_transaction:\n  multiple: 3.0\n")
     runner = CliRunner()
@@ -89,7 +90,7 @@ def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp
     # the new version.
     after = [f"pl-after-{i}" for i in range(8)]
     send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, i, amounts[i]))
-                            for c in after for i in range(7)])
+                            for c in after for i in range(11)])
     found = collect(broker.bootstrap, ["risk-alerts"],
                     lambda t, d: d["customer_id"].startswith("pl-after")
                     and d["rule_id"] == "large-transaction", expect=len(after),

@@ -29,9 +29,10 @@ def test_state_is_recovered_after_kill_9(broker, tmp_path):
     first = launch_worker(broker, tmp_path / "a", "--app-id", "riskwatch-recovery-test")
     try:
         send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, i, 20_000))
-                                for c in customers for i in range(6)])
-        # The history is processed once each customer's 6th event is a duplicate...
-        marker = [("card-transactions", c.encode(), _tx(c, 5, 20_000)) for c in customers]
+                                for c in customers for i in range(11)])
+        # The history is processed once a repeat of each customer's last event is a
+        # duplicate...
+        marker = [("card-transactions", c.encode(), _tx(c, 10, 20_000)) for c in customers]
         send(broker.bootstrap, marker)
         dups = collect(broker.bootstrap, ["dead-letters"],
                        lambda t, d: d["reason"] == "duplicate_event"
@@ -44,10 +45,10 @@ def test_state_is_recovered_after_kill_9(broker, tmp_path):
     second = launch_worker(broker, tmp_path / "b", "--app-id", "riskwatch-recovery-test")
     try:
         # Recovered state: an old event is still a duplicate, and the spike rule still has
-        # the five transactions of history it needs.
+        # the ten transactions of history it needs.
         send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, 2, 20_000))
                                 for c in customers])
-        send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, 9, 900_000))
+        send(broker.bootstrap, [("card-transactions", c.encode(), _tx(c, 19, 900_000))
                                 for c in customers])
         found = collect(broker.bootstrap, ["risk-alerts", "dead-letters"],
                         lambda t, d: (t == "risk-alerts" and d["customer_id"] in customers

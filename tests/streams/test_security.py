@@ -838,8 +838,8 @@ def test_processing_error_log_carries_the_pseudonym_not_the_customer(caplog):
 
     handler = Handler(Exploding(), Metrics(), Table(), send, pseudonym=key)  # type: ignore[arg-type]
     with caplog.at_level(logging.ERROR, logger="riskwatch.worker"):
-        asyncio.run(handler.handle("card-transactions", 1, 17, customer.encode(),
-                                   encode(tx(customer, 0, 100)), None))
+        asyncio.run(handler.receive("card-transactions", 1, 17, customer.encode(),
+                                    encode(tx(customer, 0, 100)), None))
     (record,) = [r for r in caplog.records if r.name == "riskwatch.worker"]
     text = record.getMessage() + (record.exc_text or "")
     assert key(customer) in text

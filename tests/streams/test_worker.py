@@ -7,6 +7,7 @@ import urllib.request
 
 import pytest
 
+from alerts.policy import DEFAULT_POLICY
 from schemas.codec import encode
 from schemas.models import CardTransaction, CustomerProfile
 from tests.streams.helpers import collect, send
@@ -34,8 +35,8 @@ def test_large_transaction_alert_with_cloudevents_headers(broker, worker):
                               segment="mass")
     records = [("customer-profiles", customer.encode(), encode(profile))]
     records += [("card-transactions", customer.encode(), encode(tx(customer, i, 2_500)))
-                for i in range(6)]
-    records.append(("card-transactions", customer.encode(), encode(tx(customer, 6, 300_000))))
+                for i in range(11)]
+    records.append(("card-transactions", customer.encode(), encode(tx(customer, 11, 300_000))))
     send(broker.bootstrap, records)
 
     found = collect(broker.bootstrap, ["risk-alerts"],
@@ -43,29 +44,29 @@ def test_large_transaction_alert_with_cloudevents_headers(broker, worker):
                     and d["rule_id"] == "large-transaction", expect=1)
     assert len(found) == 1
     _, alert, headers = found[0]
-    assert alert["trigger_event_id"] == f"wt-{customer}-6"
+    assert alert["trigger_event_id"] == f"wt-{customer}-11"
     assert alert["reason_codes"] == ["large_transaction"]
     assert alert["severity"] == "high"
-    assert alert["policy_version"] == "default-1"
+    assert alert["policy_version"] == DEFAULT_POLICY.version
     assert "120.0x" in alert["evidence"][0]["text"]
     assert headers["ce_specversion"] == b"1.0"
     assert headers["ce_id"].decode() == alert["alert_id"]
     assert headers["ce_type"] == b"dev.riskwatch.risk-alerts.v1"
     assert headers["ce_subject"] == customer.encode()
-    assert headers["ce_time"] == b"2026-03-01T15:00:00Z"
+    assert headers["ce_time"] == b"2026-03-01T20:00:00Z"
 
 
 def test_bad_records_are_dead_lettered_and_good_ones_processed(broker, worker):
     customer = "wt-poison-1"
     good = [("card-transactions", customer.encode(), encode(tx(customer, i, 2_000)))
-            for i in range(6)]
-    spike = ("card-transactions", customer.encode(), encode(tx(customer, 9, 400_000)))
+            for i in range(11)]
+    spike = ("card-transactions", customer.encode(), encode(tx(customer, 19, 400_000)))
     bad = [
         ("card-transactions", customer.encode(), b'{"event_id": "x", 4111 1111 1111 1111'),
         ("card-transactions", customer.encode(), b"\xff\xfe\x00garbage"),
         ("card-transactions", customer.encode(),
-         encode(tx(customer, 7, 1_000)).replace(b'"EUR"', b'"XXX"')),
-        ("card-transactions", b"someone-else", encode(tx(customer, 8, 1_000))),
+         encode(tx(customer, 17, 1_000)).replace(b'"EUR"', b'"XXX"')),
+        ("card-transactions", b"someone-else", encode(tx(customer, 18, 1_000))),
         ("repayments", customer.encode(), b'{"type":"payment_received"}'),
     ]
     # A duplicate of an already applied event id.
@@ -82,7 +83,7 @@ def test_bad_records_are_dead_lettered_and_good_ones_processed(broker, worker):
     assert reasons == sorted(["malformed_json", "invalid_utf8", "unknown_currency",
                               "key_mismatch", "missing_field", "duplicate_event"])
     alerts = [d for t, d, _ in found if t == "risk-alerts"]
-    assert [a["trigger_event_id"] for a in alerts] == [f"wt-{customer}-9"]
+    assert [a["trigger_event_id"] for a in alerts] == [f"wt-{customer}-19"]
     import base64
     masked = [base64.b64decode(d["raw_b64"]) for t, d, _ in found
               if t == "dead-letters" and d["reason"] == "malformed_json"]
