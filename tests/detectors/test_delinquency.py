@@ -1,0 +1,735 @@
+"""Tests of the per-account repayment ledger (detectors/delinquency.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from detectors.base import Signal
+from detectors.delinquency import (
+    DEFAULT_CONFIG,
+    AccountLedger,
+    Bucket,
+    DelinquencyConfig,
+    DueIndex,
+    Pause,
+    advance,
+    apply,
+    bucket_history,
+    days_past_due,
+    decode_ledger,
+    encode_ledger,
+    epoch_day,
+    next_check_day,
+    snapshot,
+)
+from schemas.models import (
+    DeferralEnded,
+    DeferralStarted,
+    InstallmentDue,
+    PaymentReceived,
+    PaymentReversed,
+    PlanAgreed,
+    PlanInstallment,
+    StatementDue,
+)
+
+T0 = dt.datetime(2024, 1, 1, tzinfo=dt.UTC)
+D0 = epoch_day(T0)  # 19723
+ACC = "a1"
+CUST = "c1"
+_COMMON: dict[str, Any] = {"customer_id": CUST, "account_id": ACC}
+
+
+# --------------------------------------------------------------------------- #
+# Event builders (days are offsets from T0)
+# --------------------------------------------------------------------------- #
+
+
+def at(day: int, sec: int = 0) -> dt.datetime:
+    return T0 + dt.timedelta(days=day, seconds=sec)
+
+
+def date(day: int) -> dt.date:
+    return (T0 + dt.timedelta(days=day)).date()
+
+
+def inst(eid: str, day: int, due_day: int, amount: int, due_id: str | None = None) -> Any:
+    return InstallmentDue(
+        event_id=eid,
+        event_time=at(day),
+        due_id=due_id or f"due-{eid}",
+        due_date=date(due_day),
+        amount_minor=amount,
+        currency="EUR",
+        **_COMMON,
+    )
+
+
+def stmt(eid: str, day: int, due_day: int, amount: int, minimum: int) -> Any:
+    return StatementDue(
+        event_id=eid,
+        event_time=at(day),
+        due_id=f"st-{eid}",
+        due_date=date(due_day),
+        amount_minor=amount,
+        minimum_minor=minimum,
+        currency="EUR",
+        **_COMMON,
+    )
+
+
+def pay(eid: str, day: int, amount: int, sec: int = 0) -> Any:
+    return PaymentReceived(
+        event_id=eid, event_time=at(day, sec), amount_minor=amount, currency="EUR", **_COMMON
+    )
+
+
+def rev(eid: str, day: int, target: str, amount: int, sec: int = 0) -> Any:
+    return PaymentReversed(
+        event_id=eid,
+        event_time=at(day, sec),
+        reversed_event_id=target,
+        amount_minor=amount,
+        currency="EUR",
+        **_COMMON,
+    )
+
+
+def plan(eid: str, day: int, plan_id: str, schedule: Sequence[tuple[int, int]]) -> Any:
+    return PlanAgreed(
+        event_id=eid,
+        event_time=at(day),
+        plan_id=plan_id,
+        currency="EUR",
+        installments=[PlanInstallment(due_date=date(d), amount_minor=a) for d, a in schedule],
+        **_COMMON,
+    )
+
+
+def dstart(eid: str, day: int, did: str, until: int | None = None) -> Any:
+    return DeferralStarted(
+        event_id=eid,
+        event_time=at(day),
+        deferral_id=did,
+        until=None if until is None else date(until),
+        **_COMMON,
+    )
+
+
+def dend(eid: str, day: int, did: str) -> Any:
+    return DeferralEnded(event_id=eid, event_time=at(day), deferral_id=did, **_COMMON)
+
+
+def run(
+    events: Sequence[Any],
+    cfg: DelinquencyConfig = DEFAULT_CONFIG,
+    ledger: AccountLedger | None = None,
+    pauses: Sequence[Pause] = (),
+) -> tuple[AccountLedger, list[Signal]]:
+    out: list[Signal] = []
+    for ev in events:
+        ledger, sigs = apply(ledger, ev, cfg, pauses=pauses)
+        out.extend(sigs)
+    assert ledger is not None
+    return ledger, out
+
+
+def sweep(
+    ledger: AccountLedger, to_day: int, cfg: DelinquencyConfig = DEFAULT_CONFIG
+) -> tuple[AccountLedger, list[Signal]]:
+    """Advance day by day (offset days) up to ``to_day``."""
+    out: list[Signal] = []
+    for day in range(ledger.clock + 1, D0 + to_day + 1):
+        ledger, sigs = advance(ledger, day, cfg)
+        out.extend(sigs)
+    return ledger, out
+
+
+def rules(signals: Sequence[Signal]) -> list[str]:
+    return [s.rule_id for s in signals]
+
+
+def dpd(ledger: AccountLedger, cfg: DelinquencyConfig = DEFAULT_CONFIG) -> int:
+    return days_past_due(ledger, ledger.clock, cfg)
+
+
+def core(ledger: AccountLedger) -> tuple[Any, ...]:
+    """Everything but the announcement fields (bucket history, flags)."""
+    plan_core = None
+    if ledger.plan is not None:
+        p = ledger.plan
+        plan_core = (p.id, p.key, p.n)
+    return (
+        ledger.account_id,
+        ledger.clock,
+        ledger.product,
+        ledger.dues,
+        ledger.items,
+        ledger.credit,
+        ledger.base_credit,
+        ledger.floating,
+        ledger.float_from,
+        ledger.frontier,
+        ledger.retired,
+        ledger.cycles,
+        ledger.seen,
+        ledger.deferrals,
+        plan_core,
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Scenarios
+# --------------------------------------------------------------------------- #
+
+
+def test_allocation_oldest_first_partial_and_credit() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000), inst("d2", 0, 40, 10000), pay("p1", 5, 15000)])
+    assert [(d.id, d.paid) for d in led.dues] == [("due-d1", 10000), ("due-d2", 5000)]
+    led, _ = run([pay("p2", 6, 8000)], ledger=led)
+    assert [d.paid for d in led.dues] == [10000, 10000]
+    assert led.credit == 3000
+    led, _ = run([inst("d3", 7, 70, 10000)], ledger=led)  # credit applied to a new due
+    assert led.dues[-1].paid == 3000 and led.credit == 0
+
+
+def test_partial_payment_below_tolerance_is_not_delinquent() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000), pay("p1", 5, 9600)])
+    led, _ = advance(led, D0 + 40)
+    assert dpd(led) == 0
+    led, _ = run([pay("p2", 41, 0)], DelinquencyConfig(tolerance_minor=100), ledger=led)
+    assert days_past_due(led, led.clock, DelinquencyConfig(tolerance_minor=100)) == 31
+
+
+def test_onset_worsening_labels_and_bucket_history_with_days() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000)])
+    led, sigs = sweep(led, 110)
+    assert rules(sigs) == [
+        "delinquency-onset",  # day 11
+        "dpd-bucket-worsened",  # day 40 -> 30-59
+        "label-30dpd",
+        "dpd-bucket-worsened",  # day 70 -> 60-89
+        "dpd-bucket-worsened",  # day 100 -> 90-179
+        "label-90dpd",
+    ]
+    assert bucket_history(led) == [
+        (D0 + 11, "dpd_1_29"),
+        (D0 + 40, "dpd_30_59"),
+        (D0 + 70, "dpd_60_89"),
+        (D0 + 100, "dpd_90_179"),
+    ]
+    onset = sigs[0]
+    ev = {e.code: e.value for e in onset.evidence}
+    assert ev["dpd"] == 1 and ev["overdue_amount"] == 10000
+    assert ev["oldest_due_date"] == "2024-01-11" and ev["bucket"] == "dpd_1_29"
+    assert onset.severity == "low" and onset.account_id == ACC
+    # Cure by a late payment: back to current, dated on the payment's day.
+    led, sigs = run([pay("p1", 112, 10000)], ledger=led)
+    assert rules(sigs) == ["delinquency-cured"] and dpd(led) == 0
+    assert bucket_history(led)[-1] == (D0 + 112, "current")
+    # Labels fire only once per account, even in a second episode.
+    led, _ = run([inst("d2", 113, 120, 10000)], ledger=led)
+    led, sigs = sweep(led, 230)
+    assert "label-30dpd" not in rules(sigs) and "label-90dpd" not in rules(sigs)
+    assert rules(sigs)[0] == "delinquency-onset"
+
+
+def test_jump_without_sweep_is_not_missed() -> None:
+    """An event long after the due date first advances time, then applies."""
+    led, _ = run([inst("d1", 0, 10, 10000)])
+    led, sigs = run([pay("p1", 45, 4000)], ledger=led)
+    assert rules(sigs) == ["delinquency-onset", "label-30dpd"]
+    assert bucket_history(led) == [(D0 + 40, "dpd_30_59")]
+
+
+def test_reversal_reopens_exactly_what_it_paid() -> None:
+    led, _ = run(
+        [
+            inst("d1", 0, 10, 10000),
+            inst("d2", 0, 40, 10000),
+            pay("p1", 9, 10000),
+            pay("p2", 39, 10000),
+        ]
+    )
+    assert [d.paid for d in led.dues] == [10000, 10000] and dpd(led) == 0
+    led, sigs = run([rev("r1", 45, "p1", 10000)], ledger=led)
+    # d1 is open again (not d2): p2 keeps paying d2.
+    assert [d.paid for d in led.dues] == [0, 10000]
+    assert dpd(led) == 35
+    assert rules(sigs) == ["delinquency-onset", "label-30dpd"]
+    assert bucket_history(led)[-1] == (D0 + 45, "dpd_30_59")
+    # A later payment fills the re-opened due first.
+    led, sigs = run([pay("p3", 46, 10000)], ledger=led)
+    assert [d.paid for d in led.dues] == [10000, 10000] and dpd(led) == 0
+    assert rules(sigs) == ["delinquency-cured"]
+
+
+def test_reversal_takes_credit_first_and_partial_reversal() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000), pay("p1", 5, 12000)])
+    assert led.credit == 2000
+    led, _ = run([rev("r1", 6, "p1", 3000)], ledger=led)
+    assert led.credit == 0 and led.dues[0].paid == 9000
+
+
+def test_reversal_before_its_payment_is_order_independent() -> None:
+    evs = [inst("d1", 0, 10, 10000), pay("p1", 5, 10000), rev("r1", 6, "p1", 10000)]
+    a, _ = run(evs)
+    b, _ = run([evs[0], evs[2], evs[1]])
+    assert core(a) == core(b)
+    assert a.dues[0].paid == 0
+
+
+def test_late_reversal_of_finalised_payment_becomes_a_due() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000), pay("p1", 5, 10000)])
+    led, _ = advance(led, D0 + 100)  # p1 finalised (60 + 7 days), d1 retired
+    assert led.items == [] and led.dues == [] and led.retired == 10000
+    led, sigs = run([rev("r1", 101, "p1", 10000)], ledger=led)
+    assert [d.kind for d in led.dues] == [3] and led.dues[0].day == D0 + 101
+    led, sigs = advance(led, D0 + 103)
+    assert dpd(led) == 2 and rules(sigs) == ["delinquency-onset"]
+
+
+def test_deferral_stops_the_clock() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000), dstart("f1", 15, "def1", until=44)])
+    led, _ = advance(led, D0 + 30)
+    assert dpd(led) == 4  # days 11..14 count, 15.. paused
+    led, _ = advance(led, D0 + 50)
+    assert dpd(led) == 4 + 6  # paused 15..44 inclusive, 45..50 count
+    # Ending a deferral early resumes the clock from that day.
+    led2, _ = run([inst("d1", 0, 10, 10000), dstart("f1", 15, "def1"), dend("f2", 20, "def1")])
+    led2, _ = advance(led2, D0 + 30)
+    assert dpd(led2) == 4 + 11
+    # An open-ended deferral freezes DPD and next_check_day has nothing to wait for.
+    led3, _ = run([inst("d1", 0, 10, 10000), dstart("f1", 15, "def1")])
+    led3, _ = advance(led3, D0 + 400)
+    assert dpd(led3) == 4
+    assert next_check_day(led3) == D0 + 400 + 30  # a periodic look while paused
+
+
+def test_global_crisis_pause_is_a_parameter() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000)])
+    crisis: list[Pause] = [(D0 + 20, D0 + 50)]
+    assert days_past_due(led, D0 + 60, pauses=crisis) == 50 - 30
+    led2, sigs = advance(led, D0 + 60, pauses=crisis)
+    assert dpd(led2, DEFAULT_CONFIG) == 50  # the ledger itself does not store the crisis
+    assert "label-30dpd" not in rules(sigs)
+    assert next_check_day(led, pauses=crisis) == D0 + 11
+    led3, _ = advance(led, D0 + 19, pauses=crisis)  # past the cycle close of d1 (day 18)
+    assert next_check_day(led3, pauses=crisis) == D0 + 40 + 30  # 30 DPD pushed by 30 days
+
+
+def test_minimum_payment_only_streak_warning() -> None:
+    evs: list[Any] = []
+    for i in range(4):
+        issue = 30 * i
+        evs.append(stmt(f"s{i}", issue, issue + 25, 100000 - i * 1000, 2500))
+        evs.append(pay(f"p{i}", issue + 20, 2500))
+    led, sigs = run(evs)
+    led, more = sweep(led, 160)
+    allsigs = sigs + more
+    warns = [s for s in allsigs if s.rule_id == "warn-min-payment-streak"]
+    assert len(warns) == 1
+    assert warns[0].kind == "warning" and warns[0].reason_codes == ["min_payment_only_streak"]
+    assert dpd(led) == 0  # minimum paid: never delinquent
+    assert not [s for s in allsigs if s.kind == "delinquency"]
+
+
+def test_falling_payment_ratio_warning() -> None:
+    evs: list[Any] = []
+    for i, paid in enumerate([10000, 8000, 6000, 4000]):
+        evs.append(inst(f"d{i}", 30 * i, 30 * i + 20, 10000))
+        evs.append(pay(f"p{i}", 30 * i + 19, paid))
+    led, sigs = run(evs)
+    led, more = sweep(led, 140)
+    warn = [s for s in sigs + more if s.rule_id == "warn-payment-ratio-falling"]
+    assert len(warn) == 1
+    # Arrears are paid first: d1 is 80% paid on time, d2 only 40% (2000 went to d1).
+    assert {e.code: e.value for e in warn[0].evidence}["payment_ratios"] == "100,80,40"
+
+
+def test_repeated_late_but_cured_warning() -> None:
+    evs: list[Any] = []
+    for i in range(3):
+        evs.append(inst(f"d{i}", 30 * i, 30 * i + 10, 10000))
+        evs.append(pay(f"p{i}", 30 * i + 13, 10000))  # 3 days late, cured
+    led, sigs = run(evs)
+    led, more = sweep(led, 120)
+    allr = rules(sigs + more)
+    assert allr.count("warn-late-cured-repeated") == 1
+    assert allr.count("delinquency-onset") == 3 and allr.count("delinquency-cured") == 3
+
+
+def test_broken_plan_and_completed_plan() -> None:
+    sched = [(40, 5000), (70, 5000), (100, 5000)]
+    led, _ = run([inst("d1", 0, 10, 15000), plan("pl", 30, "plan-1", sched)])
+    assert dpd(led) == 0  # the plan supersedes the arrears
+    led, sigs = run([pay("p1", 39, 5000)], ledger=led)
+    # The superseded arrears are retired once the plan is final; p1 prepaid #0.
+    assert [(d.id, d.paid) for d in led.dues] == [
+        ("plan-1#0", 5000),
+        ("plan-1#1", 0),
+        ("plan-1#2", 0),
+    ]
+    led, sigs = sweep(led, 70)
+    assert "plan-broken-promise" not in rules(sigs)
+    led, sigs = sweep(led, 75)
+    assert rules(sigs) == ["delinquency-onset", "plan-broken-promise"]
+    broken = sigs[1]
+    assert broken.severity == "high" and "broken_promise" in broken.reason_codes
+    assert {e.code: e.value for e in broken.evidence}["missed_installment_date"] == "2024-03-11"
+    # Catching up cures; paying the rest completes the plan (once).
+    led, sigs = run([pay("p2", 76, 10000)], ledger=led)
+    assert rules(sigs) == ["delinquency-cured", "plan-completed"]
+    led, sigs = sweep(led, 130)
+    assert "plan-completed" not in rules(sigs) and dpd(led) == 0
+
+
+def test_plan_installments_are_dues_and_next_check() -> None:
+    led, _ = run([plan("pl", 0, "plan-1", [(30 * i + 30, 1000) for i in range(24)])])
+    assert [d.id for d in led.dues][:2] == ["plan-1#0", "plan-1#1"] and len(led.dues) == 24
+    assert next_check_day(led) == D0 + 31  # first installment falls past due
+    led, _ = run([pay("p1", 1, 2000)], ledger=led)  # prepays two installments
+    assert [d.paid for d in led.dues][:3] == [1000, 1000, 0]
+    led, _ = advance(led, D0 + 95)
+    assert days_past_due(led, led.clock) == 5
+    assert next_check_day(led) == D0 + 90 + 7 + 1  # the cycle of #2 is recorded
+    # A newer plan supersedes the old one's installments, which are then dropped.
+    led, _ = run([plan("pl2", 100, "plan-2", [(130, 5000)])], ledger=led)
+    led, _ = advance(led, D0 + 200)
+    assert {d.id.split("#")[0] for d in led.dues} == {"plan-2"}
+
+
+def test_duplicates_change_nothing() -> None:
+    evs = [
+        inst("d1", 0, 10, 10000),
+        pay("p1", 5, 4000),
+        rev("r1", 6, "p1", 1000),
+        dstart("f1", 7, "x", 9),
+        plan("pl", 8, "plan", [(50, 500)]),
+        stmt("s1", 8, 30, 9, 9),
+    ]
+    led, _ = run(evs)
+    for ev in evs:
+        again, sigs = apply(led, ev)
+        assert again is led and sigs == []
+    # Re-sent due with a new event id but the same due id: still one due.
+    again, _ = apply(led, inst("d1-bis", 9, 10, 10000, due_id="due-d1"))
+    assert len([d for d in again.dues if d.id == "due-d1"]) == 1
+
+
+def test_apply_rejects_foreign_events() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000)])
+    other = msgspec.structs.replace(pay("p1", 1, 10), account_id="a2")
+    with pytest.raises(ValueError):
+        apply(led, other)
+    with pytest.raises(TypeError):
+        apply(led, object())
+
+
+def test_product_bucket_override() -> None:
+    cfg = DelinquencyConfig(
+        buckets_by_product={
+            "credit_card": [Bucket("current", 0, 0), Bucket("x1", 1, 9), Bucket("x10", 10)]
+        }
+    )
+    led, _ = apply(None, inst("d1", 0, 10, 10000), cfg, product="credit_card")
+    led, _ = sweep(led, 25, cfg)
+    assert bucket_history(led, cfg) == [(D0 + 11, "x1"), (D0 + 20, "x10")]
+    assert snapshot(led, cfg)["bucket"] == "x10"
+    with pytest.raises(ValueError):
+        DelinquencyConfig(buckets=[Bucket("current", 0, 0), Bucket("gap", 2)])
+
+
+def test_statement_min_is_the_obligation_and_rolls() -> None:
+    led, _ = run([stmt("s1", 0, 25, 100000, 3000), pay("p1", 20, 3000)])
+    led, _ = advance(led, D0 + 40)
+    assert dpd(led) == 0
+    led, _ = run([stmt("s2", 31, 55, 99000, 3000)], ledger=led)  # rolls s1: its cap = minimum
+    assert [(d.id, d.paid) for d in led.dues] == [("st-s1", 3000), ("st-s2", 0)]
+    led, _ = advance(led, D0 + 60)
+    assert dpd(led) == 5
+
+
+def test_encode_roundtrip_and_next_check_with_index() -> None:
+    led, _ = run([inst("d1", 0, 10, 10000), pay("p1", 5, 3000)])
+    assert decode_ledger(encode_ledger(led)) == led
+    idx = DueIndex()
+    idx.add(ACC, next_check_day(led))
+    assert idx.pop_due(D0 + 10) == []
+    assert idx.pop_due(D0 + 11) == [ACC]
+
+
+def test_due_index_bounded_work() -> None:
+    idx = DueIndex()
+    for i in range(1000):
+        idx.add(f"k{i}", 100 + i % 50)
+    for i in range(1000):  # move every key: stale heap entries are compacted
+        idx.add(f"k{i}", 200 + i % 7)
+    assert len(idx._heap) <= 2 * 57 + 64
+    assert idx.pop_due(199) == []
+    got = idx.pop_due(201)
+    assert len(got) == len([i for i in range(1000) if i % 7 <= 1]) and len(idx) == 1000 - len(got)
+
+
+# --------------------------------------------------------------------------- #
+# Property tests
+# --------------------------------------------------------------------------- #
+
+SPAN = 150  # days covered by generated histories
+
+
+@st.composite
+def histories(draw: st.DrawFn, span: int = SPAN, with_plan: bool = True) -> list[Any]:
+    """A plausible history of one account: dues, payments, reversals, deferrals, a plan."""
+    evs: list[Any] = []
+    n_dues = draw(st.integers(1, 5))
+    card = draw(st.booleans())
+    for i in range(n_dues):
+        due_day = 20 + 30 * i
+        issue = due_day - draw(st.integers(5, 25))
+        amount = draw(st.integers(1, 300)) * 100
+        if card:
+            evs.append(stmt(f"d{i}", issue, due_day, amount, max(0, amount // 10)))
+        else:
+            evs.append(inst(f"d{i}", issue, due_day, amount))
+    pays: list[tuple[str, int, int]] = []
+    for j in range(draw(st.integers(0, 8))):
+        day = draw(st.integers(0, span))
+        amount = draw(st.integers(0, 300)) * 100
+        pays.append((f"p{j}", day, amount))
+        evs.append(pay(f"p{j}", day, amount, sec=draw(st.integers(0, 86399))))
+    for k in range(draw(st.integers(0, 3))):
+        if not pays:
+            break
+        pid, pday, pamt = draw(st.sampled_from(pays))
+        day = min(span, pday + draw(st.integers(0, 40)))
+        evs.append(
+            rev(
+                f"r{k}",
+                day,
+                pid,
+                draw(st.integers(0, max(1, pamt // 100))) * 100,
+                sec=draw(st.integers(0, 86399)),
+            )
+        )
+    if draw(st.booleans()):
+        start = draw(st.integers(0, span))
+        until = draw(st.none() | st.integers(start, span + 30))
+        evs.append(dstart("f1", start, "def1", until))
+        if draw(st.booleans()):
+            evs.append(dend("f2", draw(st.integers(start, span)), "def1"))
+    if with_plan and draw(st.integers(0, 4)) == 0:
+        day = draw(st.integers(0, span))
+        sched = [(day + 10 + 30 * i, draw(st.integers(1, 100)) * 100) for i in range(3)]
+        evs.append(plan("pl1", day, "plan-1", sched))
+    return sorted(evs, key=lambda e: (e.event_time, e.event_id))
+
+
+def arrival_order(events: Sequence[Any], seed: int, lateness: int) -> list[Any]:
+    """Shuffle events so that none arrives ``lateness`` days or more after a newer one."""
+    rnd = random.Random(seed)
+    keyed = [(epoch_day(e.event_time) + rnd.randrange(lateness), rnd.random(), e) for e in events]
+    return [e for *_, e in sorted(keyed, key=lambda x: (x[0], x[1]))]
+
+
+def net_paid(events: Sequence[Any]) -> int:
+    """Payments minus what their reversals took back (capped at the payment)."""
+    amounts = {e.event_id: e.amount_minor for e in events if isinstance(e, PaymentReceived)}
+    taken: dict[str, int] = {}
+    for e in events:
+        if isinstance(e, PaymentReversed) and e.reversed_event_id in amounts:
+            t = e.reversed_event_id
+            taken[t] = min(amounts[t], taken.get(t, 0) + e.amount_minor)
+    return sum(amounts.values()) - sum(taken.values())
+
+
+PROP = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+@PROP
+@given(histories(span=55, with_plan=False))
+def test_prop_conservation(events: list[Any]) -> None:
+    """Within the reversal window every minor unit is accounted for."""
+    led, _ = run(events)
+    s = snapshot(led)
+    assert s["paid_minor"] + s["outstanding_minor"] == s["total_due_minor"]
+    assert s["paid_minor"] + s["credit_minor"] + s["retired_minor"] == net_paid(events)
+    for d in led.dues:
+        assert 0 <= d.base <= d.paid <= d.amount and d.ontime >= 0
+    if led.credit > 0:  # credit only while nothing can absorb it
+        assert s["outstanding_minor"] == 0
+
+
+@PROP
+@given(histories(), st.lists(st.integers(0, 400), min_size=1, max_size=6))
+def test_prop_time_alone_never_lowers_dpd(events: list[Any], steps: list[int]) -> None:
+    led, _ = run(events)
+    prev = dpd(led)
+    day = led.clock
+    for step in sorted(steps):
+        day = max(day, D0 + SPAN + step)
+        led, _ = advance(led, day)
+        now = dpd(led)
+        assert now >= prev
+        prev = now
+        assert days_past_due(led, day + 10) >= now
+
+
+@PROP
+@given(histories())
+def test_prop_full_cure_returns_to_current(events: list[Any]) -> None:
+    led, _ = run(events)
+    led, _ = advance(led, D0 + SPAN + 1)
+    owed = sum(max(0, d.amount - d.paid) for d in led.dues)
+    led, sigs = apply(led, pay("cure", SPAN + 1, owed + 100))
+    assert dpd(led) == 0
+    assert snapshot(led)["bucket"] == "current"
+    if "delinquency-cured" in rules(sigs):
+        assert bucket_history(led)[-1] == (D0 + SPAN + 1, "current")
+
+
+@PROP
+@given(histories(), st.integers(0, 2**32), st.integers(0, 2**32))
+def test_prop_arrival_order_within_lateness_gives_same_state(
+    events: list[Any], seed_a: int, seed_b: int
+) -> None:
+    cfg = DEFAULT_CONFIG
+    a, _ = run(arrival_order(events, seed_a, cfg.lateness_days), cfg)
+    b, _ = run(arrival_order(events, seed_b, cfg.lateness_days), cfg)
+    assert core(a) == core(b)
+    assert dpd(a) == dpd(b) and a.bucket == b.bucket
+    assert snapshot(a) == snapshot(b)
+
+
+@PROP
+@given(histories(span=300), st.integers(0, 2**32))
+def test_prop_order_independent_with_finalisation(events: list[Any], seed: int) -> None:
+    """Small windows so payments are finalised and dues retired along the way."""
+    cfg = DelinquencyConfig(reversal_window_days=10, lateness_days=3, max_seen=64)
+    a, _ = run(events, cfg)
+    b, _ = run(arrival_order(events, seed, cfg.lateness_days), cfg)
+    assert core(a) == core(b)
+    # Money: nothing is created; at most the reversed amounts are taken back.
+    s = snapshot(a, cfg)
+    total = s["paid_minor"] + s["credit_minor"] + s["retired_minor"]
+    paid_in = sum(e.amount_minor for e in events if isinstance(e, PaymentReceived))
+    reversed_ = sum(e.amount_minor for e in events if isinstance(e, PaymentReversed))
+    assert paid_in - reversed_ <= total <= paid_in
+    for d in a.dues:
+        assert 0 <= d.base <= d.paid <= d.amount
+
+
+@PROP
+@given(histories(), st.data())
+def test_prop_duplicates_change_nothing(events: list[Any], data: st.DataObject) -> None:
+    led: AccountLedger | None = None
+    applied: list[Any] = []
+    for ev in events:
+        led, _ = apply(led, ev)
+        applied.append(ev)
+        if data.draw(st.booleans()):
+            dup = data.draw(st.sampled_from(applied[-6:]))
+            again, sigs = apply(led, dup)
+            assert again is led and sigs == []
+
+
+@PROP
+@given(histories(), st.integers(0, 200))
+def test_prop_apply_and_advance_never_mutate(events: list[Any], extra: int) -> None:
+    led: AccountLedger | None = None
+    for ev in events:
+        before = None if led is None else encode_ledger(led)
+        new, _ = apply(led, ev)
+        if led is not None:
+            assert encode_ledger(led) == before
+        led = new
+    assert led is not None
+    before = encode_ledger(led)
+    advance(led, led.clock + extra + 1)
+    assert encode_ledger(led) == before
+
+
+@settings(PROP, max_examples=40)
+@given(histories())
+def test_prop_sweeping_only_on_next_check_day_misses_nothing(events: list[Any]) -> None:
+    """Advancing only on next_check_day gives the same signals as a daily sweep."""
+    led, _ = run(events)
+    end = led.clock + 200
+    daily, sig_daily = led, []
+    for day in range(led.clock + 1, end + 1):
+        daily, s = advance(daily, day)
+        sig_daily.extend(s)
+    lazy, sig_lazy = led, []
+    while (nxt := next_check_day(lazy)) is not None and nxt <= end:
+        assert nxt > lazy.clock
+        lazy, s = advance(lazy, nxt)
+        sig_lazy.extend(s)
+    lazy, s = advance(lazy, end)
+    sig_lazy.extend(s)
+    assert [(x.rule_id, x.discriminator) for x in sig_lazy] == [
+        (x.rule_id, x.discriminator) for x in sig_daily
+    ]
+    assert core(lazy) == core(daily) and lazy.history == daily.history
+
+
+@PROP
+@given(histories())
+def test_prop_signal_ids_are_unique_per_event(events: list[Any]) -> None:
+    led: AccountLedger | None = None
+    for ev in events:
+        led, sigs = apply(led, ev)
+        keys = [(s.rule_id, s.discriminator) for s in sigs]
+        assert len(keys) == len(set(keys))
+    assert led is not None
+    led, sigs = advance(led, led.clock + 400)
+    keys = [(s.rule_id, s.discriminator) for s in sigs]
+    assert len(keys) == len(set(keys))
+
+
+# --------------------------------------------------------------------------- #
+# Measurements (printed for the integrator; nothing timed is asserted)
+# --------------------------------------------------------------------------- #
+
+
+def test_measure_apply_cost_and_ledger_size(capsys: pytest.CaptureFixture[str]) -> None:
+    """A card account over two years: monthly statement + payment, a few late months."""
+    rnd = random.Random(7)
+    evs: list[Any] = []
+    for m in range(24):
+        issue = 30 * m
+        amount = rnd.randrange(20000, 200000)
+        evs.append(stmt(f"s{m}", issue, issue + 25, amount, amount // 20))
+        late = rnd.random() < 0.15
+        evs.append(pay(f"p{m}", issue + (30 if late else 20), rnd.choice([amount // 20, amount])))
+    led: AccountLedger | None = None
+    sizes: list[int] = []
+    t = time.perf_counter()
+    for ev in evs:
+        led, _ = apply(led, ev)
+        sizes.append(len(encode_ledger(led)))
+    per_event = (time.perf_counter() - t) / len(evs)
+    assert led is not None
+    t = time.perf_counter()
+    n = 0
+    for day in range(led.clock + 1, led.clock + 61):
+        advance(led, day)
+        n += 1
+    per_advance = (time.perf_counter() - t) / n
+    steady = sizes[len(sizes) // 2 :]
+    with capsys.disabled():
+        print(
+            f"\n[delinquency] apply: {per_event * 1e6:.0f} us/event, "
+            f"advance: {per_advance * 1e6:.0f} us/call, "
+            f"ledger msgpack bytes: steady mean {sum(steady) / len(steady):.0f}, "
+            f"max {max(sizes)}, final {sizes[-1]}"
+        )
+    assert max(sizes) < 1500
