@@ -71,6 +71,8 @@ THREAD_LOOP = "consumer thread: its event loop (uvloop C code: sockets, callback
 #: Frames every stack starts with: never the component a sample is charged to.
 _ROOTS = ("mode/worker.py", "mode/threads.py", "<frozen runpy>", "bench/faust_apps.py",
           "threading.py")
+#: Functions that only start the loop (``streams.app.run_worker`` holds the whole run).
+_ROOT_FUNCTIONS = frozenset({"run_worker", "main", "<module>", "run_riskwatch"})
 OTHER = "main event loop: uvloop C code and asyncio (sockets, callbacks, futures)"
 
 
@@ -130,7 +132,7 @@ def _bucket(frames: list[tuple[str, str]], thread: str = "MainThread") -> str:
             return name
     mode_seen = False
     for frame in reversed(frames):
-        if any(root in frame[1] for root in _ROOTS):
+        if any(root in frame[1] for root in _ROOTS) or frame[0] in _ROOT_FUNCTIONS:
             continue
         if "mode/" in frame[1]:  # generic plumbing: charge the component that uses it
             mode_seen = True

@@ -715,6 +715,12 @@ class Suite:
             summary = profile.summarise_cprofile(prof_out, run)
         summary["tool"] = tool
         summary["profiled_run"] = run
+        # The raw profile for flame graphs (speedscope, flamegraph.pl); not committed.
+        keep = "profile.collapsed.txt" if tool == "py-spy" else "profile.pstats"
+        with contextlib.suppress(OSError):
+            self.opts.out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(prof_out, self.opts.out / keep)
+            summary["raw"] = keep
         return summary
 
     # -- all -----------------------------------------------------------------
