@@ -49,7 +49,7 @@ class ActionPolicy(Struct, **_CFG):
 
     enabled: bool = True
     call_at_dpd: Annotated[int, Meta(ge=1)] = 30
-    collections_at_dpd: Annotated[int, Meta(ge=1)] = 60
+    collections_at_dpd: Annotated[int, Meta(ge=1)] = 30
     quiet_start_hour: Annotated[int, Meta(ge=0, le=23)] = 21
     quiet_end_hour: Annotated[int, Meta(ge=0, le=23)] = 8
     #: At most this many messages per channel within ``cap_window_days``.

@@ -171,6 +171,8 @@ class Engine:
         self.quality = scoring.ProgressiveMetrics()
         #: Customers per grade among those this engine has graded.
         self.grade_counts: dict[str, int] = {}
+        #: Newest ledger day seen (the day segment KPIs are read for).
+        self.latest_day = 0
         #: Score of the last transaction the anomaly model saw (for the metrics histogram).
         self.last_anomaly_score: float | None = None
         self._learn = True
@@ -202,6 +204,17 @@ class Engine:
         rule = policy.anomaly
         return behaviour.make_anomaly_model(policy.behaviour, seed=rule.seed,
                                             quantile=rule.quantile, min_score=rule.min_score)
+
+    def portfolio_rates(self) -> dict[tuple[str, str], tuple[float, float]]:
+        """(overdue rate, new-delinquency rate) by (product, sector), this engine's customers,
+        in the current segment window (regions summed)."""
+        totals: dict[tuple[str, str], list[int]] = {}
+        for (sector, product, _region), k in self.segments.kpis(self.latest_day).items():
+            t = totals.setdefault((product, sector), [0, 0, 0])
+            t[0] += k["accounts"]
+            t[1] += k["overdue"]
+            t[2] += k["newly_delinquent"]
+        return {key: (o / a, n / a) for key, (a, o, n) in totals.items() if a}
 
     def models(self) -> dict[str, Any]:
         """The engine's global (cross-customer) models, for checkpoints."""
@@ -472,6 +485,7 @@ class Engine:
         if profile is None:
             return
         day = ledger.clock
+        self.latest_day = max(self.latest_day, day)
         window = day // self.policy.segments.window_days
         if window == state.segment_window:
             return

@@ -11,6 +11,7 @@ Build the app with :func:`create_app`; no module-level app exists.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import heapq
 import logging
@@ -385,6 +386,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             metrics.alerts.labels(emit.record.alert_type, emit.record.severity).inc()
             if "habit_drift" in emit.record.reason_codes:
                 metrics.drift_detections.labels("spend").inc()
+            if emit.record.alert_type == "delinquency":
+                moved = {e.code: e.value for e in emit.record.evidence}
+                if "bucket" in moved and "previous_bucket" in moved:
+                    metrics.bucket_transitions.labels(
+                        "all", str(moved["previous_bucket"]), str(moved["bucket"])).inc()
         elif emit.topic == "limit-adjustments":
             metrics.limit_proposals.labels(emit.record.direction).inc()
         elif emit.topic == "customer-actions":
@@ -600,6 +606,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         if engine.quality.n:
             metrics.model_auc.labels("risk").set(engine.quality.auc)
             metrics.model_log_loss.labels("risk").set(engine.quality.log_loss)
+        for (product, sector), (overdue, new) in engine.portfolio_rates().items():
+            metrics.overdue_ratio.labels(product, sector).set(overdue)
+            metrics.new_delinquency_ratio.labels(product, sector).set(new)
+        recovery = app.tables.recovery
+        with contextlib.suppress(Exception):
+            metrics.recovery_remaining.set(recovery.active_remaining_total())
 
     @app.on_partitions_revoked.connect
     async def _on_rebalance(sender: Any, revoked: Any, **kwargs: Any) -> None:

@@ -202,8 +202,14 @@ def replay(
     policy: Annotated[Optional[Path], typer.Option(help="Policy YAML")] = None,  # noqa: UP045
     partitions: Annotated[int, typer.Option(
         help="Emulate the worker's per-partition watermarks for this many partitions")] = 1,
+    baseline: Annotated[Optional[Path], typer.Option(  # noqa: UP045
+        help="Backtest: also replay this (current) policy and compare with --policy")] = None,
 ) -> None:
-    """Run the worker's logic in-process over JSONL history, in event-time order."""
+    """Run the worker's logic in-process over JSONL history, in event-time order.
+
+    With --baseline, a backtest: both policies replay the same history (outputs in
+    OUT/baseline and OUT/candidate) and the differences are reported count by count.
+    """
     from alerts.policy import load_policy
     from schemas.codec import dumps
     from streams.replay import replay as run_replay
@@ -212,8 +218,19 @@ def replay(
     try:
         if partitions < 1:
             raise RiskwatchError(f"--partitions {partitions}: must be at least 1")
-        report = run_replay(resolve_inputs(inputs), out, load_policy(policy),
-                            partitions=partitions)
+        resolved = resolve_inputs(inputs)
+        candidate = load_policy(policy)
+        if baseline is not None:
+            from streams.replay import compare
+
+            base = run_replay(resolved, out / "baseline", load_policy(baseline),
+                              partitions=partitions)
+            cand = run_replay(resolved, out / "candidate", candidate, partitions=partitions)
+            result = compare(base, cand)
+            (out / "backtest.json").write_bytes(dumps(result) + b"\n")
+            typer.echo(dumps(result).decode())
+            return
+        report = run_replay(resolved, out, candidate, partitions=partitions)
     except RiskwatchError as exc:
         _fail(exc)
     summary = report.as_dict()

@@ -47,6 +47,10 @@ class ReplayReport:
     alerts_by_severity: Counter[str] = field(default_factory=Counter)
     alerts_by_reason: Counter[str] = field(default_factory=Counter)
     skipped_topics: Counter[str] = field(default_factory=Counter)
+    grades: Counter[str] = field(default_factory=Counter)
+    limit_proposals: Counter[str] = field(default_factory=Counter)
+    quality: dict[str, Any] = field(default_factory=dict)
+    policy_version: str = ""
     customers: int = 0
     seconds: float = 0.0
 
@@ -63,6 +67,10 @@ class ReplayReport:
             "alerts_by_severity": dict(self.alerts_by_severity),
             "alerts_by_reason": dict(self.alerts_by_reason),
             "skipped_topics": dict(self.skipped_topics),
+            "grade_changes": dict(self.grades),
+            "limit_proposals": dict(self.limit_proposals),
+            "model_quality": self.quality,
+            "policy_version": self.policy_version,
             "customers": self.customers,
             "seconds": round(self.seconds, 3),
             "events_per_s": round(self.total_events / self.seconds, 1) if self.seconds else None,
@@ -176,6 +184,10 @@ def replay(
                 report.alerts_by_severity[emit.record.severity] += 1
                 for code in emit.record.reason_codes:
                     report.alerts_by_reason[code] += 1
+            elif emit.topic == "risk-grades":
+                report.grades[emit.record.grade] += 1
+            elif emit.topic == "limit-adjustments":
+                report.limit_proposals[emit.record.direction] += 1
 
     def sweep(due: DueIndex, as_of: dt.datetime) -> None:
         # As the worker does per partition: event time passing a due date, with no
@@ -237,4 +249,26 @@ def replay(
         for customer_id in sorted(states):
             snap.write(dumps(engine.snapshot(customer_id, states[customer_id])) + b"\n")
     report.customers = len(states)
+    report.policy_version = policy.version
+    report.quality = engine.quality.summary() if engine.quality.n else {}
     return report
+
+
+def compare(baseline: ReplayReport, candidate: ReplayReport) -> dict[str, Any]:
+    """A backtest: what the candidate policy changes against the baseline, count by count."""
+
+    def delta(a: Counter[str], b: Counter[str]) -> dict[str, list[int]]:
+        return {k: [a.get(k, 0), b.get(k, 0), b.get(k, 0) - a.get(k, 0)]
+                for k in sorted(set(a) | set(b))}
+
+    return {
+        "baseline": baseline.policy_version,
+        "candidate": candidate.policy_version,
+        "columns": ["baseline", "candidate", "change"],
+        "alerts_by_severity": delta(baseline.alerts_by_severity, candidate.alerts_by_severity),
+        "alerts_by_reason": delta(baseline.alerts_by_reason, candidate.alerts_by_reason),
+        "grade_changes": delta(baseline.grades, candidate.grades),
+        "limit_proposals": delta(baseline.limit_proposals, candidate.limit_proposals),
+        "outputs": delta(baseline.outputs, candidate.outputs),
+        "model_quality": {"baseline": baseline.quality, "candidate": candidate.quality},
+    }

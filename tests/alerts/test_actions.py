@@ -27,7 +27,10 @@ def kinds(codes, policy=ActionPolicy()):
 
 def test_escalation_ladder():
     assert kinds(["delinquency_onset", "dpd_1_29"]) == [("sms", "sms")]
-    assert kinds(["dpd_bucket_worsened", "dpd_30_59"]) == [("call", "call")]
+    assert kinds(["dpd_bucket_worsened", "dpd_30_59"]) == [
+        ("collections_case", "internal"), ("call", "call")]
+    assert kinds(["dpd_bucket_worsened", "dpd_30_59"],
+                 ActionPolicy(collections_at_dpd=60)) == [("call", "call")]
     assert kinds(["dpd_bucket_worsened", "dpd_60_89"]) == [
         ("collections_case", "internal"), ("call", "call")]
     assert kinds(["broken_promise"]) == [("call", "call")]

@@ -70,3 +70,22 @@ def test_replay_rejects_bad_policy(tmp_path):
                                  "--out", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "multiple" in result.output
+
+
+def test_replay_backtest_compares_policies(tmp_path):
+    lines = [encode(_tx(i, 2_000)) for i in range(11)] + [encode(_tx(12, 100_000))]
+    (tmp_path / "card-transactions.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    current = tmp_path / "current.yaml"
+    current.write_text("version: current-1\n")
+    candidate = tmp_path / "candidate.yaml"
+    candidate.write_text("version: candidate-2\nlarge_transaction: {multiple: 3.0, "
+                         "floor_minor: 0, min_history: 5}\n")
+    out = tmp_path / "bt"
+    result = runner.invoke(app, ["replay", str(tmp_path), "--policy", str(candidate),
+                                 "--baseline", str(current), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    report = loads((out / "backtest.json").read_bytes())
+    assert (report["baseline"], report["candidate"]) == ("current-1", "candidate-2")
+    assert report["alerts_by_reason"]["large_transaction"] == [0, 1, 1]
+    assert (out / "baseline" / "risk-alerts.jsonl").exists()
+    assert (out / "candidate" / "risk-alerts.jsonl").exists()
