@@ -5,7 +5,7 @@ silently fall back to a default), and every error names the field.
 
 >>> p = load_policy_text("version: v7\\nlarge_transaction: {multiple: 5.0}")
 >>> p.version, p.large_transaction.multiple, p.large_transaction.min_history
-('v7', 5.0, 5)
+('v7', 5.0, 10)
 >>> load_policy_text("version: v7\\nlarge_transaction: {multple: 5.0}")
 Traceback (most recent call last):
 ...
@@ -158,5 +158,9 @@ def load_policy(path: str | Path | None) -> Policy:
 
 
 def policy_document(policy: Policy) -> dict[str, Any]:
-    """A policy as a plain document (for publishing, diffing and auditing)."""
-    return msgspec.to_builtins(policy)
+    """A policy as a plain JSON document (for publishing, diffing and auditing).
+
+    Normalised through JSON (tuples become lists), so a document read back from the
+    ``risk-policy`` topic compares equal to the policy it was made from.
+    """
+    return msgspec.json.decode(msgspec.json.encode(policy))

@@ -586,8 +586,8 @@ def tx(customer: str, i: int, amount: int) -> CardTransaction:
 
 
 def spike(customer: str) -> list[tuple[str, bytes, bytes]]:
-    """Six ordinary purchases and a hundredfold one: a large-transaction alert."""
-    amounts = [20_000] * 6 + [2_000_000]
+    """Eleven ordinary purchases and a hundredfold one: a large-transaction alert."""
+    amounts = [20_000] * 11 + [2_000_000]
     return [("card-transactions", customer.encode(), encode(tx(customer, i, a)))
             for i, a in enumerate(amounts)]
 
@@ -1028,7 +1028,7 @@ def test_worker_runs_over_sasl_ssl_and_raises_an_alert(cluster, pki, tmp_path):
         found = wait_for(cluster.bootstrap, ["risk-alerts"],
                          lambda t, d: d.get("customer_id") == customer, security_settings=s)
         assert found[0]["rule_id"] == "large-transaction"
-        assert found[0]["trigger_event_id"] == f"sec-{customer}-6"
+        assert found[0]["trigger_event_id"] == f"sec-{customer}-11"
     finally:
         worker.stop()
     log = worker.log.read_text()
