@@ -41,15 +41,17 @@ as if it had arrived in order. A payment leaves the journal (is *finalised*
 into ``base``) once it is older than ``reversal_window_days +
 lateness_days``, together with its reversals; the hashes of finalised events
 are kept for idempotency. What finalised money paid on dues due after
-``clock - lateness_days`` stays ``floating`` (given back to those dues
-oldest-first on every fold), so a due arriving late still sorts before them.
+``clock - lateness_days`` (up to the first such due it leaves unfilled) stays
+``floating``, given back to those dues oldest-first on every fold, so a due
+arriving late still sorts before them.
 
 **Deferrals** stop the DPD clock for their days; a crisis-wide pause is passed
 in by the caller as ``pauses`` (list of ``(start_day, end_day_exclusive |
 None)``), so it never has to be written into millions of ledgers.
 
 **Restructuring plans** supersede every due issued before the plan (those stop
-counting as overdue); all plan installments become dues when it is agreed.
+counting as overdue); all plan installments become dues when it is agreed
+(about 35 bytes of state each).
 
 **Cycles and warnings.** At due date + grace + ``lateness_days`` each due's
 cycle is recorded (paid/due ratio in percent -- for statements, payments dated
@@ -67,11 +69,14 @@ announced, dated on the day it was crossed.
 
 Limits (documented, tested where stated):
 
-* Order independence (tested): applying the same events in any arrival order,
+* Order independence (property-tested, with finalisation and retirement
+  happening along the way): applying the same events in any arrival order,
   each event arriving less than ``lateness_days`` after the newest event
   already applied, gives the same ledger apart from the announcement fields.
   Events later than that still count, but land after the finalised part of the
-  journal, and cycle statistics already recorded are not revised.
+  journal, and cycle statistics already recorded are not revised. A due that
+  sorts before dues already paid by finalised money, and arrives after a hole
+  was left among them, does not take that money over.
 * Idempotency is structural (due ids, payment and deferral ids in the ledger)
   plus a bounded memory of ``max_seen`` hashes (64-bit) of finalised events,
   retired dues and pruned deferrals: a duplicate re-delivered after that
@@ -98,7 +103,7 @@ import datetime as dt
 import hashlib
 import heapq
 import itertools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -589,6 +594,16 @@ def _superseded(d: Due, plan: Plan | None) -> bool:
     return plan is not None and d.key < plan.key
 
 
+def _replaced(d: Due, plan: Plan | None, grace: int) -> bool:
+    """True for a due superseded by a plan agreed by its due date (+ grace): its
+    cycle never happened.
+
+    >>> _replaced(Due("i", 10, 1, key=5), Plan("p", 9 * DAY, 0), 0)
+    True
+    """
+    return plan is not None and d.key < plan.key and plan.key // DAY <= d.day + grace
+
+
 def _unpaid(d: Due, plan: Plan | None) -> int:
     """Unpaid obligation of a due (0 once superseded by a plan).
 
@@ -934,11 +949,14 @@ def _recompute(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
     # them is final: persist it in their base.
     g = cfg.grace_days
     bnd = led.clock - cfg.lateness_days
-    base, base_ontime, left, base_caps = _fold(
-        dues, led.base_credit, [], led.plan, led.frontier, g,
-        until=led.frontier, floating=led.floating, boundary=led.float_from,
-    )  # fmt: skip
-    dues, fl, base_credit = _rebase(dues, base, base_ontime, base_caps, left, bnd)
+    if led.floating or led.base_credit or any(d.base > min(d.amount, _cap(d)) for d in dues):
+        base, base_ontime, left, base_caps = _fold(
+            dues, led.base_credit, [], led.plan, led.frontier, g,
+            until=led.frontier, floating=led.floating, boundary=led.float_from,
+        )  # fmt: skip
+        dues, fl, base_credit = _rebase(dues, base, base_ontime, base_caps, left, bnd)
+    else:  # nothing finalised to place (the common case)
+        fl = base_credit = 0
     ff = bnd if fl else 0
     items = _item_order(led.items)
     paid, ontime, credit, caps = _fold(
@@ -1201,9 +1219,7 @@ def _close_cycles(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         if not flags & _CLOSED and d.day + g + cfg.lateness_days < led.clock:
             flags |= _CLOSED
             # (a plan agreed before the due date replaced this cycle)
-            plan = led.plan
-            replaced = plan is not None and d.key < plan.key and plan.key // DAY <= d.day + g
-            if not (replaced or d.kind == REVERSAL_CARRY):
+            if not (_replaced(d, led.plan, g) or d.kind == REVERSAL_CARRY):
                 obl = _obligation(d)
                 code = 0
                 if d.kind == STATEMENT:
@@ -1359,15 +1375,14 @@ def _compact(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
     plan_old = led.plan is not None and over(led.plan.key)
     rolls = _roll_keys(led.dues)
     for i, d in enumerate(led.dues):
-        final = d.paid == d.base and d.flags & _CLOSED
-        if _superseded(d, led.plan):  # no cycle to record: need not be closed
-            final = d.paid == d.base
-            settled = plan_old
-        elif d.paid >= d.amount:
-            settled = True
-        else:
-            rolled_for_good = d.cap >= 0 and (i not in rolls or over(rolls[i]))
-            settled = d.paid >= _cap(d) and rolled_for_good
+        # (a replaced due has no cycle to record: it need not be closed)
+        final = d.paid == d.base and (d.flags & _CLOSED or _replaced(d, led.plan, cfg.grace_days))
+        rolled_for_good = d.cap >= 0 and (i not in rolls or over(rolls[i]))
+        settled = (
+            d.paid >= d.amount
+            or (plan_old and _superseded(d, led.plan))
+            or (rolled_for_good and d.paid >= _cap(d))
+        )
         (gone if final and settled else keep).append(d)
     deferrals = led.deferrals
     if deferrals:
@@ -1510,12 +1525,12 @@ def _records(cycles: Sequence[int]) -> list[int]:
 
 
 def _warnings(
-    led: AccountLedger, cfg: DelinquencyConfig, base_ev: list[Evidence]
+    led: AccountLedger, cfg: DelinquencyConfig, base_ev: Callable[[], list[Evidence]]
 ) -> tuple[int, list[Signal]]:
     """Pre-delinquency warnings raised on a rising edge; returns new flags and signals.
 
     >>> led = AccountLedger("a", 0, cycles=[1, 90, 2, 60, 3, 30])
-    >>> flags, sigs = _warnings(led, DEFAULT_CONFIG, [])
+    >>> flags, sigs = _warnings(led, DEFAULT_CONFIG, list)
     >>> [s.rule_id for s in sigs], bool(flags & _F_WRATIO)
     (['warn-payment-ratio-falling'], True)
     """
@@ -1542,7 +1557,7 @@ def _warnings(
                         value=n,
                         unit="cycles",
                     ),
-                    *base_ev,
+                    *base_ev(),
                 ],
                 str(last_day),
             )
@@ -1573,7 +1588,7 @@ def _warnings(
                         value=",".join(map(str, ratios)),
                         unit="pct",
                     ),
-                    *base_ev,
+                    *base_ev(),
                 ],
                 str(last_day),
             )
@@ -1598,7 +1613,7 @@ def _warnings(
                         value=cured,
                         unit="cycles",
                     ),
-                    *base_ev,
+                    *base_ev(),
                 ],
                 str(last_day),
             )
@@ -1608,13 +1623,13 @@ def _warnings(
 
 
 def _plan_signals(
-    led: AccountLedger, cfg: DelinquencyConfig, base_ev: list[Evidence]
+    led: AccountLedger, cfg: DelinquencyConfig, base_ev: Callable[[], list[Evidence]]
 ) -> tuple[Plan | None, list[Signal]]:
     """Broken promise (a plan installment missed) and plan completed, once per plan.
 
     >>> led = AccountLedger("a", 50, plan=Plan("p", 0, 1),
     ...                     dues=[Due("p#0", 40, 500, kind=PLAN_INSTALLMENT, paid=500)])
-    >>> plan, sigs = _plan_signals(led, DEFAULT_CONFIG, [])
+    >>> plan, sigs = _plan_signals(led, DEFAULT_CONFIG, list)
     >>> [s.rule_id for s in sigs], plan.flags
     (['plan-completed'], 2)
     """
@@ -1651,7 +1666,7 @@ def _plan_signals(
                             value=_unpaid(d, plan),
                             unit="minor",
                         ),
-                        *base_ev,
+                        *base_ev(),
                     ],
                     plan.id,
                 )
@@ -1700,7 +1715,13 @@ def _evaluate(
     dpd = 0 if oldest is None else _unpaused_count(start, led.clock, merged)
     idx = bucket_index(buckets, dpd)
     old = min(led.bucket, len(buckets) - 1)
-    ev = _dpd_evidence(dpd, _overdue(led, led.clock, cfg), oldest, buckets[idx])
+    cache: list[list[Evidence]] = []
+
+    def ev() -> list[Evidence]:  # built only when a signal needs it
+        if not cache:
+            cache.append(_dpd_evidence(dpd, _overdue(led, led.clock, cfg), oldest, buckets[idx]))
+        return cache[0]
+
     sigs: list[Signal] = []
     history = led.history
     if idx != old:
@@ -1725,7 +1746,7 @@ def _evaluate(
                 rule,
                 severity,
                 [rule.replace("-", "_"), buckets[idx].name],
-                [*ev, prev, moved],
+                [*ev(), prev, moved],
                 f"{buckets[idx].name}@{day}",
             )
         )
@@ -1745,7 +1766,7 @@ def _evaluate(
                     "info",
                     [code],
                     [
-                        *ev,
+                        *ev(),
                         Evidence(
                             code="reached_on", text=f"reached on {_date(day)}", value=_date(day)
                         ),
@@ -1840,14 +1861,16 @@ def apply(
     if product is not None and product != led.product:
         led = replace(led, product=product)
     signals: list[Signal] = []
+    unsettled = False
     if day > led.clock:
         nxt = next_check_day(led, config, pauses=pauses)
         if nxt is not None and nxt <= day:
             led, signals = _step(led, day, config, pauses, None)
         else:  # nothing to announce on the way: the settle below does the rest
             led = replace(led, clock=day)
+            unsettled = True
     new = _incorporate(led, event, day, key, _h(event.event_id), config)
-    if new is led:
+    if new is led and not unsettled:
         return led, signals
     new, more = _evaluate(_settle(new, config), config, pauses, day)
     if not more and new == led:  # e.g. a re-delivered event for a pruned deferral
@@ -1890,8 +1913,9 @@ def next_check_day(
 
     That is the earliest of: the next bucket/label threshold (1, 30, 90 and
     every bucket start) crossed by the oldest unpaid due, pauses taken into
-    account; a plan installment falling past due; the day a due's cycle statistics are recorded (due date + grace +
-    lateness + 1); the day a reversal waiting for its payment becomes final.
+    account; a plan installment falling past due; the day a due's cycle
+    statistics are recorded (due date + grace + lateness + 1); the day a
+    reversal waiting for its payment becomes final.
     While an open-ended pause blocks the clock: ``clock + paused_recheck_days``
     (so a crisis window that later gets an end date is picked up without
     scanning all accounts). ``None`` when nothing can happen without a new

@@ -610,11 +610,18 @@ def test_prop_arrival_order_within_lateness_gives_same_state(
     assert snapshot(a) == snapshot(b)
 
 
+SMALL_WINDOWS = [
+    DelinquencyConfig(reversal_window_days=10, lateness_days=3, max_seen=64),
+    DelinquencyConfig(reversal_window_days=20, lateness_days=5, grace_days=3, max_seen=64),
+]
+
+
 @PROP
-@given(histories(span=300), st.integers(0, 2**32))
-def test_prop_order_independent_with_finalisation(events: list[Any], seed: int) -> None:
+@given(histories(span=300), st.integers(0, 2**32), st.sampled_from(SMALL_WINDOWS))
+def test_prop_order_independent_with_finalisation(
+    events: list[Any], seed: int, cfg: DelinquencyConfig
+) -> None:
     """Small windows so payments are finalised and dues retired along the way."""
-    cfg = DelinquencyConfig(reversal_window_days=10, lateness_days=3, max_seen=64)
     a, _ = run(events, cfg)
     b, _ = run(arrival_order(events, seed, cfg.lateness_days), cfg)
     assert core(a) == core(b)
