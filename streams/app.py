@@ -523,6 +523,28 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                 await asyncio.sleep(2)
 
     @app.task
+    async def probe_broker() -> None:
+        """``riskwatch_broker_up``: a metadata request every 10 s (3 s timeout)."""
+        from aiokafka.client import AIOKafkaClient
+
+        client = AIOKafkaClient(bootstrap_servers=settings.bootstrap_servers,
+                                request_timeout_ms=3000, **aiokafka_kwargs(settings))
+        started = False
+        while True:
+            try:
+                if not started:
+                    await asyncio.wait_for(client.bootstrap(), 5)
+                    started = True
+                await asyncio.wait_for(client.fetch_all_metadata(), 5)
+                metrics.broker_up.set(1)
+            except asyncio.CancelledError:
+                await client.close()
+                raise
+            except Exception:
+                metrics.broker_up.set(0)
+            await asyncio.sleep(10)
+
+    @app.task
     async def follow_policy() -> None:
         assert rw.watcher is not None
         while True:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import time
 import urllib.request
 
 import pytest
@@ -99,3 +100,8 @@ def test_health_readiness_and_metrics(worker):
     assert "riskwatch_events_total" in text
     assert "riskwatch_build_info" in text
     assert "customer_id" not in text
+    deadline = time.monotonic() + 20
+    while "riskwatch_broker_up 1.0" not in text and time.monotonic() < deadline:
+        time.sleep(0.5)
+        text = urllib.request.urlopen(f"{base}/metrics").read().decode()
+    assert "riskwatch_broker_up 1.0" in text
