@@ -1,0 +1,71 @@
+"""Bounded fault injection for CI: kill -9 and a blackout, and a 10x input burst.
+
+The full run is ``python -m bench.faults`` (``scripts/faults.sh``); these are its small
+variants. Both start their own Tansu broker behind the fault proxy (``bench.proxy``),
+loopback only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bench.faults import BurstConfig, Config, run, run_burst
+from streams.config import Settings
+
+pytestmark = pytest.mark.broker
+
+#: Until the recovery fix (``streams.app``: finish_recovery reads the changelog to its
+#: true end; Faust's recovery consistency check off on Tansu; a topic not yet re-read
+#: after a restart holds the partition's event-time release back) is in, a restarted
+#: worker can lose state, a rebalance can crash a worker, and a restart can raise false
+#: missed-payment alerts.
+RECOVERY_FIXED = hasattr(Settings, "recovery_catchup_timeout")
+
+
+@pytest.mark.xfail(not RECOVERY_FIXED, strict=False,
+                   reason="recovery on Tansu and event-time release after a restart "
+                   "(see test_offsets_gap.py and bench/results/faults.md)")
+def test_two_workers_lose_nothing_through_kills_and_a_blackout(tmp_path):
+    started = time.monotonic()
+    # The global anomaly model learns in arrival order (per worker), and whether it flags
+    # a transaction decides when the engine re-assesses the customer (grades, early-warning
+    # lines): off here, so every output is comparable with replay.
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("version: faults-ci\nanomaly:\n  enabled: false\n")
+    cfg = Config(events=3_000, customers=300, kills=3, seed=3, settle=4.0, deadline=95.0,
+                 plan=["kill_in_recovery", "stall", "kill"], gap=(1.0, 2.0), policy=policy,
+                 out=None, work=tmp_path / "run", keep=True, verbose=False)
+    result = run(cfg)
+    elapsed = time.monotonic() - started
+    out = result["outputs"]
+    print(json.dumps({"elapsed_s": round(elapsed, 1), "outputs": out,
+                      "kills": result["kills"], "recovery_s": result["recovery_seconds"],
+                      "throughput": result["throughput"], "crashes": result["crashes"]},
+                     indent=1, default=str))
+    assert result["timeline"]["input_committed_s"] is not None, "input not all committed"
+    assert result["kills"]["total"] >= 3
+    assert out["missing"] == 0, out["missing_examples"]
+    assert out["not_in_oracle"] == 0, out["not_in_oracle_examples"]
+    assert out["ids_with_different_payloads"] == 0, out["different_payload_examples"]
+    assert out["dead_letter_ids_with_different_payloads"] == 0
+    # Input has no bad records: redeliveries recognised as duplicates are the only
+    # dead letters a fault may cause.
+    assert set(out["dead_letters_by_reason"]) <= {"duplicate_event"}, out
+    assert not result["crashes"], result["crashes"]
+    assert elapsed < 120, f"took {elapsed:.0f}s"
+
+
+def test_a_10x_burst_drains_with_bounded_memory(tmp_path):
+    cfg = BurstConfig(steady_rate=250.0, steady_seconds=8.0, factor=10.0, burst_seconds=5.0)
+    result = run_burst(cfg, work=tmp_path)
+    print(json.dumps({k: v for k, v in result.items() if k != "lag_samples"}, indent=1))
+    assert result["alive"] and result["incarnations"] == 1, result["errors_in_log"]
+    assert result["drained"], f"lag did not drain in {cfg.drain_timeout}s"
+    # The burst has to outrun the worker, or this proves nothing about backpressure.
+    assert result["peak_lag"] > cfg.steady_rate, result["lag_samples"]
+    # Faust's buffers are bounded: a 10x burst must not grow the worker by much.
+    assert result["vmhwm_peak_mb"] - result["vmhwm_after_steady_mb"] < 256, result
+    assert result["vmhwm_peak_mb"] < 1024, result
