@@ -362,8 +362,13 @@ class Engine:
             if label is not None:
                 state.score = scoring.on_label(state.score, label[0], label[1], self.risk_model,
                                                self.quality, self.policy.scoring)
-        # A card transaction that raised nothing re-scores the customer once a day.
-        always = topic != "card-transactions" or bool(signals)
+        # A card transaction that raised nothing re-scores the customer once a day. The
+        # global anomaly model's verdict does not count: it depends on arrival order
+        # across partitions and on which worker scored the event (replay, another worker,
+        # a redelivery after a crash), and it would decide when grades, early-warning
+        # lines and limits are evaluated, making those outputs order-dependent too.
+        always = topic != "card-transactions" or any(
+            "anomalous_transaction" not in s.reason_codes for s in signals)
         return self._assess_at(state, signals, event.customer_id, event.event_id,
                                event.event_time, day, always=always)
 

@@ -126,8 +126,15 @@ class PartitionClock:
     last_event_at: float = 0.0
     tick_pending: bool = False
 
-    def bound_ms(self, partition: int, behind: Callable[[str, int], bool]) -> float:
-        """Records up to this event time can be released."""
+    def bound_ms(self, partition: int, behind: Callable[[str, int], bool],
+                 topics: tuple[str, ...] = ()) -> float:
+        """Records up to this event time can be released.
+
+        A topic of ``topics`` with unread records that this partition has not delivered
+        yet (after a start, restart or rebalance: Faust fetches topics independently)
+        could still precede anything held, the payment of a due date say: hold all."""
+        if any(topic not in self.seen_ms and behind(topic, partition) for topic in topics):
+            return float("-inf")
         lagging = [ms for topic, ms in self.seen_ms.items() if behind(topic, partition)]
         return min(lagging) if lagging else float("inf")
 
@@ -239,7 +246,7 @@ class Handler:
         """Process the held records no lagging topic can still precede."""
         clock = self.clock(partition)
         heap = clock.heap
-        bound = clock.bound_ms(partition, self.behind) if heap else 0
+        bound = clock.bound_ms(partition, self.behind, CUSTOMER_TOPICS) if heap else 0
         while heap and (heap[0][0] <= bound or len(heap) > self.max_held):
             event_ms, _, _, item = heapq.heappop(heap)
             if event_ms > clock.watermark_ms:
@@ -366,6 +373,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         producer_linger=settings.producer_linger,
         table_standby_replicas=0,
         stream_wait_empty=False,
+        # Faust refuses to recover a changelog partition whose offset read so far is past
+        # the broker's end offset (ConsistencyError: the worker crashes). Tansu reports
+        # end offsets short of the true end, so a retained partition trips it at the
+        # next rebalance. The check guards RocksDB's persisted offsets; the memory store
+        # has none, and finish_recovery reads each changelog partition to its true end.
+        recovery_consistency_check=False,
         logging_config=None,
         broker_credentials=faust_credentials(settings),
     )
@@ -437,28 +450,42 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         applied = 0
         store = table.data
         key_partition = getattr(store, "_key_partition", None)
+        # Where Faust's recovery stopped applying: its highwater (reported end - 1).
+        recovered_to = getattr(app.tables.recovery, "active_highwaters", {})
         try:
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
             for tp in tps:
-                consumer.seek(tp, ends[tp])
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
+                high = recovered_to.get(TP(tp.topic, tp.partition))
+                consumer.seek(tp, high + 1 if high is not None and high >= 0 else ends[tp])
+            deadline = time.monotonic() + settings.recovery_catchup_timeout
+            while True:
                 batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
                 for tp, records in batch.items():
                     for record in records:
                         if record.value is None:
                             store.pop(record.key, None)
+                            if key_partition is not None:
+                                key_partition.pop(record.key, None)
                         else:
                             store[record.key] = record.value
                             if key_partition is not None:
                                 key_partition[record.key] = tp.partition
                         applied += 1
-                if not batch:
-                    positions = [await consumer.position(tp) for tp in tps]
-                    if all(pos >= (consumer.highwater(tp) or 0)
-                           for pos, tp in zip(positions, tps, strict=True)):
-                        break
+                # Done once every partition has answered a fetch (its high watermark,
+                # the true end, is known: None before the first answer, which a slow
+                # network can delay past one poll) and was read up to it.
+                done = not batch
+                for tp in tps:
+                    high = consumer.highwater(tp)
+                    if high is None or await consumer.position(tp) < high:
+                        done = False
+                if done:
+                    break
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"changelog not read to its end in "
+                        f"{settings.recovery_catchup_timeout:.0f}s ({applied} records applied)")
         finally:
             await consumer.stop()
         if applied:
@@ -470,7 +497,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     async def rebuild_due_index() -> None:
         """After recovery: finish it, then index every customer's next check day (once)."""
-        await finish_recovery()
+        try:
+            await finish_recovery()
+        except Exception as exc:
+            # Faust runs recovery callbacks as tasks whose errors are only logged: the
+            # worker would go ready on state without its newest updates. Crash instead,
+            # so the supervisor restarts it.
+            log.critical("table recovery could not finish: %r", exc)
+            await app.crash(exc)
+            raise
         store = getattr(table.data, "_key_partition", None)
         if store is None:
             log.warning("table store does not expose key partitions; sweeps resume as "
@@ -573,12 +608,22 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         if handler.pending and handler.flush_due(settings.state_flush_interval):
             await handler.flush()
 
+    def handled_upto(topic: str, partition: int) -> int:
+        """The last offset of ``topic``/``partition`` received: by this worker, or
+        committed before it got the partition (a restarted worker has received nothing
+        yet, though nothing may be left to read)."""
+        committed = getattr(app.consumer, "_committed_offset", {}).get(TP(topic, partition))
+        return max(handler.last_offsets.get((topic, partition), -1),
+                   committed - 1 if committed is not None else -1)
+
     def behind(topic: str, partition: int) -> bool:
         consumer = app.consumer
         if not consumer:
             return False
         high = consumer.highwater(TP(topic, partition))
-        return (high or 0) - 1 > handler.last_offsets.get((topic, partition), -1)
+        if high is None:  # not fetched yet: unknown, so possibly behind
+            return True
+        return high - 1 > handled_upto(topic, partition)
 
     handler.behind = behind
 
@@ -618,7 +663,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             if tp.topic not in CUSTOMER_TOPICS:
                 continue
             high = app.consumer.highwater(tp)
-            last = handler.last_offsets.get((tp.topic, tp.partition), -1)
+            last = handled_upto(tp.topic, tp.partition)
             lag[tp.topic] = lag.get(tp.topic, 0) + max(0, (high or 0) - last - 1)
         for topic in CUSTOMER_TOPICS:
             metrics.consumer_lag.labels(topic).set(lag.get(topic, 0))

@@ -98,6 +98,8 @@ class Settings:
     state_flush_interval: float = 0.5
     #: ...or after this many events.
     state_flush_every: int = 2000
+    #: Seconds table recovery may spend reading changelogs past the reported end offsets.
+    recovery_catchup_timeout: float = 60.0
     #: Seconds between checkpoints of the global models (with their input offsets).
     checkpoint_interval: float = 30.0
     #: Seconds between watermark-sweep checks per partition.
