@@ -35,10 +35,8 @@ import contextlib
 import json
 import socket
 import struct
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Coroutine
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -64,18 +62,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((LOOPBACK, 0))
         return int(sock.getsockname()[1])
-
-
-def wait_for_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with socket.create_connection((LOOPBACK, port), timeout=0.5):
-                return
-        except OSError as exc:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"nothing answers on {LOOPBACK}:{port} after {timeout}s") from exc
-            time.sleep(0.05)
 
 
 def _rst(writer: asyncio.StreamWriter) -> None:
@@ -315,11 +301,14 @@ class ProxiedBroker:
     """
 
     def __init__(self, *, log_path: Path | None = None) -> None:
+        from streams.broker import EmbeddedBroker
+
         self.broker_port = free_port()
         self.proxy = ProxyThread(self.broker_port)
         self.log_path = log_path
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: Any = None
+        self._broker: Any = None
+        self._make = lambda: EmbeddedBroker(self.broker_port, log_path=log_path,
+                                            advertised_port=self.proxy.port)
 
     @property
     def bootstrap(self) -> str:
@@ -331,45 +320,30 @@ class ProxiedBroker:
 
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc else None
+        return self._broker.pid if self._broker else None
+
+    @property
+    def _proc(self) -> Any:  # the broker process (bench.run reads its pid)
+        return self._broker._proc if self._broker else None
 
     def start(self, timeout: float = 20.0) -> ProxiedBroker:
-        from streams.broker import tansu_binary
-
         self.proxy.start()
-        self._log = open(self.log_path, "ab") if self.log_path else None  # noqa: SIM115
-        self._proc = subprocess.Popen(
-            [str(tansu_binary()), "broker",
-             "--listener-url", f"tcp://{LOOPBACK}:{self.broker_port}",
-             "--advertised-listener-url", f"tcp://{LOOPBACK}:{self.proxy.port}",
-             "--storage-engine", "memory://tansu/"],
-            stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-            stdin=subprocess.DEVNULL,
-        )
+        self._broker = self._make()
         try:
-            wait_for_port(self.broker_port, timeout)
-        except TimeoutError:
-            self.stop()
+            self._broker.start(timeout)
+        except Exception:
+            self.proxy.stop()
             raise
         return self
 
     def alive(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
+        return self._broker is not None and self._broker.alive()
 
     def stop(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(timeout=10)
-        self._proc = None
+        if self._broker is not None:
+            self._broker.stop()
+            self._broker = None
         self.proxy.stop()
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def __enter__(self) -> ProxiedBroker:
         return self.start()
