@@ -19,20 +19,19 @@ from typing import Any, NamedTuple
 import msgspec
 from msgspec import Struct
 
+from alerts import grades as grading
+from alerts import limits
 from alerts.actions import action_emit, plan_actions
 from alerts.envelope import Emit
 from alerts.ids import event_fingerprint, output_id
-from alerts.policy import Policy
-from detectors.base import Signal
-from detectors import behaviour, delinquency
-from detectors.delinquency import AccountLedger
-from alerts import grades as grading
-from alerts import limits
 from alerts.limits import LimitState
-from detectors import scoring
+from alerts.policy import Policy
+from detectors import behaviour, delinquency, scoring
+from detectors.base import Signal
+from detectors.behaviour import BehaviourState
+from detectors.delinquency import AccountLedger
 from detectors.scoring import ScoreState
 from detectors.segments import SegmentMonitor
-from detectors.behaviour import BehaviourState
 from detectors.spending import SpendState, large_transaction
 from schemas import models as m
 from schemas.errors import DecodeError
@@ -53,15 +52,7 @@ _TIER_ACTIONS: dict[str, tuple[str, str]] = {
 
 def _on_time_cycles(state: CustomerState) -> int:
     """Consecutive most recent repayment cycles paid on time, over all accounts."""
-    streak = None
-    for ledger in state.ledgers.values():
-        run = 0
-        for code in reversed(delinquency._records(ledger.cycles)):
-            if code & delinquency._C_LATE:
-                break
-            run += 1
-        streak = run if streak is None else min(streak, run)
-    return streak or 0
+    return min((delinquency.on_time_streak(led) for led in state.ledgers.values()), default=0)
 
 
 _PRODUCT_OF_DUE: dict[type, str] = {

@@ -219,9 +219,11 @@ def redact(text: str, customer_id: str | None, key: PseudonymKey) -> str:
     >>> "cust-9" in out, "411111******1111" in out, out.startswith("no state for 'v1:")
     (False, True, True)
     """
+    # Mask first: an id made of digits must not break up a card number before masking.
+    text = mask_pans(text.encode("utf-8", "replace")).decode("utf-8", "replace")
     if customer_id:
         text = text.replace(customer_id, key(customer_id))
-    return mask_pans(text.encode("utf-8", "replace")).decode("utf-8", "replace")
+    return text
 
 
 def describe_error(exc: BaseException, customer_id: str | None, key: PseudonymKey) -> str:

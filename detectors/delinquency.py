@@ -138,6 +138,7 @@ __all__ = [
     "encode_ledger",
     "epoch_day",
     "next_check_day",
+    "on_time_streak",
     "snapshot",
 ]
 
@@ -1522,6 +1523,20 @@ def _records(cycles: Sequence[int]) -> list[int]:
     [100, 90]
     """
     return [cycles[i] for i in range(1, len(cycles), 2)]
+
+
+def on_time_streak(ledger: AccountLedger) -> int:
+    """Consecutive most recent recorded cycles paid on time (not late).
+
+    >>> on_time_streak(AccountLedger("a1", 0))
+    0
+    """
+    run = 0
+    for code in reversed(_records(ledger.cycles)):
+        if code & _C_LATE:
+            break
+        run += 1
+    return run
 
 
 def _warnings(

@@ -134,7 +134,10 @@ def test_generated_keys_are_ephemeral_and_distinct():
     assert a("c-1") != b("c-1")
 
 
-@given(ids.filter(lambda s: len(s) >= 3), keys)
+# An id that occurs inside the masked card text itself ("111" in "411111******1111")
+# cannot be both absent and next to a masked card number: those ids are excluded.
+@given(ids.filter(lambda s: len(s) >= 3 and s not in "state of  broken near card "
+                  "411111******1111"), keys)
 def test_redact_replaces_the_id_and_masks_card_numbers(customer, raw_key):
     key = PseudonymKey(Secret(raw_key), "v3")
     text = f"state of {customer!r} broken near card 4111 1111 1111 1111"
