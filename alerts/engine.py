@@ -506,10 +506,7 @@ class Engine:
         )
         self.last_anomaly_score = None
         if features and policy.anomaly.enabled:
-            score = self.anomaly.score_one(features)
-            flagged = self.anomaly.is_anomalous(score)
-            if self._learn:
-                self.anomaly.learn_one(features)
+            score, flagged = self.anomaly.score_learn(features, learn=self._learn)
             self.last_anomaly_score = score
             if flagged:
                 signals.append(

@@ -98,7 +98,6 @@ Limits (documented, tested where stated):
 
 from __future__ import annotations
 
-import calendar
 import datetime as dt
 import hashlib
 import heapq
@@ -450,15 +449,19 @@ def epoch_day(value: dt.date | dt.datetime) -> int:
     return value.toordinal() - _EPOCH_ORDINAL
 
 
+_EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_SECOND = dt.timedelta(seconds=1)
+
+
 def _secs(ts: dt.datetime) -> int:
     """Whole seconds since the epoch (UTC; naive datetimes are taken as UTC).
 
     >>> _secs(dt.datetime(1970, 1, 1, 0, 1, tzinfo=dt.UTC))
     60
     """
-    if ts.tzinfo is not None:
-        ts = ts.astimezone(dt.UTC)
-    return calendar.timegm(ts.timetuple())
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=dt.UTC)
+    return (ts - _EPOCH_UTC) // _SECOND  # exact integer arithmetic, floors like timegm
 
 
 def _date(day: int) -> str:

@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import msgspec
-from river import anomaly, drift, stats
+from river import drift, stats
+
+from detectors.hst import FlatHalfSpaceTrees
 
 __all__ = [
     "CONFORMANCE_SPECS",
@@ -419,10 +421,11 @@ class AnomalyModel:
     not teach the model that they are normal. ``is_anomalous`` is False until
     ``warmup`` events have been learnt; afterwards it is
     ``score >= max(quantile, min_score)``. The scored-but-not-learnt score is
-    cached (by value of the scaled features) so ``score_one`` then
-    ``learn_one`` walks the trees once. Memory is fixed by ``n_trees`` and
-    ``height`` (``n_trees * (2 ** (height + 1) - 1)`` nodes; about 170 KB
-    pickled with the defaults).
+    cached (by value of the scaled features) with the event's leaf paths, so
+    ``score_one`` then ``learn_one`` walks the trees once. The trees are
+    :class:`detectors.hst.FlatHalfSpaceTrees`: River's algorithm and scores on
+    flat arrays. Memory is fixed by ``n_trees`` and ``height``
+    (``n_trees * (2 ** (height + 1) - 1)`` nodes).
 
     The P² estimate neither forgets nor is exact at extreme quantiles: on a
     steady synthetic stream, whose Half-Space-Trees scores take few distinct
@@ -462,24 +465,38 @@ class AnomalyModel:
         self.seed = seed
         self.warmup = warmup
         self.min_score = min_score
-        self.hst = anomaly.HalfSpaceTrees(
-            n_trees=n_trees, height=height, window_size=window_size, seed=seed
+        self.hst = FlatHalfSpaceTrees(
+            self.features, n_trees=n_trees, height=height, window_size=window_size, seed=seed
         )
         self.quantile = stats.Quantile(quantile)
         self.n_learnt = 0
         self.n_flagged = 0
         self._cache_key: tuple[float, ...] | None = None
+        self._cache_path: list[list[int]] = []
         self._cache_score = 0.0
 
-    def _scale(self, x: Mapping[str, Any]) -> dict[str, float]:
-        return scale(x, self.spec)
+    def _scale(self, x: Mapping[str, Any]) -> tuple[float, ...]:
+        """The features of ``x`` scaled to [0, 1] (see :func:`scale`), in feature order."""
+        out = []
+        for k, lo, inv in self.spec:
+            v = x.get(k)
+            if v is None:
+                out.append(0.0)
+                continue
+            s = (v - lo) * inv
+            if s > 1.0:
+                s = 1.0
+            elif not s >= 0.0:  # negative or NaN
+                s = 0.0
+            out.append(float(s))
+        return tuple(out)
 
-    def _score_scaled(self, xs: dict[str, float]) -> float:
-        key = tuple(xs.values())
-        if key == self._cache_key:
+    def _score_scaled(self, xs: tuple[float, ...]) -> float:
+        if xs == self._cache_key:
             return self._cache_score
-        score = float(self.hst.score_one(xs))
-        self._cache_key, self._cache_score = key, score
+        self._cache_path = self.hst.path(xs)
+        score = float(self.hst.score_path(self._cache_path))
+        self._cache_key, self._cache_score = xs, score
         return score
 
     @property
@@ -498,7 +515,9 @@ class AnomalyModel:
 
     def learn_one(self, x: Mapping[str, Any]) -> None:
         """Update the threshold with x's score; train the trees unless x is flagged."""
-        xs = self._scale(x)
+        self._learn_scaled(self._scale(x))
+
+    def _learn_scaled(self, xs: tuple[float, ...]) -> None:
         score = self._score_scaled(xs)
         flagged = self.is_anomalous(score)
         self.quantile.update(score)
@@ -506,8 +525,17 @@ class AnomalyModel:
         if flagged:
             self.n_flagged += 1
             return
-        self.hst.learn_one(xs)
+        self.hst.learn_path(self._cache_path)
         self._cache_key = None
+
+    def score_learn(self, x: Mapping[str, Any], learn: bool = True) -> tuple[float, bool]:
+        """``score_one``, ``is_anomalous`` and (with ``learn``) ``learn_one``, scaling once."""
+        xs = self._scale(x)
+        score = self._score_scaled(xs)
+        flagged = self.is_anomalous(score)
+        if learn:
+            self._learn_scaled(xs)
+        return score, flagged
 
     def process_one(self, x: Mapping[str, Any]) -> tuple[float, bool]:
         """Score, decide and learn in one call: ``(score, flagged)``."""
@@ -583,6 +611,12 @@ CONFORMANCE_SPECS: list[ConformanceSpec] = [
         "threshold_rule", ThresholdRule, lambda seed: ThresholdRule("hour_count", 8), 200
     ),
     ConformanceSpec("ewma_zscore", EwmaZScore, lambda seed: EwmaZScore("amount"), 300),
+    ConformanceSpec(
+        "flat_half_space_trees",
+        FlatHalfSpaceTrees,
+        lambda seed: FlatHalfSpaceTrees(("a", "b"), window_size=50, seed=seed),
+        60_000,
+    ),
     ConformanceSpec(
         "anomaly_model",
         AnomalyModel,

@@ -1,0 +1,86 @@
+"""FlatHalfSpaceTrees gives River's HalfSpaceTrees scores exactly."""
+
+from __future__ import annotations
+
+import pickle
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from river.anomaly import HalfSpaceTrees
+
+from detectors.hst import FlatHalfSpaceTrees
+from detectors.online import AnomalyModel
+
+
+def _stream(seed: int, n: int, features: tuple[str, ...]) -> list[dict[str, float]]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        if i % 97 == 0:  # an outlier now and then
+            out.append({f: rng.random() for f in features})
+        else:
+            out.append({f: min(1.0, max(0.0, rng.gauss(0.3 + 0.1 * j, 0.05)))
+                        for j, f in enumerate(features)})
+    return out
+
+
+@pytest.mark.parametrize(("n_trees", "height", "window"), [(10, 8, 250), (3, 4, 17), (1, 1, 1)])
+def test_scores_equal_rivers(n_trees: int, height: int, window: int) -> None:
+    features = ("amount", "hour", "velocity")
+    river = HalfSpaceTrees(n_trees=n_trees, height=height, window_size=window, seed=11)
+    flat = FlatHalfSpaceTrees(features, n_trees=n_trees, height=height, window_size=window,
+                              seed=11)
+    for x in _stream(3, 2_000, features):
+        assert flat.score_one(x) == pytest.approx(float(river.score_one(x)), abs=0.0)
+        river.learn_one(x)
+        flat.learn_one(x)
+    assert flat.counter == river.counter
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1),
+       xs=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1)), min_size=1, max_size=60))
+def test_scores_equal_rivers_property(seed: int, xs: list[tuple[float, float]]) -> None:
+    river = HalfSpaceTrees(n_trees=4, height=5, window_size=7, seed=seed)
+    flat = FlatHalfSpaceTrees(("a", "b"), n_trees=4, height=5, window_size=7, seed=seed)
+    for a, b in xs:
+        x = {"a": a, "b": b}
+        assert flat.score_one(x) == float(river.score_one(x))
+        river.learn_one(x)
+        flat.learn_one(x)
+
+
+def test_pickles_and_continues_identically() -> None:
+    flat = FlatHalfSpaceTrees(("a", "b"), n_trees=5, height=6, window_size=20, seed=2)
+    stream = _stream(5, 300, ("a", "b"))
+    for x in stream[:150]:
+        flat.learn_one(x)
+    copy = pickle.loads(pickle.dumps(flat))
+    for x in stream[150:]:
+        assert copy.score_one(x) == flat.score_one(x)
+        copy.learn_one(x)
+        flat.learn_one(x)
+
+
+def test_rejects_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="'b' missing"):
+        FlatHalfSpaceTrees(("a", "b")).score_one({"a": 0.5})
+    with pytest.raises(ValueError, match="feature"):
+        FlatHalfSpaceTrees(())
+    with pytest.raises(ValueError, match="positive"):
+        FlatHalfSpaceTrees(("a",), window_size=0)
+
+
+def test_score_learn_equals_score_then_learn() -> None:
+    one = AnomalyModel(("a", "b"), window_size=30, warmup=60, seed=4)
+    two = AnomalyModel(("a", "b"), window_size=30, warmup=60, seed=4)
+    for x in _stream(9, 500, ("a", "b")):
+        score = one.score_one(x)
+        flagged = one.is_anomalous(score)
+        one.learn_one(x)
+        assert two.score_learn(x) == (score, flagged)
+    assert two.score_learn({"a": 0.9, "b": 0.01}, learn=False)[0] == one.score_one(
+        {"a": 0.9, "b": 0.01})
+    assert (one.n_learnt, one.n_flagged) == (two.n_learnt, two.n_flagged)
