@@ -287,6 +287,15 @@ def free_addr() -> str:
     return f"127.0.0.1:{free_port()}"
 
 
+def _per_second(timeline: list[tuple[float, float]]) -> list[dict[str, Any]]:
+    """Alert latency by the second of the paced phase its spike was sent in."""
+    buckets: dict[int, list[float]] = {}
+    for sent_at, latency in timeline:
+        buckets.setdefault(int(sent_at), []).append(latency * 1000)
+    return [{"second": second, "alerts": len(ms), "p50_ms": _round(percentile(ms, 0.5), 1),
+             "max_ms": _round(max(ms), 1)} for second, ms in sorted(buckets.items())]
+
+
 def _round(value: float | None, digits: int = 1) -> float | None:
     return None if value is None else round(value, digits)
 
@@ -511,6 +520,8 @@ class Suite:
         customers = max(5, int(rate * seconds / (k * 6)))
         sent: dict[str, float] = {}
         latencies: list[float] = []
+        timeline: list[tuple[float, float]] = []  # (sent at, latency) seconds
+        t0 = time.perf_counter()
         consumer = AIOKafkaConsumer("risk-alerts", bootstrap_servers=bootstrap, group_id=None,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=20)
         await consumer.start()
@@ -528,6 +539,7 @@ class Suite:
                             t = sent.pop(orjson.loads(r.value)["trigger_event_id"], None)
                             if t is not None:
                                 latencies.append(now - t)
+                                timeline.append((t - t0, now - t))
 
         try:
             # Catch up with the alerts already there before the clock starts.
@@ -537,7 +549,10 @@ class Suite:
                 empty = 0 if batch else empty + 1
             _, before = http_get(f"http://{metrics_addr}/metrics")
             task = asyncio.create_task(consume())
-            events = dataset.latency_events(customers, k, f"lat{self.run_id}{name}", opts.seed)
+            # A live stream continues where the history ended (a phase in another time
+            # would make its first event sweep months of every customer's due dates).
+            events = dataset.latency_events(customers, k, f"lat{self.run_id}{name}", opts.seed,
+                                            start=self.history_end())
             produced = spikes = 0
             t0 = time.perf_counter()
             while (elapsed := time.perf_counter() - t0) < seconds:
@@ -584,7 +599,20 @@ class Suite:
             "customers": customers,
             "spike_every": k,
             "worker_receive_to_output": inside,
+            # p50 / max latency of the alerts of each second of the paced phase.
+            "per_second_ms": _per_second(timeline),
         }
+
+    def history_end(self) -> dt.datetime | None:
+        """The newest event time of the input (the paced phase continues from it)."""
+        newest = None
+        for _topic, _key, value in self.records:
+            with contextlib.suppress(Exception):
+                stamp = orjson.loads(value)["event_time"]
+                newest = stamp if newest is None or stamp > newest else newest
+        if newest is None:
+            return None
+        return dt.datetime.fromisoformat(newest.replace("Z", "+00:00")) + dt.timedelta(seconds=1)
 
     def state_bytes(self, app_id: str) -> dict[str, Any]:
         """Newest changelog value per customer of the benchmark input."""
