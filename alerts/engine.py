@@ -30,6 +30,8 @@ from detectors import behaviour, delinquency, scoring
 from detectors.base import Signal
 from detectors.behaviour import BehaviourState
 from detectors.delinquency import AccountLedger
+from detectors.hst import FlatHalfSpaceTrees
+from detectors.online import AnomalyModel
 from detectors.scoring import ScoreState
 from detectors.segments import SegmentMonitor
 from detectors.spending import SpendState, large_transaction
@@ -212,9 +214,16 @@ class Engine:
         return {"anomaly": self.anomaly, "risk": self.risk_model, "quality": self.quality}
 
     def restore_models(self, models: dict[str, Any]) -> None:
-        """Resume global models from a checkpoint (ignored when the features differ)."""
+        """Resume global models from a checkpoint.
+
+        A model of another class or layout (other features, or the River-object
+        trees of checkpoints before FlatHalfSpaceTrees) is ignored: that model
+        starts afresh.
+        """
         anomaly = models.get("anomaly")
-        if anomaly is not None and getattr(anomaly, "features", None) == self.anomaly.features:
+        if (isinstance(anomaly, AnomalyModel) and anomaly.features == self.anomaly.features
+                and isinstance(getattr(anomaly, "hst", None), FlatHalfSpaceTrees)
+                and hasattr(anomaly, "_cache_path")):
             self.anomaly = anomaly
         if isinstance(models.get("risk"), scoring.RiskModel):
             self.risk_model = models["risk"]

@@ -64,3 +64,18 @@ def test_missing_and_corrupt_checkpoints(tmp_path):
     bad.write_bytes(b"not a pickle")
     with pytest.raises(RiskwatchError, match="unreadable"):
         load(bad)
+
+
+def test_a_model_of_an_older_layout_is_not_resumed():
+    """Checkpoints from before FlatHalfSpaceTrees held River's tree objects: start afresh."""
+    from river.anomaly import HalfSpaceTrees
+
+    old = Engine(DEFAULT_POLICY)
+    _feed(old, 0, 50)
+    old.anomaly.hst = HalfSpaceTrees(seed=0)  # the previous layout
+    del old.anomaly._cache_path
+    engine = Engine(DEFAULT_POLICY)
+    fresh = engine.anomaly
+    engine.restore_models(pickle.loads(pickle.dumps(old.models())))
+    assert engine.anomaly is fresh
+    _feed(engine, 0, 20)  # and it works
