@@ -22,14 +22,13 @@ import msgspec
 import yaml
 from msgspec import Meta, Struct
 
+from alerts.actions import ActionPolicy
+from alerts.grades import DEFAULT_LINES, DEFAULT_TIERS, EarlyWarningLines, GradePolicy, TierPolicy
+from alerts.limits import LimitPolicy
 from detectors.behaviour import DEFAULT_CONFIG as DEFAULT_BEHAVIOUR
 from detectors.behaviour import BehaviourConfig
 from detectors.delinquency import DEFAULT_CONFIG as DEFAULT_DELINQUENCY
 from detectors.delinquency import DelinquencyConfig
-from alerts.actions import ActionPolicy
-from alerts.grades import DEFAULT_LINES, DEFAULT_TIERS, EarlyWarningLines
-from alerts.grades import GradePolicy, TierPolicy
-from alerts.limits import LimitPolicy
 from detectors.scoring import DEFAULT_CONFIG as DEFAULT_SCORING
 from detectors.scoring import ScoreConfig
 from detectors.segments import SegmentConfig

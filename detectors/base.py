@@ -14,7 +14,7 @@ from msgspec import Struct
 
 from schemas.models import Evidence, Severity
 
-__all__ = ["Detector", "Evidence", "Signal", "Severity"]
+__all__ = ["Detector", "Evidence", "Severity", "Signal"]
 
 
 class Signal(Struct, kw_only=True, frozen=True):

@@ -314,9 +314,10 @@ class Handler:
                 await self.sweep(partition, as_of_ms)
         if topic == "card-transactions" and self.engine.last_anomaly_score is not None:
             self.metrics.anomaly_score.observe(self.engine.last_anomaly_score)
-        self.metrics.events.labels(topic, "processed").inc()
-        self.metrics.last_event_time.labels(topic).set(event.event_time.timestamp())
-        self.metrics.last_receive_time.labels(topic).set(item.received)
+        series = self.metrics.topic(topic)
+        series.processed.inc()
+        series.last_event_time.set(event.event_time.timestamp())
+        series.last_receive_time.set(item.received)
         if result.emits:
             now = time.time()
             self.metrics.event_to_output.observe(max(0.0, now - event.event_time.timestamp()))
@@ -394,7 +395,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     async def send(emit: Emit) -> None:
         key, value, headers = to_message(emit, settings.source)
         await outputs[emit.topic].send(key=key, value=value, headers=headers)
-        metrics.outputs.labels(emit.topic).inc()
+        metrics.topic(emit.topic).outputs.inc()
         if emit.topic == "risk-alerts":
             metrics.alerts.labels(emit.record.alert_type, emit.record.severity).inc()
             if "habit_drift" in emit.record.reason_codes:

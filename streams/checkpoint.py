@@ -64,7 +64,7 @@ def load(path: Path) -> Checkpoint | None:
     except FileNotFoundError:
         return None
     try:
-        checkpoint = pickle.loads(blob)  # noqa: S301 - our own file, see docstring
+        checkpoint = pickle.loads(blob)  # our own file, see docstring
     except Exception as exc:
         raise RiskwatchError(f"checkpoint {path} is unreadable: {exc!r}") from exc
     if not isinstance(checkpoint, Checkpoint) or checkpoint.format != FORMAT:

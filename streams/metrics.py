@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
@@ -37,6 +38,7 @@ class Metrics:
 
     def __post_init__(self) -> None:
         r = self.registry
+        self._topics: dict[str, TopicMetrics] = {}
         # Pipeline.
         self.events = Counter(
             "riskwatch_events", "Input records handled, by topic and outcome "
@@ -129,3 +131,29 @@ class Metrics:
         self.policy_info.clear()
         self.policy_info.labels(version).set(1)
         self.crisis_mode.set(1 if crisis else 0)
+
+    def topic(self, topic: str) -> TopicMetrics:
+        """The per-topic series the hot path updates, resolved once per topic.
+
+        ``labels()`` hashes and locks on every call; the handler updates these
+        for every record.
+        """
+        found = self._topics.get(topic)
+        if found is None:
+            found = self._topics[topic] = TopicMetrics(
+                self.events.labels(topic, "processed"),
+                self.last_event_time.labels(topic),
+                self.last_receive_time.labels(topic),
+                self.outputs.labels(topic),
+            )
+        return found
+
+
+@dataclass(frozen=True)
+class TopicMetrics:
+    """One topic's hot-path series (see :meth:`Metrics.topic`)."""
+
+    processed: Any
+    last_event_time: Any
+    last_receive_time: Any
+    outputs: Any

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from streams.admin import ensure_topics
+from streams.broker import EmbeddedBroker, free_port
+from streams.demo import start_worker, wait_ready
+
 # CI runs are reproducible: the same examples every run (a failure found locally with a
 # random seed is kept as an explicit example or a regression test).
 hypothesis_settings.register_profile("ci", derandomize=True, deadline=None,
                                      print_blob=True)
 if os.environ.get("CI"):
     hypothesis_settings.load_profile("ci")
-
-from streams.admin import ensure_topics
-from streams.broker import EmbeddedBroker, free_port
-from streams.demo import start_worker, wait_ready
 
 PARTITIONS = 4
 
