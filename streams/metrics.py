@@ -54,6 +54,10 @@ class Metrics:
         self.receive_to_output = Histogram(
             "riskwatch_receive_to_output_seconds", "Receipt by the worker to output send.",
             buckets=_LATENCY_BUCKETS, registry=r)
+        self.append_to_receive = Histogram(
+            "riskwatch_append_to_receive_seconds", "Record timestamp (producer or broker "
+            "append time) to receipt by the worker: fetch and queueing delay.",
+            buckets=_LATENCY_BUCKETS, registry=r)
         self.consumer_lag = Gauge(
             "riskwatch_consumer_lag_messages", "Messages behind the end of the assigned "
             "partitions, by topic.", ["topic"], registry=r)

@@ -9,6 +9,7 @@ lets the worker choose (``Settings.fetch_max_wait``).
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import aiokafka
@@ -26,3 +27,81 @@ def set_group_fetch_wait(ms: int) -> None:
             super().__init__(*topics, **kwargs)
 
     aiokafka.AIOKafkaConsumer = GroupConsumer  # type: ignore[misc]
+
+
+def use_direct_delivery() -> None:
+    """Deliver fetched records to the Conductor without four tasks per record.
+
+    Faust's fetch loop (``Consumer._drain_messages``) awaits every record's
+    delivery through ``Service.wait_first(callback(message), suspend_flow.wait())``,
+    which creates four tasks (the callback, the suspend-flow event, the
+    consumer's stopped and crashed events) and an ``asyncio.wait`` per record.
+    This loop awaits the delivery directly while the flow is not suspended and
+    keeps Faust's path for a suspended flow (a rebalance: the record is skipped,
+    as Faust skips it, and re-read from the committed offset afterwards).
+    """
+    from faust.transport import consumer as faust_consumer
+
+    cls = faust_consumer.Consumer
+    if getattr(cls, "_riskwatch_direct", False):
+        return
+
+    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - Faust's
+        callback = self.callback
+        getmany = self.getmany
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        suspended = self.suspend_flow.is_set
+        get_read_offset = self._read_offset.__getitem__
+        set_read_offset = self._read_offset.__setitem__
+        flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING
+        set_flag = self.diag.set_flag
+        unset_flag = self.diag.unset_flag
+        commit_every = self._commit_every
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        sleep = asyncio.sleep
+        num_since_yield = 0
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                set_flag(flag_consumer_fetching)
+                ait = getmany(timeout=1.0)
+                await self.sleep(0)
+                if not self.should_stop:
+                    async for tp, message in ait:
+                        num_since_yield += 1
+                        if num_since_yield > 100:
+                            await sleep(0)
+                            num_since_yield = 0
+                        offset = message.offset
+                        r_offset = get_read_offset(tp)
+                        if r_offset is None or offset >= r_offset:
+                            gap = offset - (r_offset or 0)
+                            if gap > 1 and r_offset and acks_enabled_for(message.topic):
+                                await self._add_gap(tp, r_offset + 1, offset)
+                            if commit_every is not None and self._n_acked >= commit_every:
+                                self._n_acked = 0
+                                await self.commit()
+                            if suspended():
+                                await self.wait_first(callback(message), self.suspend_flow.wait())
+                            else:
+                                await callback(message)
+                            set_read_offset(tp, offset)
+                    unset_flag(flag_consumer_fetching)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                self.log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                self.log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            self.log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            unset_flag(flag_consumer_fetching)
+
+    cls._drain_messages = _drain_messages
+    cls._riskwatch_direct = True
