@@ -1755,6 +1755,12 @@ def _evaluate(
             code="previous_bucket", text=f"was {buckets[old].name}", value=buckets[old].name
         )
         moved = Evidence(code="moved_on", text=f"moved on {_date(day)}", value=_date(day))
+        # The account's product, for roll rates by product (``riskwatch_bucket_transitions``).
+        product = (
+            [Evidence(code="product", text=f"product {led.product}", value=led.product)]
+            if led.product
+            else []
+        )
         sigs.append(
             _signal(
                 led,
@@ -1763,7 +1769,7 @@ def _evaluate(
                 rule,
                 severity,
                 [rule.replace("-", "_"), buckets[idx].name],
-                [*ev(), prev, moved],
+                [*ev(), prev, moved, *product],
                 f"{buckets[idx].name}@{day}",
             )
         )
