@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-
 from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics

@@ -162,7 +162,7 @@ def test_statement_reminder_is_for_the_unpaid_minimum():
 def test_due_issued_inside_the_window_is_reminded_by_its_own_event():
     engine = Engine(EVERYONE)
     late_issue = due(when=at(D - 2, hour=9))
-    state, emits = feed(engine, [("repayments", late_issue)])
+    _, emits = feed(engine, [("repayments", late_issue)])
     [action] = reminders(emits)
     assert action.trigger_event_id == "d1"
     assert {e.code: e.value for e in action.evidence}["days_to_due"] == 2
