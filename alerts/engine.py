@@ -55,6 +55,11 @@ def _grade_index(state: CustomerState) -> int:
     return state.score.last_grade if state.score is not None else -1
 
 
+def _today(state: CustomerState, day: int) -> int:
+    """``day``, or the customer's newest event-time day if later (epoch days)."""
+    return max(day, max(state.watermarks, default=0) // 86_400_000)
+
+
 def _on_time_cycles(state: CustomerState) -> int:
     """Consecutive most recent repayment cycles paid on time, over all accounts."""
     return min((delinquency.on_time_streak(led) for led in state.ledgers.values()), default=0)
@@ -346,12 +351,13 @@ class Engine:
         config = self.policy.delinquency
         pauses = self.policy.pauses()
         reminded = set(state.reminded)
+        today = _today(state, day)
         days = []
         for account_id, led in state.ledgers.items():
             done = {d.id for d in led.dues
                     if event_fingerprint(f"{account_id}/{d.id}") in reminded} if reminded else ()
-            found = delinquency.next_reminder_day(led, day, rule.days_before, config,
-                                                  pauses=pauses, skip=done)
+            found = delinquency.next_reminder_day(led, max(today, led.clock), rule.days_before,
+                                                  config, pauses=pauses, skip=done)
             if found is not None:
                 days.append(found)
         return min(days) if days else None
@@ -371,10 +377,14 @@ class Engine:
         reminded = set(state.reminded)
         added: list[int] = []
         emits: list[Emit] = []
+        today = _today(state, day)
         for account_id in sorted(state.ledgers):
             led = state.ledgers[account_id]
+            # A late event does not take the customer back in time: the due dates are
+            # judged from the newest event time seen (of any topic, and of the ledger).
+            as_of = max(today, led.clock)
             for due_id, due_day, unpaid in delinquency.upcoming_dues(
-                    led, day, rule.days_before, policy.delinquency, pauses=pauses):
+                    led, as_of, rule.days_before, policy.delinquency, pauses=pauses):
                 fp = event_fingerprint(f"{account_id}/{due_id}")
                 if fp in reminded:
                     continue
@@ -383,7 +393,7 @@ class Engine:
                 due = DueReminder(
                     customer_id=customer_id, account_id=account_id, due_id=due_id,
                     due_date=_EPOCH.date() + dt.timedelta(days=due_day), unpaid_minor=unpaid,
-                    days_to_due=due_day - day, grade=grade)
+                    days_to_due=due_day - as_of, grade=grade)
                 action, state.sent = plan_pre_due(
                     due, trigger_event_id=trigger, event_time=when, timezone=timezone,
                     history=state.sent, policy=policy.actions,

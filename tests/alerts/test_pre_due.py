@@ -14,6 +14,7 @@ from alerts.policy import DEFAULT_POLICY, load_policy_text
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.errors import PolicyError
 from schemas.models import (
+    CardTransaction,
     CustomerProfile,
     DeferralStarted,
     InstallmentDue,
@@ -172,6 +173,21 @@ def test_due_issued_inside_the_window_is_reminded_by_its_own_event():
     on_the_day, emits = feed(Engine(EVERYONE), [("repayments", due(when=at(D, hour=1)))])
     assert reminders(emits) == []
     assert decode_state(on_the_day).next_check == D + 1
+
+
+def test_a_late_event_does_not_take_the_customer_back_into_the_window():
+    def tx(event_id, when):
+        return CardTransaction(event_id=event_id, event_time=when, customer_id="c1",
+                               account_id="card", type="purchase", amount_minor=2_000,
+                               currency="EUR", mcc="5411", merchant_id="m", channel="pos",
+                               country="DE")
+
+    engine = Engine(EVERYONE)
+    # The customer's newest event is on the due date: the window has passed unswept.
+    state, _ = feed(engine, [("repayments", due()),
+                             ("card-transactions", tx("t1", at(D, hour=8)))])
+    state, emits = feed(engine, [("card-transactions", tx("t0", at(D - 2)))], state)
+    assert reminders(emits) == []
 
 
 def test_reversed_payment_reopens_the_reminder():
