@@ -255,7 +255,8 @@ def plan_pre_due(
             Evidence(code="due_date", text=f"due on {date}", value=date),
             Evidence(code="amount_due", text=f"{due.unpaid_minor} minor units still unpaid",
                      value=due.unpaid_minor, unit="minor"),
-            Evidence(code="days_to_due", text=f"due in {due.days_to_due} days",
+            Evidence(code="days_to_due", text=f"due in {due.days_to_due} day"
+                     + ("" if due.days_to_due == 1 else "s"),
                      value=due.days_to_due, unit="days"),
             Evidence(code="grade", text=f"risk grade {due.grade}", value=due.grade),
         ],
