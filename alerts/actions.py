@@ -7,7 +7,10 @@ What a collections and customer-care team does, as policy:
 * a move into a bucket at or past ``call_at_dpd`` -> call; at or past
   ``collections_at_dpd`` -> collections case (internal);
 * warnings before delinquency (minimum-only streak, falling payment ratio,
-  repeated late-but-cured) -> restructuring offer by letter.
+  repeated late-but-cured) -> restructuring offer by letter;
+* a due date coming up for a customer whose current risk grade the policy marks
+  (``pre_due_reminder``) -> a reminder ``days_before`` the due date, unless the
+  amount is already paid (:func:`plan_pre_due`; the engine finds the dues).
 
 Messages to the customer respect quiet hours in the customer's own time zone
 (``not_before`` is set to the end of the quiet period) and frequency caps per
@@ -29,19 +32,49 @@ suppressed. Action ids derive from the alert id, so replays deduplicate.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from msgspec import Meta, Struct
 
 from alerts.envelope import Emit
 from alerts.ids import output_id
-from schemas.models import CustomerAction, RiskAlert
+from schemas.models import CustomerAction, Evidence, Grade, RiskAlert
 
 _CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
 
 #: Channel codes kept in the per-customer send history (compact).
 CHANNELS = ("sms", "email", "push", "call", "letter", "internal")
+
+
+#: Channels a pre-due reminder may use.
+ReminderChannel = Literal["sms", "email", "push", "letter"]
+
+
+class PreDueReminder(Struct, **_CFG):
+    """A reminder before a due date, for customers whose current grade is in ``grades``.
+
+    >>> PreDueReminder().grades, PreDueReminder().days_before
+    (('high', 'critical'), 3)
+    >>> PreDueReminder(grades=("high", "high"))
+    Traceback (most recent call last):
+    ...
+    ValueError: pre_due_reminder grades must not repeat a grade: high, high
+    """
+
+    enabled: bool = True
+    #: Risk grades (``alerts.grades.GRADES``) whose customers are reminded.
+    grades: tuple[Grade, ...] = ("high", "critical")
+    #: The reminder goes out this many days before the due date (or later, once
+    #: a late-issued due or a newly marked grade makes it due inside the window).
+    days_before: Annotated[int, Meta(ge=1, le=31)] = 3
+    channel: ReminderChannel = "sms"
+    rule_version: Annotated[int, Meta(ge=1)] = 1
+
+    def __post_init__(self) -> None:
+        if len(set(self.grades)) != len(self.grades):
+            raise ValueError("pre_due_reminder grades must not repeat a grade: "
+                             + ", ".join(self.grades))
 
 
 class ActionPolicy(Struct, **_CFG):
@@ -55,6 +88,7 @@ class ActionPolicy(Struct, **_CFG):
     #: At most this many messages per channel within ``cap_window_days``.
     cap_per_channel: Annotated[int, Meta(ge=1)] = 3
     cap_window_days: Annotated[int, Meta(ge=1)] = 7
+    pre_due_reminder: PreDueReminder = PreDueReminder()
 
 
 #: History entry: (channel index, Unix seconds of the send).
@@ -87,6 +121,31 @@ def _after_quiet(at: dt.datetime, tz_name: str, policy: ActionPolicy) -> dt.date
     return wake.astimezone(dt.UTC)
 
 
+def _recent(at: dt.datetime, history: list[Sent], policy: ActionPolicy) -> list[Sent]:
+    """The sends still inside the frequency-cap window at ``at``."""
+    now_s = int(at.timestamp())
+    window_s = policy.cap_window_days * 86_400
+    return [h for h in history if now_s - h[1] < window_s]
+
+
+def _take(channel: str, at: dt.datetime, recent: list[Sent], policy: ActionPolicy) -> bool:
+    """Record a send on ``channel`` in ``recent``; False when the channel's cap is reached
+    (internal actions are never capped)."""
+    if channel == "internal":
+        return True
+    index = CHANNELS.index(channel)
+    if sum(1 for c, _ in recent if c == index) >= policy.cap_per_channel:
+        return False
+    recent.append((index, int(at.timestamp())))
+    return True
+
+
+def _not_before(channel: str, at: dt.datetime, timezone: str,
+                policy: ActionPolicy) -> dt.datetime | None:
+    """End of the quiet period for channels that reach the customer at once."""
+    return _after_quiet(at, timezone, policy) if channel in ("sms", "call", "push") else None
+
+
 def _wanted(alert: RiskAlert, policy: ActionPolicy) -> list[tuple[str, str]]:
     codes = set(alert.reason_codes)
     if "delinquency_onset" in codes:
@@ -115,22 +174,14 @@ def plan_actions(
     """Actions for ``alert``; the updated send history; actions suppressed by caps."""
     if not policy.enabled or alert.alert_type not in ("delinquency", "warning"):
         return [], history, []
-    now_s = int(alert.event_time.timestamp())
-    window_s = policy.cap_window_days * 86_400
-    recent = [h for h in history if now_s - h[1] < window_s]
+    recent = _recent(alert.event_time, history, policy)
     actions: list[CustomerAction] = []
     suppressed: list[str] = []
     for action, channel in _wanted(alert, policy):
-        index = CHANNELS.index(channel)
-        if channel != "internal":
-            if sum(1 for c, _ in recent if c == index) >= policy.cap_per_channel:
-                suppressed.append(action)
-                continue
-            recent.append((index, now_s))
-        not_before = (
-            _after_quiet(alert.event_time, timezone, policy)
-            if channel in ("sms", "call", "push") else None
-        )
+        if not _take(channel, alert.event_time, recent, policy):
+            suppressed.append(action)
+            continue
+        not_before = _not_before(channel, alert.event_time, timezone, policy)
         actions.append(CustomerAction(
             action_id=output_id(f"action-{action}", 1, alert.alert_id),
             customer_id=alert.customer_id,
@@ -146,6 +197,74 @@ def plan_actions(
             not_before=not_before,
         ))
     return actions, recent[-16:], suppressed
+
+
+class DueReminder(Struct, frozen=True, kw_only=True):
+    """One due a pre-due reminder is for (found by the engine in the ledger)."""
+
+    customer_id: str
+    account_id: str
+    due_id: str
+    due_date: dt.date
+    unpaid_minor: int
+    days_to_due: int
+    grade: str
+
+
+def plan_pre_due(
+    due: DueReminder,
+    *,
+    trigger_event_id: str,
+    event_time: dt.datetime,
+    timezone: str,
+    history: list[Sent],
+    policy: ActionPolicy,
+    policy_version: str,
+    model_version: str,
+) -> tuple[CustomerAction | None, list[Sent]]:
+    """The reminder for ``due`` (None when the channel's frequency cap suppresses it)
+    and the updated send history.
+
+    The id depends on the customer, account and due only, so the reminder has
+    the same id however and whenever it is found (replays deduplicate).
+
+    >>> due = DueReminder(customer_id="c1", account_id="acc-1", due_id="i7",
+    ...     due_date=dt.date(2026, 3, 5), unpaid_minor=12_000, days_to_due=3, grade="high")
+    >>> action, history = plan_pre_due(due, trigger_event_id="e1",
+    ...     event_time=dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC), timezone="Europe/Berlin",
+    ...     history=[], policy=ActionPolicy(), policy_version="p", model_version="m")
+    >>> action.action, action.channel, action.not_before.isoformat(), action.reason_codes
+    ('reminder', 'sms', '2026-03-03T07:00:00+00:00', ['pre_due_reminder', 'grade_high'])
+    """
+    rule = policy.pre_due_reminder
+    recent = _recent(event_time, history, policy)
+    if not _take(rule.channel, event_time, recent, policy):
+        return None, recent[-16:]
+    date = due.due_date.isoformat()
+    action = CustomerAction(
+        action_id=output_id("pre-due-reminder", rule.rule_version,
+                            f"{due.customer_id}/{due.account_id}", due.due_id),
+        customer_id=due.customer_id,
+        account_id=due.account_id,
+        trigger_event_id=trigger_event_id,
+        event_time=event_time,
+        policy_version=policy_version,
+        model_version=model_version,
+        reason_codes=["pre_due_reminder", f"grade_{due.grade}"],
+        evidence=[
+            Evidence(code="due_date", text=f"due on {date}", value=date),
+            Evidence(code="amount_due", text=f"{due.unpaid_minor} minor units still unpaid",
+                     value=due.unpaid_minor, unit="minor"),
+            Evidence(code="days_to_due", text=f"due in {due.days_to_due} day"
+                     + ("" if due.days_to_due == 1 else "s"),
+                     value=due.days_to_due, unit="days"),
+            Evidence(code="grade", text=f"risk grade {due.grade}", value=due.grade),
+        ],
+        action="reminder",
+        channel=rule.channel,
+        not_before=_not_before(rule.channel, event_time, timezone, policy),
+    )
+    return action, recent[-16:]
 
 
 def action_emit(action: CustomerAction) -> Emit:

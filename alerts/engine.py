@@ -21,7 +21,7 @@ from msgspec import Struct
 
 from alerts import grades as grading
 from alerts import limits
-from alerts.actions import action_emit, plan_actions
+from alerts.actions import DueReminder, action_emit, plan_actions, plan_pre_due
 from alerts.envelope import Emit
 from alerts.ids import event_fingerprint, output_id
 from alerts.limits import LimitState
@@ -50,6 +50,16 @@ _TIER_ACTIONS: dict[str, tuple[str, str]] = {
     "call": ("call", "call"),
     "collections_case": ("collections_case", "internal"),
 }
+
+
+def _grade_index(state: CustomerState) -> int:
+    """Index of the customer's current grade in ``alerts.grades.GRADES`` (-1: none yet)."""
+    return state.score.last_grade if state.score is not None else -1
+
+
+def _today(state: CustomerState, day: int) -> int:
+    """``day``, or the customer's newest event-time day if later (epoch days)."""
+    return max(day, max(state.watermarks, default=0) // 86_400_000)
 
 
 def _on_time_cycles(state: CustomerState) -> int:
@@ -111,6 +121,9 @@ class CustomerState(Struct, array_like=True):
     limit: LimitState | None = None
     #: Last day the customer was scored on a card transaction without signals.
     scored_day: int = -1
+    #: Fingerprints of ``account/due`` pairs already reminded before their due date
+    #: (only dues still in a ledger are kept).
+    reminded: list[int] = []
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -260,12 +273,19 @@ class Engine:
                 key=event.customer_id,
                 field="event_time",
             )
+        ledgers, grade, reminded = state.ledgers, _grade_index(state), state.reminded
         signals = self._dispatch(topic, event, state)
         state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
         state.watermarks[index] = max(watermark, event_ms)
         emits = self._emits(signals, state, event.customer_id, event.event_id, event.event_time)
         if topic != "customer-profiles":
             emits.extend(self._assess(topic, event, state, signals))
+        day = delinquency.epoch_day(event.event_time)
+        emits.extend(self._pre_due(state, event.customer_id, event.event_id, event.event_time,
+                                   day))
+        if (state.ledgers is not ledgers or _grade_index(state) != grade
+                or state.reminded is not reminded):
+            state.next_check = self._next_check(state, day)
         return Result(encode_state(state), emits, next_check=state.next_check)
 
     def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
@@ -277,19 +297,25 @@ class Engine:
         day = delinquency.epoch_day(as_of)
         if state.next_check is None or state.next_check > day:
             return Result(None, [], next_check=state.next_check)
-        config = self.policy.delinquency
-        pauses = self.policy.pauses()
-        signals: list[Signal] = []
-        ledgers = dict(state.ledgers)
-        for account_id, ledger in state.ledgers.items():
-            ledgers[account_id], found = delinquency.advance(ledger, day, config, pauses=pauses)
-            signals.extend(found)
-        state.ledgers = ledgers
-        state.next_check = self._next_check(state)
         trigger = f"sweep:{customer_id}:{day}"
-        emits = self._emits(signals, state, customer_id, trigger, as_of)
-        emits.extend(self._assess_at(state, signals, customer_id, trigger, as_of, day,
-                                     always=True))
+        emits: list[Emit] = []
+        ledger_check = self._ledger_check(state)
+        if ledger_check is not None and ledger_check <= day:
+            config = self.policy.delinquency
+            pauses = self.policy.pauses()
+            signals: list[Signal] = []
+            ledgers = dict(state.ledgers)
+            for account_id, ledger in state.ledgers.items():
+                ledgers[account_id], found = delinquency.advance(ledger, day, config,
+                                                                 pauses=pauses)
+                signals.extend(found)
+            state.ledgers = ledgers
+            emits.extend(self._emits(signals, state, customer_id, trigger, as_of))
+            emits.extend(self._assess_at(state, signals, customer_id, trigger, as_of, day,
+                                         always=True))
+        # Only a pre-due reminder was waiting: no ledger step, no re-scoring.
+        emits.extend(self._pre_due(state, customer_id, trigger, as_of, day))
+        state.next_check = self._next_check(state, day)
         return Result(encode_state(state), emits, next_check=state.next_check)
 
     @staticmethod
@@ -300,12 +326,94 @@ class Engine:
         state = decode_state(raw_state)
         return state.next_check, max(state.watermarks, default=0)
 
-    def _next_check(self, state: CustomerState) -> int | None:
+    def _ledger_check(self, state: CustomerState) -> int | None:
+        """Earliest day on which time alone changes one of the customer's ledgers."""
         config = self.policy.delinquency
         pauses = self.policy.pauses()
         days = [d for led in state.ledgers.values()
                 if (d := delinquency.next_check_day(led, config, pauses=pauses)) is not None]
         return min(days) if days else None
+
+    def _next_check(self, state: CustomerState, day: int) -> int | None:
+        """The customer's next sweep day: a ledger check, or a pre-due reminder day after
+        ``day`` (only for a customer whose grade the policy marks)."""
+        days = [d for d in (self._ledger_check(state), self._reminder_check(state, day))
+                if d is not None]
+        return min(days) if days else None
+
+    # -- pre-due reminders -------------------------------------------------
+
+    def _marked_grade(self, state: CustomerState) -> str | None:
+        """The customer's grade, when pre-due reminders are on and the policy marks it."""
+        actions = self.policy.actions
+        rule = actions.pre_due_reminder
+        index = _grade_index(state)
+        if not (actions.enabled and rule.enabled and state.ledgers) or index < 0:
+            return None
+        grade = grading.GRADES[index]
+        return grade if grade in rule.grades else None
+
+    def _reminder_check(self, state: CustomerState, day: int) -> int | None:
+        if self._marked_grade(state) is None:
+            return None
+        rule = self.policy.actions.pre_due_reminder
+        config = self.policy.delinquency
+        pauses = self.policy.pauses()
+        reminded = set(state.reminded)
+        today = _today(state, day)
+        days = []
+        for account_id, led in state.ledgers.items():
+            done = {d.id for d in led.dues
+                    if event_fingerprint(f"{account_id}/{d.id}") in reminded} if reminded else ()
+            found = delinquency.next_reminder_day(led, max(today, led.clock), rule.days_before,
+                                                  config, pauses=pauses, skip=done)
+            if found is not None:
+                days.append(found)
+        return min(days) if days else None
+
+    def _pre_due(self, state: CustomerState, customer_id: str, trigger: str,
+                 when: dt.datetime, day: int) -> list[Emit]:
+        """Reminders for the marked customer's unpaid dues falling due within the policy's
+        ``days_before`` of ``day`` (once per due; none on a paused day or for a paused
+        due: deferrals and crisis mode)."""
+        grade = self._marked_grade(state)
+        if grade is None:
+            return []
+        policy = self.policy
+        rule = policy.actions.pre_due_reminder
+        pauses = policy.pauses()
+        timezone = state.profile.timezone if state.profile else "UTC"
+        reminded = set(state.reminded)
+        added: list[int] = []
+        emits: list[Emit] = []
+        today = _today(state, day)
+        for account_id in sorted(state.ledgers):
+            led = state.ledgers[account_id]
+            # A late event does not take the customer back in time: the due dates are
+            # judged from the newest event time seen (of any topic, and of the ledger).
+            as_of = max(today, led.clock)
+            for due_id, due_day, unpaid in delinquency.upcoming_dues(
+                    led, as_of, rule.days_before, policy.delinquency, pauses=pauses):
+                fp = event_fingerprint(f"{account_id}/{due_id}")
+                if fp in reminded:
+                    continue
+                reminded.add(fp)
+                added.append(fp)
+                due = DueReminder(
+                    customer_id=customer_id, account_id=account_id, due_id=due_id,
+                    due_date=_EPOCH.date() + dt.timedelta(days=due_day), unpaid_minor=unpaid,
+                    days_to_due=due_day - as_of, grade=grade)
+                action, state.sent = plan_pre_due(
+                    due, trigger_event_id=trigger, event_time=when, timezone=timezone,
+                    history=state.sent, policy=policy.actions,
+                    policy_version=policy.version, model_version=policy.model_version)
+                if action is not None:  # a capped reminder is not retried
+                    emits.append(action_emit(action))
+        if added:
+            present = {event_fingerprint(f"{a}/{d.id}")
+                       for a, led in state.ledgers.items() for d in led.dues}
+            state.reminded = [fp for fp in [*state.reminded, *added] if fp in present][-32:]
+        return emits
 
     def snapshot(self, customer_id: str, raw_state: bytes | None) -> dict[str, Any]:
         """A customer's current standing, for replay snapshots and inspection."""
@@ -477,9 +585,8 @@ class Engine:
         ledger = state.ledgers.get(event.account_id)
         new, signals = delinquency.apply(ledger, event, self.policy.delinquency,
                                          pauses=self.policy.pauses(), product=product)
-        if new is not ledger:
+        if new is not ledger:  # the next check day is recomputed once the event is done
             state.ledgers = {**state.ledgers, event.account_id: new}
-            state.next_check = self._next_check(state)
             self._count_segment(state, new, signals)
         return signals
 

@@ -102,7 +102,7 @@ import datetime as dt
 import hashlib
 import heapq
 import itertools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -137,8 +137,10 @@ __all__ = [
     "encode_ledger",
     "epoch_day",
     "next_check_day",
+    "next_reminder_day",
     "on_time_streak",
     "snapshot",
+    "upcoming_dues",
 ]
 
 #: Seconds per day.
@@ -1756,6 +1758,12 @@ def _evaluate(
             code="previous_bucket", text=f"was {buckets[old].name}", value=buckets[old].name
         )
         moved = Evidence(code="moved_on", text=f"moved on {_date(day)}", value=_date(day))
+        # The account's product, for roll rates by product (``riskwatch_bucket_transitions``).
+        product = (
+            [Evidence(code="product", text=f"product {led.product}", value=led.product)]
+            if led.product
+            else []
+        )
         sigs.append(
             _signal(
                 led,
@@ -1764,7 +1772,7 @@ def _evaluate(
                 rule,
                 severity,
                 [rule.replace("-", "_"), buckets[idx].name],
-                [*ev(), prev, moved],
+                [*ev(), prev, moved, *product],
                 f"{buckets[idx].name}@{day}",
             )
         )
@@ -1969,6 +1977,98 @@ def next_check_day(
         if it.target and it.target not in live:
             cands.append(it.key // DAY + config.reversal_window_days + config.lateness_days + 1)
     return min((x for x in cands if x > c), default=None)
+
+
+def _paused_on(day: int, merged: Sequence[tuple[int, int | None]]) -> bool:
+    """Whether ``day`` falls in one of the merged pauses.
+
+    >>> _paused_on(12, [(10, 15)]), _paused_on(15, [(10, 15)]), _paused_on(99, [(20, None)])
+    (True, False, True)
+    """
+    return any(s <= day and (e is None or day < e) for s, e in merged)
+
+
+def upcoming_dues(
+    ledger: AccountLedger,
+    as_of_day: int,
+    days_before: int,
+    config: DelinquencyConfig = DEFAULT_CONFIG,
+    *,
+    pauses: Sequence[Pause] = (),
+) -> list[tuple[str, int, int]]:
+    """Dues a pre-due reminder on ``as_of_day`` is for, as ``(due_id, due_day, unpaid)``.
+
+    A due qualifies when its due date is still ahead and within ``days_before``
+    days (``as_of_day < due_day <= as_of_day + days_before``) and its unpaid
+    obligation (a statement's minimum) exceeds the tolerance: not paid in
+    advance, not superseded by a restructuring plan. Nothing qualifies on a
+    paused day (the account's deferral or a crisis-wide pause), nor a due
+    whose due date is paused.
+
+    >>> led = AccountLedger("a", 100, dues=[Due("i1", 103, 10000), Due("i2", 104, 9000),
+    ...                                     Due("i3", 102, 10000, paid=10000)])
+    >>> upcoming_dues(led, 100, 3)
+    [('i1', 103, 10000)]
+    >>> upcoming_dues(led, 101, 3), upcoming_dues(led, 101, 3, pauses=[(101, 105)])
+    ([('i1', 103, 10000), ('i2', 104, 9000)], [])
+    """
+    merged = _pauses(ledger, pauses)
+    if _paused_on(as_of_day, merged):
+        return []
+    out = []
+    for d in ledger.dues:  # sorted by (day, id)
+        if d.day <= as_of_day or d.kind == REVERSAL_CARRY:
+            continue
+        if d.day > as_of_day + days_before:
+            break
+        unpaid = _unpaid(d, ledger.plan)
+        if unpaid > config.tolerance_minor and not _paused_on(d.day, merged):
+            out.append((d.id, d.day, unpaid))
+    return out
+
+
+def next_reminder_day(
+    ledger: AccountLedger,
+    after_day: int,
+    days_before: int,
+    config: DelinquencyConfig = DEFAULT_CONFIG,
+    *,
+    pauses: Sequence[Pause] = (),
+    skip: Container[str] = (),
+) -> int | None:
+    """The first day after ``after_day`` on which :func:`upcoming_dues` lists a due
+    not in ``skip`` (the dues already reminded), or ``None``.
+
+    That is ``due_day - days_before`` (or the day after ``after_day``, for a due
+    already inside its window), moved to the end of a pause covering it, for
+    every unpaid due whose date is neither passed nor paused. Index it together
+    with :func:`next_check_day` so a watermark sweep reaches the reminder with
+    no scan: a check day per due date, not per account.
+
+    >>> led = AccountLedger("a", 100, dues=[Due("i1", 110, 10000), Due("i2", 120, 10000)])
+    >>> next_reminder_day(led, 100, 3), next_reminder_day(led, 100, 3, skip={"i1"})
+    (107, 117)
+    >>> next_reminder_day(led, 108, 3), next_reminder_day(led, 100, 3, pauses=[(105, 109)])
+    (109, 109)
+    >>> next_reminder_day(led, 100, 3, pauses=[(105, 111)], skip={"i2"}) is None
+    True
+    """
+    merged = _pauses(ledger, pauses)
+    best: int | None = None
+    for d in ledger.dues:
+        if d.day <= after_day + 1 or d.kind == REVERSAL_CARRY or d.id in skip:
+            continue
+        if best is not None and d.day - days_before >= best:
+            break  # dues are sorted by day: no later one can come first
+        if _unpaid(d, ledger.plan) <= config.tolerance_minor or _paused_on(d.day, merged):
+            continue
+        day: int | None = max(d.day - days_before, after_day + 1)
+        for s, e in merged:
+            if day is not None and s <= day and (e is None or day < e):
+                day = e
+        if day is not None and day < d.day and (best is None or day < best):
+            best = day
+    return best
 
 
 class DueIndex:

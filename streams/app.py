@@ -402,11 +402,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             metrics.alerts.labels(emit.record.alert_type, emit.record.severity).inc()
             if "habit_drift" in emit.record.reason_codes:
                 metrics.drift_detections.labels("spend").inc()
-            if emit.record.alert_type == "delinquency":
-                moved = {e.code: e.value for e in emit.record.evidence}
-                if "bucket" in moved and "previous_bucket" in moved:
-                    metrics.bucket_transitions.labels(
-                        "all", str(moved["previous_bucket"]), str(moved["bucket"])).inc()
+            metrics.record_bucket_move(emit.record)
         elif emit.topic == "limit-adjustments":
             metrics.limit_proposals.labels(emit.record.direction).inc()
         elif emit.topic == "customer-actions":

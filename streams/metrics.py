@@ -15,16 +15,21 @@ from __future__ import annotations
 
 import platform
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+from schemas.models import Product
 from schemas.topics import CONTRACT_VERSION
 
 VERSION = "0.1.0"
 
 # ``*_created`` series double the series count and no dashboard uses them.
 disable_created_metrics()
+
+#: Values of the ``product`` label: the contracts' products, or ``unknown`` (an account whose
+#: product the ledger does not know, or a value outside the contract).
+PRODUCTS: tuple[str, ...] = (*get_args(Product), "unknown")
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 300.0)
@@ -129,6 +134,23 @@ class Metrics:
         self.anomaly_score = Histogram(
             "riskwatch_anomaly_score", "Global anomaly model scores (0-1).",
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99), registry=r)
+
+    def record_bucket_move(self, alert: Any) -> None:
+        """Count a delinquency alert that moved an account between buckets (roll rates).
+
+        The product and buckets come from the alert's evidence (``product``,
+        ``previous_bucket``, ``bucket``); a product outside :data:`PRODUCTS` counts as
+        ``unknown``, so the label keeps a fixed set of values.
+        """
+        if alert.alert_type != "delinquency":
+            return
+        facts = {e.code: e.value for e in alert.evidence}
+        if "bucket" not in facts or "previous_bucket" not in facts:
+            return
+        product = facts.get("product")
+        label = product if isinstance(product, str) and product in PRODUCTS else "unknown"
+        self.bucket_transitions.labels(
+            label, str(facts["previous_bucket"]), str(facts["bucket"])).inc()
 
     def set_policy(self, version: str, crisis: bool) -> None:
         """Record the policy version in force and the crisis-mode switch."""

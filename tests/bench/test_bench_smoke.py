@@ -62,3 +62,23 @@ def test_quick_run_writes_results_with_the_required_keys(tmp_path: Path):
     assert saved["machine"]["nproc"] >= 1
     assert saved["machine"]["versions"]["faust-streaming"]
     assert "| (d) Riskwatch worker" in (tmp_path / "latest.md").read_text()
+
+
+def test_delinquency_bench_quick_run_has_the_figures(tmp_path: Path):
+    from bench import delinquency
+
+    assert delinquency.main(["--quick", "--out", str(tmp_path)]) == 0
+    doc = orjson.loads((tmp_path / "delinquency.json").read_bytes())
+    for path in ("replay", "engine", "ledger"):
+        row = doc["throughput"]["rows"][path]
+        assert row["events_per_s"] > 0 and row["us_per_event"] > 0, path
+    rows = doc["sweep"]["rows"]
+    assert {(r["level"], r["accounts"]) for r in rows} == {
+        (level, n) for level in ("ledger", "engine") for n in (2_000, 20_000)}
+    for row in rows:
+        # Every sweep crosses exactly the accounts due that day, whatever the total.
+        assert row["crossed_per_sweep"] == [100] * 3, row
+        assert row["us_per_crossed"] > 0
+    engine = [r for r in rows if r["level"] == "engine"]
+    assert all(r["sample_dpd"] >= 1 and r["outputs"] > 0 for r in engine)
+    assert "| ledger | 20,000 |" in (tmp_path / "delinquency.md").read_text()

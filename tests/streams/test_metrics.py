@@ -1,0 +1,80 @@
+"""Metrics fed from engine outputs: roll rates by the account's product."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from alerts.engine import Engine
+from alerts.policy import DEFAULT_POLICY
+from schemas.models import Evidence, InstallmentDue, RiskAlert, StatementDue
+from streams.metrics import PRODUCTS, Metrics
+
+T0 = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+
+
+def transitions(metrics: Metrics) -> dict[tuple[str, str, str], float]:
+    out = {}
+    for family in metrics.registry.collect():
+        if family.name == "riskwatch_bucket_transitions":
+            for s in family.samples:
+                if s.name.endswith("_total"):
+                    key = (s.labels["product"], s.labels["from_bucket"], s.labels["to_bucket"])
+                    out[key] = s.value
+    return out
+
+
+def bucket_alerts(due_event, days: int) -> list[RiskAlert]:
+    """Bucket-move alerts of one unpaid due, swept ``days`` after its due date."""
+    engine = Engine(DEFAULT_POLICY)
+    result = engine.process("repayments", due_event, None)
+    state, alerts = result.state, []
+    for day in range(1, days + 1):
+        swept = engine.advance("c1", state, dt.datetime.combine(
+            due_event.due_date + dt.timedelta(days=day), dt.time(12), dt.UTC))
+        state = swept.state or state
+        alerts += [e.record for e in swept.emits if e.topic == "risk-alerts"
+                   and e.record.rule_id in ("delinquency-onset", "dpd-bucket-worsened")]
+    return alerts
+
+
+def test_roll_rate_is_counted_under_the_account_product():
+    installment = InstallmentDue(event_id="d1", event_time=T0, customer_id="c1",
+                                 account_id="loan-1", due_id="i1", due_date=dt.date(2026, 3, 5),
+                                 amount_minor=10_000, currency="EUR")
+    statement = StatementDue(event_id="s1", event_time=T0, customer_id="c1", account_id="card-1",
+                             due_id="st1", due_date=dt.date(2026, 3, 5), amount_minor=90_000,
+                             minimum_minor=5_000, currency="EUR")
+    metrics = Metrics()
+    for event in (installment, statement):
+        alerts = bucket_alerts(event, 31)
+        assert [a.rule_id for a in alerts] == ["delinquency-onset", "dpd-bucket-worsened"]
+        for alert in alerts:
+            metrics.record_bucket_move(alert)
+    assert transitions(metrics) == {
+        ("installment_plan", "current", "dpd_1_29"): 1.0,
+        ("installment_plan", "dpd_1_29", "dpd_30_59"): 1.0,
+        ("credit_card", "current", "dpd_1_29"): 1.0,
+        ("credit_card", "dpd_1_29", "dpd_30_59"): 1.0,
+    }
+
+
+def test_product_label_keeps_a_fixed_set_of_values():
+    def alert(*evidence: Evidence, alert_type: str = "delinquency") -> RiskAlert:
+        return RiskAlert(alert_id="a", customer_id="c1", trigger_event_id="e", event_time=T0,
+                         policy_version="p", model_version="m", reason_codes=[],
+                         evidence=list(evidence), alert_type=alert_type, severity="low",
+                         rule_id="r", rule_version=1, routing=[])
+
+    moved = (Evidence(code="bucket", text="", value="dpd_1_29"),
+             Evidence(code="previous_bucket", text="", value="current"))
+    metrics = Metrics()
+    metrics.record_bucket_move(alert(*moved))  # no product (e.g. an account with payments only)
+    metrics.record_bucket_move(alert(*moved, Evidence(code="product", text="", value="c-4411")))
+    metrics.record_bucket_move(alert(*moved, Evidence(code="product", text="", value=7)))
+    metrics.record_bucket_move(alert(*moved, Evidence(code="product", text="",
+                                                      value="personal_loan")))
+    metrics.record_bucket_move(alert(moved[0]))  # not a move
+    metrics.record_bucket_move(alert(*moved, alert_type="warning"))
+    assert transitions(metrics) == {("unknown", "current", "dpd_1_29"): 3.0,
+                                    ("personal_loan", "current", "dpd_1_29"): 1.0}
+    assert set(PRODUCTS) == {"credit_card", "installment_plan", "personal_loan", "unknown"}
