@@ -119,9 +119,15 @@ def build_http(rw: Riskwatch) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = rw.ready()
-        rw.metrics.ready.set(1 if ready else 0)
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        reason = rw.not_ready_reason()
+        rw.metrics.ready.set(0 if reason else 1)
+        if reason is None:
+            return web.json_response({"ready": True})
+        body: dict[str, object] = {"ready": False, "reason": reason}
+        if rw.guard is not None and rw.guard.findings:
+            # Topics, partitions and offsets only: what an operator needs to act.
+            body["findings"] = [f.describe() for f in rw.guard.findings[:20]]
+        return web.json_response(body, status=503)
 
     async def _publish(action: str, run: Any) -> web.Response:
         try:
