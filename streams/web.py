@@ -3,6 +3,10 @@
 Bound to the metrics address (127.0.0.1 by default). Faust's own web server,
 with its table and router views, is disabled.
 
+``/readyz`` answers 200 ``{"ready": true}``, or 503 with a ``reason`` (``broker
+unreachable``, ``broker state lost`` with its ``findings``, ``policy not caught up``,
+``no partitions assigned``, ``rebalancing``, ``table recovery``).
+
 Control endpoints publish through :mod:`streams.control`, so every change is a
 new policy version with a hash-chained audit record, applied by every worker:
 
