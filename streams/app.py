@@ -627,10 +627,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             ends = {(tp.topic, tp.partition): int(end) for tp, end in answered.items()}
         return cluster_id, topics, ends
 
-    def committed_offsets() -> dict[tuple[str, int], int | None]:
-        committed = getattr(app.consumer, "_committed_offset", None) or {}
-        return {(tp.topic, tp.partition): offset for tp, offset in list(committed.items())}
-
     def state_lost(found: list[Finding]) -> None:
         for finding in found:
             metrics.broker_state_findings.labels(finding.check).inc()
@@ -651,8 +647,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     async def probe_once() -> None:
         """One probe: ``riskwatch_broker_up`` and the broker-state checks (streams.guard)."""
         async with probe_lock:
-            if guard.state == OK and app.consumer:
-                guard.note_committed(committed_offsets())
             try:
                 answer = await asyncio.wait_for(read_broker(), 5)
             except asyncio.CancelledError:
@@ -720,13 +714,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         handler.ack = manual.ack
         async for event in manual.events():
             message = event.message
-            while True:
-                # Held while the broker is unreachable; for good once its state was lost.
-                await guard.clear.wait()
-                finding = guard.admit(message.topic, message.partition, message.offset)
-                if finding is None:
-                    break
-                state_lost([finding])
+            # Held while the broker is unreachable; for good once its state was lost.
+            await guard.clear.wait()
             await handler.receive(message.topic, message.partition, message.offset,
                                   message.key, message.value, message.timestamp, event)
             if handler.flush_due(settings.state_flush_interval):

@@ -82,7 +82,7 @@ class Metrics:
             "processing stopped until an operator restarts the worker.", registry=r)
         self.broker_state_findings = Counter(
             "riskwatch_broker_state_findings", "Broker-state checks that failed, by check "
-            "(cluster_id, topic_missing, offset_rewind, record_below_commit).", ["check"],
+            "(cluster_id, topic_missing, offset_rewind).", ["check"],
             registry=r)
         self.processing_held = Gauge(
             "riskwatch_processing_held", "1 while processing is held: the broker is "

@@ -60,19 +60,6 @@ def test_another_cluster_is_lost_state():
     assert "'c1' to 'c2'" in found[0].describe()
 
 
-def test_a_record_below_the_committed_offset_is_lost_state():
-    guard = _seen()
-    guard.note_committed({("card-transactions", 1): 12, ("card-transactions", 2): None})
-    guard.note_committed({("card-transactions", 1): 5})  # only the highest counts
-    assert guard.admit("card-transactions", 1, 12) is None  # the next record to read
-    assert guard.admit("card-transactions", 2, 0) is None  # nothing committed there
-    finding = guard.admit("card-transactions", 1, 0)
-    assert finding is not None and finding.check == "record_below_commit"
-    assert finding.describe() == ("card-transactions[1]: record at offset 0, below the offset "
-                                  "12 this worker's group had committed")
-    assert guard.state == LOST
-
-
 def test_topics_appearing_later_are_watched_from_then_on():
     guard = BrokerGuard(WATCHED)
     assert guard.observe(None, {"card-transactions"}, {}) == []

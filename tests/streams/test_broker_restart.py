@@ -134,6 +134,9 @@ def test_worker_survives_a_broker_restart_and_reports_the_lost_state(own_broker,
         assert out == [], out
         assert _reason(worker) == "broker state lost"
         assert worker.proc.poll() is None, worker.log.read_text()[-3000:]
+        # Stopped processing, it still shuts down on SIGTERM (the operator's restart).
+        worker.proc.terminate()
+        worker.proc.wait(timeout=30)
     finally:
         worker.stop()
     assert time.monotonic() - started < 90
