@@ -34,11 +34,12 @@ from alerts.privacy import PseudonymKey, describe_error
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode
 from schemas.errors import DecodeError
-from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS
+from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS, TOPICS
 from streams import checkpoint
 from streams.broadcast import Follower
 from streams.config import Settings
 from streams.control import PolicyWatcher
+from streams.guard import LOST, OK, UNREACHABLE, BrokerGuard, Finding
 from streams.metrics import Metrics
 from streams.security import aiokafka_kwargs, faust_credentials, preflight, start_client
 
@@ -182,6 +183,13 @@ class Handler:
     def flush_due(self, interval: float) -> bool:
         return (len(self.pending) >= self.flush_every
                 or time.monotonic() - self.last_flush >= interval)
+
+    def halt(self) -> None:
+        """Broker state lost: forget unacknowledged events and unwritten state (never
+        written to, or acknowledged on, a broker that no longer has what they follow)."""
+        self.pending = []
+        self.table.dirty = {}
+        self.clocks.clear()
 
     def drop(self, partitions: set[int]) -> None:
         """Forget held records of revoked partitions (unacked: the new owner re-reads them)."""
@@ -336,21 +344,31 @@ class Riskwatch:
     metrics: Metrics
     handler: Handler
     watcher: PolicyWatcher | None = None
+    guard: BrokerGuard | None = None
 
     def ready(self) -> bool:
-        """Partitions assigned, table recovery finished and the policy caught up."""
+        """Broker reachable with its state, partitions assigned, table recovery finished
+        and the policy caught up."""
+        return self.not_ready_reason() is None
+
+    def not_ready_reason(self) -> str | None:
+        """Why the worker is not ready (None when it is)."""
+        if self.guard is not None and self.guard.reason is not None:
+            return self.guard.reason
         if self.watcher is not None and not self.watcher.caught_up.is_set():
-            return False
+            return "policy not caught up"
         consumer = self.app.consumer if self.app.producer else None
         try:
             assigned = bool(consumer and consumer.assignment())
         except Exception:
-            return False
-        return (
-            assigned
-            and not self.app.rebalancing
-            and self.app.tables.recovery.completed.is_set()
-        )
+            assigned = False
+        if not assigned:
+            return "no partitions assigned"
+        if self.app.rebalancing:
+            return "rebalancing"
+        if not self.app.tables.recovery.completed.is_set():
+            return "table recovery"
+        return None
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
@@ -421,6 +439,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     @app.timer(settings.checkpoint_interval)
     async def checkpoint_models() -> None:
+        if guard.state == LOST:  # keep the last checkpoint of the old broker's log
+            return
         offsets = {**handler.learned_offsets, **handler.last_offsets}
         blob = checkpoint.dumps(checkpoint.Checkpoint(engine.models(), offsets,
                                                       engine.policy.version))
@@ -496,15 +516,25 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     async def rebuild_due_index() -> None:
         """After recovery: finish it, then index every customer's next check day (once)."""
-        try:
-            await finish_recovery()
-        except Exception as exc:
-            # Faust runs recovery callbacks as tasks whose errors are only logged: the
-            # worker would go ready on state without its newest updates. Crash instead,
-            # so the supervisor restarts it.
-            log.critical("table recovery could not finish: %r", exc)
-            await app.crash(exc)
-            raise
+        while True:
+            # Recovery reads the changelog: only from a broker that still has it.
+            if not await settled():
+                log.error("table recovery not finished: %s (processing stays stopped)",
+                          guard.reason)
+                return
+            try:
+                await finish_recovery()
+                break
+            except Exception as exc:
+                if guard.state != OK:  # the broker went away meanwhile: wait, then retry
+                    log.warning("table recovery interrupted (%s): %r", guard.reason, exc)
+                    continue
+                # Faust runs recovery callbacks as tasks whose errors are only logged: the
+                # worker would go ready on state without its newest updates. Crash
+                # instead, so the supervisor restarts it.
+                log.critical("table recovery could not finish: %r", exc)
+                await app.crash(exc)
+                raise
         store = getattr(table.data, "_key_partition", None)
         if store is None:
             log.warning("table store does not expose key partitions; sweeps resume as "
@@ -517,7 +547,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             clock.watermark_ms = max(clock.watermark_ms, newest_ms)
 
     table.on_recover(rebuild_due_index)
-    rw = Riskwatch(app, settings, engine, metrics, handler)
+    changelog_name = table.changelog_topic.get_topic_name()
+    guard = BrokerGuard(frozenset({*TOPICS, changelog_name, ticks_name}))
+    rw = Riskwatch(app, settings, engine, metrics, handler, guard=guard)
 
     def apply_policy(policy: Any, record: Any) -> None:
         engine.set_policy(policy)
@@ -556,27 +588,112 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                 log.exception("sector-indicator reader failed; retrying in 2 s")
                 await asyncio.sleep(2)
 
+    probe_lock = asyncio.Lock()
+    probe_clients: dict[str, Any] = {}
+
+    async def read_broker() -> tuple[str | None, set[str], dict[tuple[str, int], int]]:
+        """The broker's cluster id, its topics and the end offsets of watched partitions."""
+        from aiokafka.client import AIOKafkaClient
+        from aiokafka.protocol.metadata import MetadataRequest
+
+        client = probe_clients.get("client")
+        if client is None:
+            client = AIOKafkaClient(bootstrap_servers=settings.bootstrap_servers,
+                                    request_timeout_ms=3000, **aiokafka_kwargs(settings))
+            await client.bootstrap()
+            probe_clients["client"] = client
+        # All topics (a request naming topics could make a broker create them).
+        cluster = await client.fetch_all_metadata()
+        topics = set(cluster.topics())
+        cluster_id = None
+        node = client.get_random_node()
+        if node is not None:
+            answer = await client.send(node, MetadataRequest([]))
+            cluster_id = getattr(answer, "cluster_id", None)
+        tps = [AIOTopicPartition(topic, p) for topic in sorted(topics & guard.watched)
+               for p in sorted(cluster.partitions_for_topic(topic) or ())]
+        ends: dict[tuple[str, int], int] = {}
+        if tps:
+            consumer = probe_clients.get("consumer")
+            if consumer is None:
+                consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                                            group_id=None, enable_auto_commit=False,
+                                            request_timeout_ms=3000,
+                                            **aiokafka_kwargs(settings))
+                await consumer.start()
+                probe_clients["consumer"] = consumer
+            answered = await consumer.end_offsets(tps)
+            ends = {(tp.topic, tp.partition): int(end) for tp, end in answered.items()}
+        return cluster_id, topics, ends
+
+    def state_lost(found: list[Finding]) -> None:
+        for finding in found:
+            metrics.broker_state_findings.labels(finding.check).inc()
+        metrics.broker_state_lost.set(1)
+        metrics.processing_held.set(1)
+        metrics.ready.set(0)
+        log.critical(
+            "BROKER STATE LOST: %s. Processing is stopped: nothing more is processed, "
+            "acknowledged, written or sent, and the local state (%d customers, read from "
+            "the broker's old log) is not mixed with its new one. The worker stays up and "
+            "not ready until an operator acts (runbook RiskwatchBrokerStateLost).",
+            guard.summary(), len(table.data))
+        handler.halt()
+        if app.consumer:
+            with contextlib.suppress(Exception):
+                app.consumer.pause_partitions(app.consumer.assignment())
+
+    async def probe_once() -> None:
+        """One probe: ``riskwatch_broker_up`` and the broker-state checks (streams.guard)."""
+        async with probe_lock:
+            try:
+                answer = await asyncio.wait_for(read_broker(), 5)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                metrics.broker_up.set(0)
+                if guard.unreachable():
+                    metrics.processing_held.set(1)
+                    metrics.ready.set(0)
+                    log.error("broker unreachable (%s): processing held until it answers "
+                              "with the state this worker saw", type(exc).__name__)
+                return
+            metrics.broker_up.set(1)
+            was, since = guard.state, guard.since
+            found = guard.observe(*answer)
+            if found:
+                state_lost(found)
+            elif was == UNREACHABLE and guard.state == OK:
+                metrics.processing_held.set(0)
+                log.warning("broker reachable again after %.0f s with the state this worker "
+                            "saw (cluster id, topics, end offsets): processing resumes",
+                            time.monotonic() - since)
+
+    async def settled(timeout: float | None = None) -> bool:
+        """Wait while the broker is unreachable (probing it); True when it is back with
+        its state, False when its state was lost (or ``timeout`` passed first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while guard.state == UNREACHABLE:
+            await probe_once()
+            if guard.state != UNREACHABLE:
+                break
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(settings.broker_probe_interval)
+        return guard.state == OK
+
     @app.task
     async def probe_broker() -> None:
-        """``riskwatch_broker_up``: a metadata request every 10 s (3 s timeout)."""
-        from aiokafka.client import AIOKafkaClient
-
-        client = AIOKafkaClient(bootstrap_servers=settings.bootstrap_servers,
-                                request_timeout_ms=3000, **aiokafka_kwargs(settings))
-        started = False
-        while True:
-            try:
-                if not started:
-                    await asyncio.wait_for(client.bootstrap(), 5)
-                    started = True
-                await asyncio.wait_for(client.fetch_all_metadata(), 5)
-                metrics.broker_up.set(1)
-            except asyncio.CancelledError:
-                await client.close()
-                raise
-            except Exception:
-                metrics.broker_up.set(0)
-            await asyncio.sleep(10)
+        """Probe the broker every ``broker_probe_interval`` seconds (3 s timeouts)."""
+        try:
+            while True:
+                await probe_once()
+                await asyncio.sleep(settings.broker_probe_interval)
+        finally:
+            for client in probe_clients.values():
+                with contextlib.suppress(Exception):
+                    await (client.stop() if isinstance(client, AIOKafkaConsumer)
+                           else client.close())
 
     @app.task
     async def follow_policy() -> None:
@@ -596,6 +713,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         handler.ack = manual.ack
         async for event in manual.events():
             message = event.message
+            # Held while the broker is unreachable; for good once its state was lost.
+            await guard.clear.wait()
             await handler.receive(message.topic, message.partition, message.offset,
                                   message.key, message.value, message.timestamp, event)
             if handler.flush_due(settings.state_flush_interval):
@@ -604,7 +723,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     @app.timer(settings.state_flush_interval)
     async def flush_state() -> None:
         """Flush when the stream is quiet (the agent flushes while it is busy)."""
-        if handler.pending and handler.flush_due(settings.state_flush_interval):
+        if (guard.clear.is_set() and handler.pending
+                and handler.flush_due(settings.state_flush_interval)):
             await handler.flush()
 
     def handled_upto(topic: str, partition: int) -> int:
@@ -634,7 +754,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         clock (a live stream, not a replay of history) is swept up to the wall clock,
         through a tick on the partition itself (so its state writes stay in it).
         """
-        if not app.consumer or app.rebalancing:
+        if not app.consumer or app.rebalancing or not guard.clear.is_set():
             return
         await handler.release_all()
         lateness_s = engine.policy.sweep_lateness_hours * 3600.0
@@ -681,7 +801,10 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     @app.on_partitions_revoked.connect
     async def _on_rebalance(sender: Any, revoked: Any, **kwargs: Any) -> None:
-        await handler.flush()
+        # State writes go to a broker that still has the log they follow: after an
+        # outage, only once the probe found it unchanged (never once its state was lost).
+        if await settled(timeout=30.0):
+            await handler.flush()
         handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
         metrics.rebalances.inc()
         metrics.ready.set(0)

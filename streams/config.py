@@ -111,6 +111,8 @@ class Settings:
     #: An idle partition whose newest event is younger than this is live: wall-clock
     #: time then advances its sweep (a historical replay never is).
     sweep_live_window: float = 2 * 86_400.0
+    #: Seconds between broker probes (reachability and broker-state checks, streams.guard).
+    broker_probe_interval: float = 5.0
     #: Kafka client security, for every client (see :mod:`streams.security`).
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str | None = None
@@ -135,7 +137,8 @@ class Settings:
     def fast(self) -> Settings:
         """Timings for a single-machine broker (tests, demo, benchmarks)."""
         return replace(self, session_timeout=6.0, heartbeat_interval=0.5, rebalance_timeout=2.0,
-                       fetch_max_wait=0.05, producer_linger=0.01)
+                       fetch_max_wait=0.05, producer_linger=0.01,
+                       broker_probe_interval=1.0)
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:

@@ -87,6 +87,17 @@ class Metrics:
         self.broker_up = Gauge(
             "riskwatch_broker_up", "1 while the worker's Kafka client reaches the broker.",
             registry=r)
+        self.broker_state_lost = Gauge(
+            "riskwatch_broker_state_lost", "1 once the broker came back without state this "
+            "worker had read or written (topics gone, offsets moved back, another cluster): "
+            "processing stopped until an operator restarts the worker.", registry=r)
+        self.broker_state_findings = Counter(
+            "riskwatch_broker_state_findings", "Broker-state checks that failed, by check "
+            "(cluster_id, topic_missing, offset_rewind).", ["check"],
+            registry=r)
+        self.processing_held = Gauge(
+            "riskwatch_processing_held", "1 while processing is held: the broker is "
+            "unreachable, or its state was lost.", registry=r)
         self.build_info = Gauge(
             "riskwatch_build_info", "Build information (value 1).",
             ["version", "python", "contract"], registry=r)

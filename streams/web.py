@@ -3,6 +3,10 @@
 Bound to the metrics address (127.0.0.1 by default). Faust's own web server,
 with its table and router views, is disabled.
 
+``/readyz`` answers 200 ``{"ready": true}``, or 503 with a ``reason`` (``broker
+unreachable``, ``broker state lost`` with its ``findings``, ``policy not caught up``,
+``no partitions assigned``, ``rebalancing``, ``table recovery``).
+
 Control endpoints publish through :mod:`streams.control`, so every change is a
 new policy version with a hash-chained audit record, applied by every worker:
 
@@ -119,9 +123,15 @@ def build_http(rw: Riskwatch) -> web.Application:
         return web.json_response({"status": "ok"})
 
     async def readyz(request: web.Request) -> web.Response:
-        ready = rw.ready()
-        rw.metrics.ready.set(1 if ready else 0)
-        return web.json_response({"ready": ready}, status=200 if ready else 503)
+        reason = rw.not_ready_reason()
+        rw.metrics.ready.set(0 if reason else 1)
+        if reason is None:
+            return web.json_response({"ready": True})
+        body: dict[str, object] = {"ready": False, "reason": reason}
+        if rw.guard is not None and rw.guard.findings:
+            # Topics, partitions and offsets only: what an operator needs to act.
+            body["findings"] = [f.describe() for f in rw.guard.findings[:20]]
+        return web.json_response(body, status=503)
 
     async def _publish(action: str, run: Any) -> web.Response:
         try:
