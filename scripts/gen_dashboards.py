@@ -482,6 +482,16 @@ def pipeline() -> Board:
             line=(LATENCY_SLO_SECONDS, "red"),
         ),
         timeseries(
+            "Append → receipt delay",
+            "Quantiles of the time from a record's Kafka timestamp to its receipt by a "
+            "worker: fetch wait and queueing before the worker sees it.",
+            [
+                query(quantile(q, "riskwatch_append_to_receive_seconds"), f"p{int(q * 100)}")
+                for q in (0.5, 0.99)
+            ],
+            unit="s",
+        ),
+        timeseries(
             "Event time → output latency",
             "Quantiles of the time from the event's "
             "own timestamp to output send: includes producer delay and consumer lag.",
@@ -591,10 +601,25 @@ def pipeline() -> Board:
                 query(f"up{{{SEL}}}", "{{instance}} up"),
                 query(f"riskwatch_ready{{{SEL}}}", "{{instance}} ready"),
                 query(f"riskwatch_broker_up{{{SEL}}}", "{{instance}} kafka"),
+                query(f"riskwatch_processing_held{{{SEL}}}", "{{instance}} held"),
+                query(f"riskwatch_broker_state_lost{{{SEL}}}", "{{instance}} broker state lost"),
             ],
             unit="short",
             min_val=0,
             max_val=1,
+        ),
+        timeseries(
+            "Lost broker state findings",
+            "Checks that found the broker without state the worker had seen (topic gone, "
+            "end offset went back, cluster id changed), per second.",
+            [
+                query(
+                    f"sum by (check) (rate(riskwatch_broker_state_findings_total{{{SEL}}}"
+                    f"[{RATE}]))",
+                    "{{check}}",
+                )
+            ],
+            unit="ops",
         ),
         timeseries(
             "Customer state size",
