@@ -592,6 +592,19 @@ def pipeline() -> Board:
             ],
             unit="short",
         ),
+        timeseries(
+            "Lost broker state findings",
+            "Checks that found the broker without state the worker had seen (topic gone, "
+            "end offset went back, cluster id changed), per second.",
+            [
+                query(
+                    f"sum by (check) (rate(riskwatch_broker_state_findings_total{{{SEL}}}"
+                    f"[{RATE}]))",
+                    "{{check}}",
+                )
+            ],
+            unit="ops",
+        ),
     )
     board.row("Workers").add(
         timeseries(
@@ -608,19 +621,7 @@ def pipeline() -> Board:
             min_val=0,
             max_val=1,
         ),
-        timeseries(
-            "Lost broker state findings",
-            "Checks that found the broker without state the worker had seen (topic gone, "
-            "end offset went back, cluster id changed), per second.",
-            [
-                query(
-                    f"sum by (check) (rate(riskwatch_broker_state_findings_total{{{SEL}}}"
-                    f"[{RATE}]))",
-                    "{{check}}",
-                )
-            ],
-            unit="ops",
-        ),
+
         timeseries(
             "Customer state size",
             "Encoded size of a customer's state when written (p50, p99).",
