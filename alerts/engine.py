@@ -44,7 +44,7 @@ SEEN_LIMIT = 48
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 #: Tier responses that become customer actions: response -> (action, channel).
-_TIER_ACTIONS: dict[str, tuple[str, str]] = {
+_TIER_ACTIONS: dict[str, tuple[m.ActionKind, m.ActionChannel]] = {
     "review_queue": ("review_queue", "internal"),
     "reminder": ("reminder", "sms"),
     "call": ("call", "call"),
@@ -539,9 +539,10 @@ class Engine:
         """Customer actions of the grade's tier (limits are proposed by the guardrails)."""
         out = []
         for response in outcome.responses:
-            action, channel = _TIER_ACTIONS.get(response, (None, None))
-            if action is None:
+            tier_action = _TIER_ACTIONS.get(response)
+            if tier_action is None:
                 continue
+            action, channel = tier_action
             record = m.CustomerAction(
                 action_id=output_id(f"tier-{response}", 1, trigger, customer_id),
                 customer_id=customer_id, trigger_event_id=trigger, event_time=when,

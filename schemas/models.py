@@ -293,14 +293,18 @@ class LimitAdjustment(Output, **_CFG):
     account_id: Id | None = None
 
 
+ActionKind = Literal[
+    "reminder", "sms", "call", "collections_case", "restructuring_offer", "review_queue"
+]
+ActionChannel = Literal["sms", "email", "push", "call", "letter", "internal"]
+
+
 class CustomerAction(Output, **_CFG):
     """An action towards the customer (``customer-actions``)."""
 
     action_id: Id
-    action: Literal[
-        "reminder", "sms", "call", "collections_case", "restructuring_offer", "review_queue"
-    ]
-    channel: Literal["sms", "email", "push", "call", "letter", "internal"]
+    action: ActionKind
+    channel: ActionChannel
     account_id: Id | None = None
     not_before: Timestamp | None = None
 

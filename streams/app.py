@@ -19,7 +19,7 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import faust
 from aiokafka import AIOKafkaConsumer
@@ -42,6 +42,10 @@ from streams.control import PolicyWatcher
 from streams.guard import LOST, OK, UNREACHABLE, BrokerGuard, Finding
 from streams.metrics import Metrics
 from streams.security import aiokafka_kwargs, faust_credentials, preflight, start_client
+
+if TYPE_CHECKING:
+    from faust.tables.manager import TableManager
+    from faust.tables.recovery import Recovery
 
 log = logging.getLogger("riskwatch.worker")
 
@@ -366,9 +370,18 @@ class Riskwatch:
             return "no partitions assigned"
         if self.app.rebalancing:
             return "rebalancing"
-        if not self.app.tables.recovery.completed.is_set():
+        if not _recovery(self.app).completed.is_set():
             return "table recovery"
         return None
+
+
+def _recovery(app: faust.App) -> Recovery:
+    """Faust's table recovery service (``TableManager.recovery``).
+
+    ``app.tables`` is a ``TableManager``; its declared type ``TableManagerT`` omits
+    ``recovery``.
+    """
+    return cast("TableManager", app.tables).recovery
 
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
@@ -403,8 +416,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         logging_config=None,
         broker_credentials=faust_credentials(settings),
     )
-    raw = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
-           "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                           "value_serializer": "raw"}
     ticks_name = f"{settings.app_id}-sweep-ticks"
     ticks = app.topic(ticks_name, partitions=settings.partitions, internal=True, **raw)
     source = app.topic(*CUSTOMER_TOPICS, ticks_name, **raw)
@@ -470,7 +483,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         store = table.data
         key_partition = getattr(store, "_key_partition", None)
         # Where Faust's recovery stopped applying: its highwater (reported end - 1).
-        recovered_to = getattr(app.tables.recovery, "active_highwaters", {})
+        recovered_to = getattr(_recovery(app), "active_highwaters", {})
         try:
             consumer.assign(tps)
             ends = await consumer.end_offsets(tps)
@@ -795,11 +808,13 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         for (product, sector), (overdue, new) in engine.portfolio_rates().items():
             metrics.overdue_ratio.labels(product, sector).set(overdue)
             metrics.new_delinquency_ratio.labels(product, sector).set(new)
-        recovery = app.tables.recovery
+        recovery = _recovery(app)
         with contextlib.suppress(Exception):
             metrics.recovery_remaining.set(recovery.active_remaining_total())
 
-    @app.on_partitions_revoked.connect
+    # Faust sends the revoked set positionally (send(revoked)); mode's handler type
+    # only admits handlers taking (sender, *args, signal=..., **kwargs).
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _on_rebalance(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # State writes go to a broker that still has the log they follow: after an
         # outage, only once the probe found it unchanged (never once its state was lost).
