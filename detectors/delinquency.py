@@ -22,7 +22,11 @@ records ``base`` (paid by finalised payments), ``paid`` (total) and ``ontime``
 is its minimum payment; it absorbs payments up to its balance until a newer
 statement is issued, then only ``max(minimum, what was paid by then)`` (the
 unpaid balance lives on in the newer statement). A due is dropped (its paid
-amount added to ``retired``) once it is settled, final and its cycle recorded.
+amount added to ``retired``) once it is settled, final and its cycle recorded;
+when the statement that rolled an older, kept one is dropped, the older one's
+cap is flagged final, so it is never recomputed from a later statement's issue
+(the state after a settle does not depend on whether another settle follows,
+i.e. on the sweep schedule).
 
 **Payments and reversals** are kept as a short journal of *live items* in a
 canonical order (event time, then a hash of the event id). The allocation is a
@@ -158,6 +162,7 @@ REVERSAL_CARRY: Final = 3
 _CLOSED: Final = 1  # cycle statistics recorded
 _LATE: Final = 2  # short at due date + grace
 _CURED: Final = 4  # late, then paid: counted as late-but-cured
+_CAPPED: Final = 8  # statement whose ``cap`` is final (its rolling statement was retired)
 
 # Ledger announcement flags.
 _F_L30: Final = 1
@@ -833,10 +838,15 @@ def _fold(
     cap = [d.amount for d in dues]
     frozen = [False] * n
     for i, d in enumerate(dues):
-        # Rolled inside the finalised part, or the newer statement is already
-        # retired: the cap is final.
+        # Rolled inside the finalised part, or the newer statement that rolled
+        # it is already retired (flagged, or no newer statement left): the cap
+        # is final.
         rk = rolls.get(i)
-        if (rk is not None and rk <= frontier) or (rk is None and d.cap >= 0):
+        if (
+            (rk is not None and rk <= frontier)
+            or (rk is None and d.cap >= 0)
+            or (d.flags & _CAPPED and d.cap >= 0)
+        ):
             cap[i] = d.cap if d.cap >= 0 else min(d.amount, max(d.minimum, d.base))
             frozen[i] = True
     dl = [d.day + grace for d in dues]
@@ -1383,7 +1393,9 @@ def _compact(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
     for i, d in enumerate(led.dues):
         # (a replaced due has no cycle to record: it need not be closed)
         final = d.paid == d.base and (d.flags & _CLOSED or _replaced(d, led.plan, cfg.grace_days))
-        rolled_for_good = d.cap >= 0 and (i not in rolls or over(rolls[i]))
+        rolled_for_good = d.cap >= 0 and (
+            bool(d.flags & _CAPPED) or i not in rolls or over(rolls[i])
+        )
         settled = (
             d.paid >= d.amount
             or (plan_old and _superseded(d, led.plan))
@@ -1403,6 +1415,8 @@ def _compact(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
             deferrals = live
     if not gone and deferrals is led.deferrals:
         return led
+    if gone:
+        keep = _freeze_caps(led.dues, rolls, keep)
     pairs = [(d.day, _h("due:" + d.id)) for d in gone]
     # Remember pruned deferrals, so a re-delivered start cannot re-open them.
     pairs += [
@@ -1418,6 +1432,34 @@ def _compact(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         seen=seen,
         deferrals=deferrals,
     )
+
+
+def _freeze_caps(dues: Sequence[Due], rolls: dict[int, int], keep: Sequence[Due]) -> list[Due]:
+    """Flag the caps of kept statements whose rolling statement is being retired.
+
+    A statement is rolled when the first newer statement is issued; the fold
+    finds that moment from the newer statements it still holds. Retiring the
+    statement that rolled an older kept one would move its roll to the next
+    newer statement (or forget it) and let the next fold recompute the cap
+    from a later moment: the retained state would then depend on whether
+    the ledger is settled again after the retirement (the sweep schedule).
+    The cap the fold found is kept instead, flagged final.
+
+    >>> s1 = Due("s1", 10, 1000, 100, STATEMENT, 0, paid=100, cap=500)
+    >>> s2 = Due("s2", 40, 1000, 100, STATEMENT, 20 * DAY, paid=1000, cap=1000)
+    >>> s3 = Due("s3", 70, 1000, 100, STATEMENT, 50 * DAY)
+    >>> [d.flags for d in _freeze_caps([s1, s2, s3], _roll_keys([s1, s2, s3]), [s1, s3])]
+    [8, 0]
+    """
+    before = {dues[i].id: rk for i, rk in rolls.items()}
+    after = {keep[i].id: rk for i, rk in _roll_keys(keep).items()}
+    out: list[Due] = []
+    for d in keep:
+        rk = before.get(d.id)
+        if rk is not None and after.get(d.id) != rk and d.cap >= 0 and not d.flags & _CAPPED:
+            d = replace(d, flags=d.flags | _CAPPED)
+        out.append(d)
+    return out
 
 
 def _deferral_end(d: Deferral) -> int | None:

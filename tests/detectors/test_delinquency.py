@@ -10,7 +10,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from detectors.base import Signal
@@ -665,8 +665,26 @@ def test_prop_apply_and_advance_never_mutate(events: list[Any], extra: int) -> N
     assert encode_ledger(led) == before
 
 
+# Found by a random run: a payment reversed right when the newer statement
+# rolls the older one; once that newer statement is retired, the older
+# statement's cap must not be recomputed from the next statement's issue.
+ROLLER_RETIRED = [
+    pay("p0", 0, 0),
+    rev("r0", 0, "p0", 0),
+    rev("r1", 0, "p0", 0),
+    stmt("d0", 15, 20, 100, 10),
+    stmt("d1", 45, 50, 100, 10),
+    pay("p1", 64, 100),
+    pay("p2", 64, 100, sec=1),
+    stmt("d2", 75, 80, 100, 10),
+    rev("r2", 75, "p1", 100),
+    stmt("d3", 105, 110, 100, 10),
+]
+
+
 @settings(PROP, max_examples=40)
 @given(histories())
+@example(events=ROLLER_RETIRED)
 def test_prop_sweeping_only_on_next_check_day_misses_nothing(events: list[Any]) -> None:
     """Advancing only on next_check_day gives the same signals as a daily sweep."""
     led, _ = run(events)
@@ -686,6 +704,26 @@ def test_prop_sweeping_only_on_next_check_day_misses_nothing(events: list[Any]) 
         (x.rule_id, x.discriminator) for x in sig_daily
     ]
     assert core(lazy) == core(daily) and lazy.history == daily.history
+
+
+def test_retiring_the_rolling_statement_keeps_the_older_statements_cap() -> None:
+    """st-d1 is rolled by st-d2 (issued day 75) when 100 was paid on it; a reversal
+    at that instant re-opens 90. Retiring st-d2 must not move st-d1's roll to
+    st-d3's issue (where only 10 was paid): that shrank the cap to 10 and
+    retired st-d1 on the next settle, so a daily sweep dropped it while a
+    sweep on check days kept it."""
+    led, _ = run(ROLLER_RETIRED)
+    daily, _ = sweep(led, 300)
+    lazy, _ = advance(led, D0 + 300)
+    assert core(daily) == core(lazy)
+    d1 = next(d for d in lazy.dues if d.id == "st-d1")
+    assert (d1.cap, d1.paid) == (100, 10)
+    assert "st-d2" not in {d.id for d in lazy.dues}
+    again, _ = advance(lazy, D0 + 301)  # settling again changes nothing
+    assert core(again)[2:] == core(lazy)[2:]
+    # The re-opened 90 is still owed on st-d1: after st-d0's 10 it is paid first.
+    after, _ = apply(lazy, pay("p9", 301, 100))
+    assert [(d.id, d.paid) for d in after.dues] == [("st-d0", 10), ("st-d1", 100), ("st-d3", 0)]
 
 
 @PROP
