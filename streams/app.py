@@ -199,6 +199,16 @@ class Handler:
         """Forget held records of revoked partitions (unacked: the new owner re-reads them)."""
         for partition in partitions:
             self.clocks.pop(partition, None)
+        # What this worker read of a revoked partition no longer says how far it has read
+        # it: if the partition comes back, it is re-read from the committed offset, and a
+        # stale offset here would make a topic look read up to where this worker once was
+        # (so records of other topics would be released past its unread records, e.g. a
+        # payment, and raise a false missed payment). Offsets already learned by the
+        # global models are kept, so those events are not learned twice.
+        for key in [key for key in self.last_offsets if key[1] in partitions]:
+            offset = self.last_offsets.pop(key)
+            if offset > self.learned_offsets.get(key, -1):
+                self.learned_offsets[key] = offset
 
     async def sweep(self, partition: int, as_of_ms: int) -> None:
         """Advance every customer of ``partition`` whose check day is at or before ``as_of``."""
