@@ -127,6 +127,12 @@ class PartitionClock:
     heap: list[tuple[int, int, int, Received]] = field(default_factory=list)
     seen_ms: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
+    #: Newest event time in the recovered state: only tells whether the partition is a
+    #: live stream (wall-clock sweeps) until records advance the watermark again. It is
+    #: not a watermark: the changelog may hold state past the committed offsets (a crash
+    #: during a flush writes some customers and not others), and sweeping to it before
+    #: the re-read records are applied would flag dues whose payments are still unread.
+    recovered_ms: int = 0
     due: DueIndex = field(default_factory=DueIndex)
     last_event_at: float = 0.0
     tick_pending: bool = False
@@ -567,7 +573,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             next_check, newest_ms = engine.sweep_info(table.data.get(raw_key))
             clock = handler.clock(partition)
             clock.due.add(raw_key.decode(), next_check)
-            clock.watermark_ms = max(clock.watermark_ms, newest_ms)
+            clock.recovered_ms = max(clock.recovered_ms, newest_ms)
 
     table.on_recover(rebuild_due_index)
     changelog_name = table.changelog_topic.get_topic_name()
@@ -737,7 +743,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         async for event in manual.events():
             message = event.message
             # Held while the broker is unreachable; for good once its state was lost.
-            await guard.clear.wait()
+            if not guard.clear.is_set():
+                await guard.clear.wait()
+                # A rebalance while held: this record was fetched for an assignment that
+                # is gone. Faust's stream skips such records (its generation check runs
+                # before the hold); the partition's owner re-reads it from the committed
+                # offset. Received here, it would be processed for a partition this
+                # worker may not own, or mark its topic read past what was re-fetched.
+                if message.generation_id != app.consumer_generation_id:
+                    continue
             await handler.receive(message.topic, message.partition, message.offset,
                                   message.key, message.value, message.timestamp, event)
             if handler.flush_due(settings.state_flush_interval):
@@ -788,9 +802,12 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             clock = handler.clock(tp.partition)
             next_day = clock.due.next_day()
             idle = time.monotonic() - clock.last_event_at > settings.sweep_idle
-            live = now - clock.watermark_ms / 1000 < settings.sweep_live_window
+            newest_ms = max(clock.watermark_ms, clock.recovered_ms)
+            live = now - newest_ms / 1000 < settings.sweep_live_window
             if (clock.tick_pending or clock.heap or next_day is None or not idle or not live
-                    or next_day > int((now - lateness_s) // 86_400)):
+                    or next_day > int((now - lateness_s) // 86_400)
+                    # Unread records (after a restart: nothing fetched yet) come first.
+                    or any(behind(topic, tp.partition) for topic in CUSTOMER_TOPICS)):
                 continue
             clock.tick_pending = True
             await ticks.send(key=b"sweep", value=str(int((now - lateness_s) * 1000)).encode(),
