@@ -294,6 +294,11 @@ def quantile(q: float, histogram: str, selector: str = SEL, by: str = "le") -> s
     )
 
 
+def quantiles(histogram: str, qs: tuple[float, ...], selector: str = SEL) -> list[Any]:
+    """One ``pNN`` query per quantile of ``histogram`` (a latency or size panel's targets)."""
+    return [query(quantile(q, histogram, selector=selector), f"p{int(q * 100)}") for q in qs]
+
+
 def datasource_variable() -> DatasourceVariable:
     return DatasourceVariable("datasource").label("Data source").type("prometheus")
 
@@ -474,10 +479,7 @@ def pipeline() -> Board:
         timeseries(
             "Receipt → output latency",
             "Quantiles of the time from receipt by a worker to output send (the SLO metric).",
-            [
-                query(quantile(q, "riskwatch_receive_to_output_seconds"), f"p{int(q * 100)}")
-                for q in (0.5, 0.9, 0.99)
-            ],
+            quantiles("riskwatch_receive_to_output_seconds", (0.5, 0.9, 0.99)),
             unit="s",
             line=(LATENCY_SLO_SECONDS, "red"),
         ),
@@ -485,20 +487,14 @@ def pipeline() -> Board:
             "Append → receipt delay",
             "Quantiles of the time from a record's Kafka timestamp to its receipt by a "
             "worker: fetch wait and queueing before the worker sees it.",
-            [
-                query(quantile(q, "riskwatch_append_to_receive_seconds"), f"p{int(q * 100)}")
-                for q in (0.5, 0.99)
-            ],
+            quantiles("riskwatch_append_to_receive_seconds", (0.5, 0.99)),
             unit="s",
         ),
         timeseries(
             "Event time → output latency",
             "Quantiles of the time from the event's "
             "own timestamp to output send: includes producer delay and consumer lag.",
-            [
-                query(quantile(q, "riskwatch_event_to_output_seconds"), f"p{int(q * 100)}")
-                for q in (0.5, 0.99)
-            ],
+            quantiles("riskwatch_event_to_output_seconds", (0.5, 0.99)),
             unit="s",
         ),
         heatmap(
@@ -625,10 +621,7 @@ def pipeline() -> Board:
         timeseries(
             "Customer state size",
             "Encoded size of a customer's state when written (p50, p99).",
-            [
-                query(quantile(q, "riskwatch_customer_state_bytes"), f"p{int(q * 100)}")
-                for q in (0.5, 0.99)
-            ],
+            quantiles("riskwatch_customer_state_bytes", (0.5, 0.99)),
             unit="bytes",
         ),
         table(
@@ -948,10 +941,7 @@ def models() -> Board:
         timeseries(
             "Anomaly score quantiles",
             "p50, p90 and p99 of the anomaly scores.",
-            [
-                query(quantile(q, "riskwatch_anomaly_score", selector=JOB), f"p{int(q * 100)}")
-                for q in (0.5, 0.9, 0.99)
-            ],
+            quantiles("riskwatch_anomaly_score", (0.5, 0.9, 0.99), selector=JOB),
             unit="none",
             min_val=0,
             max_val=1,
