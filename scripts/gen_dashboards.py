@@ -585,6 +585,10 @@ def pipeline() -> Board:
                     f"increase(riskwatch_table_recovery_gap_records_total{{{SEL}}}[{RATE}])",
                     "{{instance}} past reported end",
                 ),
+                query(
+                    f"increase(riskwatch_changelog_fenced_records_total{{{SEL}}}[{RATE}])",
+                    "{{instance}} fenced (older generation)",
+                ),
             ],
             unit="short",
         ),

@@ -17,7 +17,7 @@ import heapq
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
@@ -36,6 +36,7 @@ from schemas.codec import decode
 from schemas.errors import DecodeError
 from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS, TOPICS
 from streams import checkpoint
+from streams.acks import Entry, InOrderAcks
 from streams.broadcast import Follower
 from streams.config import Settings
 from streams.control import PolicyWatcher
@@ -65,11 +66,32 @@ class StateStore:
     committed offset never runs ahead of the state it produced (at-least-once:
     a crash replays at most the unflushed events, whose outputs carry the same
     ids).
+
+    Writes are fenced by consumer generation. A worker stalled past its session
+    timeout (SIGSTOP, a long GC pause, a frozen VM) loses its partitions, and
+    when it resumes it may still flush state it computed before: into the
+    changelog, after what the partition's new owner wrote. Nothing fences such a
+    zombie write without transactions (which the development broker lacks), so
+    each write carries the generation it was made in (header
+    ``riskwatch-generation``), and table recovery skips a record older than one
+    already applied for its key (:meth:`admit`): the newest owner's state wins
+    whatever order the log has them in. A write is stamped with at least the
+    highest generation recovered for its partition, so a group whose generation
+    restarted (deleted and created again) does not fence its own writes.
     """
 
-    def __init__(self, table: Any) -> None:
+    #: Changelog header: the consumer generation the write was made in.
+    GENERATION_HEADER = "riskwatch-generation"
+
+    def __init__(self, table: Any, generation: Callable[[], int] = lambda: 0) -> None:
         self.table = table
         self.dirty: dict[bytes, tuple[int, bytes]] = {}
+        self.generation = generation
+        #: Per key, the generation of its newest write applied or made here.
+        self.stamps: dict[bytes, int] = {}
+        #: Per partition, the highest generation recovered.
+        self.floor: dict[int, int] = {}
+        self.fenced = 0
 
     def get(self, key: str) -> bytes | None:
         return self.table.data.get(key.encode())
@@ -85,9 +107,33 @@ class StateStore:
             return 0
         dirty, self.dirty = self.dirty, {}
         changelog = self.table.changelog_topic
+        generation = self.generation()
         for raw_key, (partition, value) in dirty.items():
-            await changelog.send(key=raw_key, value=value, partition=partition)
+            stamp = max(generation, self.floor.get(partition, -1))
+            self.stamps[raw_key] = stamp
+            await changelog.send(key=raw_key, value=value, partition=partition,
+                                 headers=[(self.GENERATION_HEADER, b"%d" % stamp)])
         return len(dirty)
+
+    def admit(self, key: bytes, headers: Any, partition: int) -> bool:
+        """Whether table recovery applies a changelog record (False: fenced)."""
+        stamp = -1
+        for name, value in (headers.items() if isinstance(headers, Mapping)
+                            else headers or ()):
+            if name == self.GENERATION_HEADER:
+                stamp = int(value)
+        if stamp < self.stamps.get(key, -1):
+            self.fenced += 1
+            return False
+        self.stamps[key] = stamp
+        if stamp > self.floor.get(partition, -1):
+            self.floor[partition] = stamp
+        return True
+
+    def reset_fencing(self) -> None:
+        """Partitions revoked: recovery re-reads every changelog it is assigned."""
+        self.stamps.clear()
+        self.floor.clear()
 
 
 
@@ -109,6 +155,7 @@ class Received:
     received: float
     event: Any
     message: Any  # the Faust event, acknowledged once its state is flushed
+    entry: Entry | None = None  # its place in the partition's acknowledgement order
 
 
 @dataclass
@@ -159,8 +206,9 @@ class Handler:
     table: StateStore
     send: Any  # async (Emit) -> None
     ticks_topic: str = ""
-    #: Events processed but not yet acknowledged (acked after their state is flushed).
-    pending: list[Any] = field(default_factory=list)
+    #: Events received and not yet acknowledged: acknowledged after the state they
+    #: produced is flushed, in offset order per topic-partition (streams.acks).
+    acks: InOrderAcks = field(default_factory=InOrderAcks)
     ack: Any = None  # async (event) -> bool, set by the agent
     flush_every: int = 2000
     #: Held records beyond this many per partition are released anyway (memory bound).
@@ -184,20 +232,26 @@ class Handler:
     async def flush(self) -> None:
         """Write coalesced state, then acknowledge the events it covers."""
         self.last_flush = time.monotonic()
-        pending, self.pending = self.pending, []
+        ready = self.acks.ready()
         await self.table.flush()
         if self.ack is not None:
-            for event in pending:
-                await self.ack(event)
+            for event in ready:
+                if event is not None:
+                    await self.ack(event)
+
+    @property
+    def pending(self) -> int:
+        """Records finished since the last flush (their state and acks not yet written)."""
+        return self.acks.finished
 
     def flush_due(self, interval: float) -> bool:
-        return (len(self.pending) >= self.flush_every
+        return (self.acks.finished >= self.flush_every
                 or time.monotonic() - self.last_flush >= interval)
 
     def halt(self) -> None:
         """Broker state lost: forget unacknowledged events and unwritten state (never
         written to, or acknowledged on, a broker that no longer has what they follow)."""
-        self.pending = []
+        self.acks.clear()
         self.table.dirty = {}
         self.clocks.clear()
 
@@ -205,6 +259,7 @@ class Handler:
         """Forget held records of revoked partitions (unacked: the new owner re-reads them)."""
         for partition in partitions:
             self.clocks.pop(partition, None)
+        self.acks.forget(partitions)
         # What this worker read of a revoked partition no longer says how far it has read
         # it: if the partition comes back, it is re-read from the committed offset, and a
         # stale offset here would make a topic look read up to where this worker once was
@@ -230,10 +285,11 @@ class Handler:
 
     async def tick(self, partition: int, value: bytes, message: Any) -> None:
         """A wall-clock sweep request for an idle live partition."""
+        entry = self.acks.track(self.ticks_topic, partition, message)
         clock = self.clock(partition)
         clock.tick_pending = False
         await self.sweep(partition, int(value or b"0"))
-        self.pending.append(message)
+        self.acks.complete(entry)
 
     async def receive(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -244,6 +300,7 @@ class Handler:
             await self.tick(partition, value or b"0", message)
             return
         received = time.time()
+        entry = self.acks.track(topic, partition, message)
         self.last_offsets[(topic, partition)] = offset
         if timestamp:
             self.metrics.append_to_receive.observe(max(0.0, received - timestamp))
@@ -260,7 +317,7 @@ class Handler:
         except DecodeError as exc:
             await self._dead_letter(topic, partition, offset, key, value, exc,
                                     timestamp or received)
-            self.pending.append(message)
+            self.acks.complete(entry)
             return
         event_ms = int(event.event_time.timestamp() * 1000)
         clock = self.clock(partition)
@@ -268,7 +325,7 @@ class Handler:
         if event_ms > clock.seen_ms.get(topic, 0):
             clock.seen_ms[topic] = event_ms
         item = Received(topic, partition, offset, key, key_text, value, timestamp, received,
-                        event, message)
+                        event, message, entry)
         heapq.heappush(clock.heap, (event_ms, _TOPIC_RANK[topic], offset, item))
         await self.release(partition)
 
@@ -302,9 +359,14 @@ class Handler:
         self.metrics.dead_letters.labels(topic, error.reason).inc()
 
     async def apply(self, item: Received) -> None:
-        """Run the engine on one record, write the state, send the outputs."""
+        """Run the engine on one record, write the state, send the outputs; then the
+        record may be acknowledged (at the next flush, after its state is written)."""
+        await self._apply(item)
+        if item.entry is not None:
+            self.acks.complete(item.entry)
+
+    async def _apply(self, item: Received) -> None:
         topic, partition, offset, event = item.topic, item.partition, item.offset, item.event
-        self.pending.append(item.message)
         when_s = item.timestamp or item.received
         try:
             learn = offset > self.learned_offsets.get((topic, partition), -1)
@@ -402,6 +464,9 @@ def _recovery(app: faust.App) -> Recovery:
 
 def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     """Build a Riskwatch worker app from ``settings``."""
+    from streams.tuning import seek_uncommitted_to_beginning
+
+    seek_uncommitted_to_beginning()  # Faust loses discarded records of such partitions
     metrics = metrics or Metrics()
     policy = load_policy(settings.policy_file)
     engine = Engine(policy)
@@ -455,7 +520,22 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         elif emit.topic == "customer-actions":
             metrics.customer_actions.labels(emit.record.action, emit.record.channel).inc()
 
-    handler = Handler(engine, metrics, StateStore(table), send, ticks_topic=ticks_name,
+    state = StateStore(table, generation=lambda: app.consumer_generation_id)
+    faust_apply_changelog_batch = table.apply_changelog_batch
+
+    def apply_changelog_batch(batch: Any) -> None:
+        """Faust's recovery, with zombie writes fenced (StateStore.admit)."""
+        admitted = []
+        for event in batch:
+            message = event.message
+            if state.admit(message.key, message.headers, message.partition):
+                admitted.append(event)
+            else:
+                metrics.changelog_fenced.inc()
+        faust_apply_changelog_batch(admitted)
+
+    table.apply_changelog_batch = apply_changelog_batch  # type: ignore[method-assign]
+    handler = Handler(engine, metrics, state, send, ticks_topic=ticks_name,
                       flush_every=settings.state_flush_every,
                       pseudonym=settings.pseudonym_key or PseudonymKey.generate())
     checkpoint_path = settings.data_dir / "models.ckpt"
@@ -511,6 +591,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                 batch = await consumer.getmany(timeout_ms=300, max_records=10_000)
                 for tp, records in batch.items():
                     for record in records:
+                        if not state.admit(record.key, record.headers, tp.partition):
+                            metrics.changelog_fenced.inc()
+                            continue
                         if record.value is None:
                             store.pop(record.key, None)
                             if key_partition is not None:
@@ -848,6 +931,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         if await settled(timeout=30.0):
             await handler.flush()
         handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
+        state.reset_fencing()
         metrics.rebalances.inc()
         metrics.ready.set(0)
 

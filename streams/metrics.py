@@ -79,6 +79,11 @@ class Metrics:
             "riskwatch_table_recovery_gap_records", "Changelog records applied after Faust's "
             "recovery, past end offsets the broker reported short (0 on Apache Kafka).",
             registry=r)
+        self.changelog_fenced = Counter(
+            "riskwatch_changelog_fenced_records", "State changelog records skipped in table "
+            "recovery: written by a worker of an older consumer generation after a newer one "
+            "had written the key (a stalled worker that lost its partitions, resumed).",
+            registry=r)
         self.rebalances = Counter(
             "riskwatch_rebalances", "Consumer-group rebalances seen by this worker.", registry=r)
         self.ready = Gauge(

@@ -1,4 +1,5 @@
-"""Faust settings that have no option: the group consumer's fetch wait.
+"""Faust behaviour that has no setting: the group consumer's fetch wait, the seek of
+partitions with no committed offset, and (experimental) direct delivery.
 
 Faust builds its group consumer with ``fetch_max_wait_ms=1500`` hard-coded.
 Apache Kafka answers a fetch as soon as data is there, so the value is
@@ -114,3 +115,32 @@ def use_direct_delivery() -> None:
     # is applied once); mypy rejects both on the class as Faust declares it.
     cls._drain_messages = _drain_messages  # type: ignore[method-assign]
     cls._riskwatch_direct = True  # type: ignore[attr-defined]
+
+
+async def _seek_to_committed(self: Any) -> Any:
+    consumer = self._ensure_consumer()
+
+    async def seek() -> Any:
+        committed = await consumer.seek_to_committed()
+        fresh = [tp for tp, offset in committed.items() if not offset]
+        if fresh:
+            await consumer.seek_to_beginning(*fresh)
+        return committed
+
+    return await self.call_thread(seek)
+
+
+def seek_uncommitted_to_beginning() -> None:
+    """Make Faust's seek to committed offsets also rewind partitions with none.
+
+    Faust discards records it fetched for a generation that ended (a rebalance while
+    they were buffered, or processing held) and relies on seeking every partition back
+    to its committed offset. aiokafka seeks only when the committed offset is above 0,
+    so a partition with nothing committed yet kept its fetch position: the discarded
+    records were never delivered again (the fault test lost the first credit
+    applications of a partition after a blackout). Here such partitions go back to
+    their beginning, which is what ``auto_offset_reset="earliest"`` means. Idempotent.
+    """
+    from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
+
+    AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]

@@ -33,3 +33,87 @@ def test_revoked_partitions_forget_how_far_they_were_read() -> None:
     assert 1 not in handler.clocks
     # What the global models learned stays learned (not learned twice on a re-read).
     assert handler.learned_offsets == {("card-transactions", 1): 80, ("repayments", 1): 100}
+
+
+class _Changelog:
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes, int]] = []
+        self.headers: list[list[tuple[str, bytes]]] = []
+
+    async def send(self, key: bytes, value: bytes, partition: int,
+                   headers: list[tuple[str, bytes]] | None = None) -> None:
+        self.sent.append((key, value, partition))
+        self.headers.append(headers or [])
+
+
+class _StoreTable:
+    def __init__(self) -> None:
+        self.data: dict[bytes, bytes] = {}
+        self.changelog_topic = _Changelog()
+
+
+async def test_acknowledgements_never_pass_a_held_record() -> None:
+    """A record held for event-time order, then a later record of the same partition
+    dead-lettered at once: the later one is acknowledged only after the held one (Faust
+    commits the first run of consecutive acknowledged offsets, past any gap when the
+    partition has no committed offset yet: the held record would never be re-read)."""
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import CustomerProfile
+    from streams.app import StateStore
+
+    lagging = {("card-transactions", 0)}
+    acked: list[tuple[str, int]] = []
+
+    async def ack(message: tuple[str, int]) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), StateStore(_StoreTable()), _send,
+                      behind=lambda topic, partition: (topic, partition) in lagging)
+    handler.ack = ack
+    profile = CustomerProfile(event_id="p-c1", event_time=dt.datetime(2026, 7, 1, tzinfo=dt.UTC),
+                              customer_id="c1", credit_limit_minor=100_000, currency="EUR",
+                              products=["credit_card"], sector="retail", region="north",
+                              segment="mass", timezone="Europe/Berlin")
+    await handler.receive("customer-profiles", 0, 0, b"c1", encode(profile), None,
+                          ("customer-profiles", 0))
+    await handler.receive("customer-profiles", 0, 1, b"c2", b"{not json", None,
+                          ("customer-profiles", 1))
+    await handler.flush()
+    assert acked == []  # offset 1 is finished (dead-lettered), offset 0 still held
+    assert handler.acks.waiting() == 2
+    lagging.clear()
+    await handler.release_all()
+    await handler.flush()
+    assert acked == [("customer-profiles", 0), ("customer-profiles", 1)]
+    assert handler.acks.waiting() == 0
+
+
+async def test_changelog_writes_are_fenced_by_consumer_generation() -> None:
+    """A worker that stalled past its session timeout flushes, when it resumes, state it
+    computed before its partitions moved: in the changelog after the new owner's write.
+    Recovery must keep the new owner's state (the older generation's record is skipped),
+    whatever the order in the log."""
+    from streams.app import StateStore
+
+    generation = 3
+    old = StateStore(_StoreTable(), generation=lambda: generation)
+    old.put("c1", b"stale", 1)
+    await old.flush()
+    assert old.table.changelog_topic.headers == [[("riskwatch-generation", b"3")]]
+    # The new owner (generation 5) wrote first, then the zombie's record (3) arrived.
+    log = [(b"c1", [("riskwatch-generation", b"2")]), (b"c1", [("riskwatch-generation", b"5")]),
+           (b"c1", [("riskwatch-generation", b"3")]), (b"c2", None)]
+    fresh = StateStore(_StoreTable(), generation=lambda: 6)
+    assert [fresh.admit(key, headers, 1) for key, headers in log] == [True, True, False, True]
+    assert fresh.fenced == 1 and fresh.floor == {1: 5}
+    # A group whose generation restarted (0) still stamps above what it recovered.
+    restarted = StateStore(_StoreTable(), generation=lambda: 0)
+    assert restarted.admit(b"c1", {"riskwatch-generation": b"5"}, 1)
+    restarted.put("c1", b"new", 1)
+    await restarted.flush()
+    assert restarted.table.changelog_topic.headers == [[("riskwatch-generation", b"5")]]
+    restarted.reset_fencing()
+    assert restarted.admit(b"c1", [("riskwatch-generation", b"1")], 1)
