@@ -17,13 +17,6 @@ from bench.faults import BurstConfig, Config, run, run_burst
 pytestmark = pytest.mark.broker
 
 
-
-@pytest.mark.xfail(strict=False,
-                   reason="open, issue 7: since the broker-outage hold, pre-due reminders and "
-                   "faster processing landed together, about half the runs miss or move one "
-                   "to five alerts (application velocity, large transaction) or raise a false "
-                   "missed payment after the blackout and the rebalances that follow; "
-                   "README, Reliability")
 def test_two_workers_lose_nothing_through_kills_and_a_blackout(tmp_path):
     started = time.monotonic()
     # The global anomaly model learns in arrival order (per worker), and whether it flags
