@@ -74,6 +74,8 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
                 "coalesced state flushed every 2 s or 20,000 events"),
     "fetch10": (("--set", "fetch_max_wait=0.01", "--set", "producer_linger=0.002"),
                 "group fetch wait 10 ms, producer linger 2 ms"),
+    "fetch25": (("--set", "fetch_max_wait=0.025", "--set", "producer_linger=0.005"),
+                "group fetch wait 25 ms, producer linger 5 ms"),
     "direct": (("--set", "direct_delivery=true"),
                "experimental direct delivery: no per-record tasks in the fetch loop "
                "(Settings.direct_delivery; fails the fault test, off by default)"),
