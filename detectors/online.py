@@ -472,7 +472,7 @@ class AnomalyModel:
         self.n_learnt = 0
         self.n_flagged = 0
         self._cache_key: tuple[float, ...] | None = None
-        self._cache_path: list[list[int]] = []
+        self._cache_path: list[tuple[int, ...]] = []
         self._cache_score = 0.0
 
     def _scale(self, x: Mapping[str, Any]) -> tuple[float, ...]:
