@@ -32,8 +32,9 @@ True
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -114,10 +115,13 @@ class FlatHalfSpaceTrees:
         self._l_leaf = [list(mass[inner:]) for mass in self.__dict__.pop("_l_mass")]
         self._leaf_score: list[list[int | None]] = [
             [None] * (inner + 1) for _ in range(self.n_trees)]
+        self._leaves = _leaf_finder(self._feature, self._threshold, height)
 
     def path(self, x: Sequence[float]) -> list[tuple[int, ...]]:
         """Each tree's root-to-leaf node indices for ``x`` (``height + 1`` each)."""
         paths = self._paths
+        if self._leaves is not None:
+            return [paths[leaf] for leaf in self._leaves(x)]
         inner = self._inner
         levels = range(self.height)
         out = []
@@ -194,7 +198,51 @@ class FlatHalfSpaceTrees:
 
 
 #: Attributes :meth:`FlatHalfSpaceTrees._prepare` derives (not pickled).
-_DERIVED = frozenset({"_inner", "_split", "_paths", "_l_leaf", "_leaf_score"})
+_DERIVED = frozenset({"_inner", "_split", "_paths", "_l_leaf", "_leaf_score", "_leaves"})
+
+#: Largest forest (internal nodes over all trees) :func:`_leaf_finder` compiles.
+_MAX_COMPILED_NODES = 20_000
+
+
+def _leaf_finder(features: Sequence[Sequence[int]], thresholds: Sequence[Sequence[float]],
+                 height: int) -> Callable[[Sequence[float]], tuple[int, ...]] | None:
+    """A function of ``x`` giving each tree's leaf (offset among the leaves), compiled
+    from the splits as nested ``if x[f] < threshold`` tests: the same comparisons as
+    the walk in :meth:`FlatHalfSpaceTrees.path`, without the indexing (about 3x
+    faster). ``None`` (walk the lists instead) for a large forest or a split that is
+    not a plain int feature and finite float threshold.
+
+    >>> find = _leaf_finder([[0, 1, 1]], [[0.5, 0.2, 0.7]], 2)
+    >>> find([0.1, 0.9]), find([0.9, 0.9]), find([0.9, 0.1])
+    ((1,), (3,), (2,))
+    """
+    inner = 2 ** height - 1
+    if len(features) * inner > _MAX_COMPILED_NODES:
+        return None
+    lines = ["def leaves(x):"]
+    for tree, (feature, threshold) in enumerate(zip(features, thresholds, strict=True)):
+        if len(feature) != inner or len(threshold) != inner or not all(
+                type(f) is int and f >= 0 for f in feature) or not all(
+                type(t) is float and math.isfinite(t) for t in threshold):
+            return None
+
+        def emit(i: int, depth: int, tree: int = tree, feature: Sequence[int] = feature,
+                 threshold: Sequence[float] = threshold) -> None:
+            pad = " " * (depth + 1)
+            if depth == height:
+                lines.append(f"{pad}l{tree} = {i - inner}")
+                return
+            lines.append(f"{pad}if x[{feature[i]}] < {threshold[i]!r}:")
+            emit(2 * i + 1, depth + 1)
+            lines.append(f"{pad}else:")
+            emit(2 * i + 2, depth + 1)
+
+        emit(0, 0)
+    lines.append(" return (" + "".join(f"l{t}, " for t in range(len(features))) + ")")
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<FlatHalfSpaceTrees leaves>", "exec"), namespace)
+    leaves: Callable[[Sequence[float]], tuple[int, ...]] = namespace["leaves"]
+    return leaves
 
 
 @lru_cache(maxsize=16)
