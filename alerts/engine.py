@@ -94,6 +94,7 @@ class Profile(Struct, array_like=True, frozen=True):
 
 #: Topics the engine processes; their index keys the per-topic watermarks.
 ENGINE_TOPICS: tuple[str, ...] = CUSTOMER_TOPICS
+_TOPIC_INDEX: dict[str, int] = {topic: i for i, topic in enumerate(ENGINE_TOPICS)}
 
 
 class CustomerState(Struct, array_like=True):
@@ -257,7 +258,9 @@ class Engine:
             return Result(None, [], duplicate=True)
         # Lateness is judged per topic: topics are consumed independently, so a
         # customer's events on two topics may interleave in any order.
-        index = ENGINE_TOPICS.index(topic)
+        index = _TOPIC_INDEX.get(topic)
+        if index is None:
+            index = ENGINE_TOPICS.index(topic)  # ValueError, as for any unknown topic
         if len(state.watermarks) <= index:
             state.watermarks = [*state.watermarks, *[0] * (index + 1 - len(state.watermarks))]
         event_ms = _ms(event.event_time)

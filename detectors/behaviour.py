@@ -545,13 +545,46 @@ def _zone(name: str) -> ZoneInfo | None:
 
 
 def _local_epoch(t: dt.datetime, tz: str) -> tuple[int, int]:
-    """(Unix seconds, local seconds) of an aware datetime."""
+    """(Unix seconds, local seconds) of an aware datetime.
+
+    >>> t = dt.datetime(2026, 3, 29, 0, 59, 59, tzinfo=dt.UTC)  # Berlin: CET until 01:00
+    >>> [_local_epoch(t + dt.timedelta(seconds=s), "Europe/Berlin")[1] - int(t.timestamp())
+    ...  for s in (0, 1)]
+    [3600, 7201]
+    """
     epoch = int(t.timestamp())
     zone = _zone(tz)
     if zone is None:
         return epoch, epoch
+    if epoch >= 0 and t.tzinfo is not None:
+        # The zone's offset is looked up once per UTC hour (the instant lies in the hour
+        # of its truncated seconds); an hour whose offset changes is not cached.
+        key = (tz, epoch // 3_600)
+        hour_off = _HOUR_OFFSETS.get(key)
+        if hour_off is None:
+            hour_off = _hour_offset(zone, key[1])
+            if len(_HOUR_OFFSETS) >= 65_536:
+                _HOUR_OFFSETS.clear()
+            _HOUR_OFFSETS[key] = hour_off
+        if hour_off is not False:
+            return epoch, epoch + hour_off
     off = t.astimezone(zone).utcoffset()
     return epoch, epoch + (int(off.total_seconds()) if off is not None else 0)
+
+
+#: (zone name, UTC hour) -> the zone's offset in whole seconds throughout that hour, or
+#: False when it differs between the hour's first and last second (a transition).
+_HOUR_OFFSETS: dict[tuple[str, int], int | bool] = {}
+
+
+def _offset_at(zone: ZoneInfo, epoch: int) -> int:
+    off = dt.datetime.fromtimestamp(epoch, dt.UTC).astimezone(zone).utcoffset()
+    return int(off.total_seconds()) if off is not None else 0
+
+
+def _hour_offset(zone: ZoneInfo, hour: int) -> int | bool:
+    first = _offset_at(zone, hour * 3_600)
+    return first if _offset_at(zone, hour * 3_600 + 3_599) == first else False
 
 
 def _debias(raw: float, a: float, n: int) -> float:
@@ -1016,7 +1049,9 @@ def on_transaction(
         amt_var = (1 - a) * (s.amt_var + a * d * d)
     am = t.a_mix
     keep = 1 - am
-    mix = tuple(keep * m + am if i == cat else keep * m for i, m in enumerate(mix_raw))
+    mix_l = [keep * m for m in mix_raw]
+    mix_l[cat] = keep * mix_raw[cat] + am
+    mix = tuple(mix_l)
     sh = t.a_share
     new = msgspec.structs.replace(
         s,

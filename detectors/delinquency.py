@@ -452,10 +452,13 @@ def epoch_day(value: dt.date | dt.datetime) -> int:
     (1, 19723)
     """
     if isinstance(value, dt.datetime):
+        if value.tzinfo is _UTC:  # the UTC calendar day is the day of the seconds
+            return value.toordinal() - _EPOCH_ORDINAL
         return _secs(value) // DAY
     return value.toordinal() - _EPOCH_ORDINAL
 
 
+_UTC = dt.UTC
 _EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SECOND = dt.timedelta(seconds=1)
 

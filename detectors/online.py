@@ -533,8 +533,14 @@ class AnomalyModel:
         xs = self._scale(x)
         score = self._score_scaled(xs)
         flagged = self.is_anomalous(score)
-        if learn:
-            self._learn_scaled(xs)
+        if learn:  # _learn_scaled(xs), whose score and verdict are those above
+            self.quantile.update(score)
+            self.n_learnt += 1
+            if flagged:
+                self.n_flagged += 1
+            else:
+                self.hst.learn_path(self._cache_path)
+                self._cache_key = None
         return score, flagged
 
     def process_one(self, x: Mapping[str, Any]) -> tuple[float, bool]:
