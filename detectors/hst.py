@@ -219,6 +219,13 @@ def _leaf_finder(features: Sequence[Sequence[int]], thresholds: Sequence[Sequenc
     inner = 2 ** height - 1
     if len(features) * inner > _MAX_COMPILED_NODES:
         return None
+    return _compiled(tuple(map(tuple, features)), tuple(map(tuple, thresholds)), height)
+
+
+@lru_cache(maxsize=8)
+def _compiled(features: tuple[tuple[int, ...], ...], thresholds: tuple[tuple[float, ...], ...],
+              height: int) -> Callable[[Sequence[float]], tuple[int, ...]] | None:
+    inner = 2 ** height - 1
     lines = ["def leaves(x):"]
     for tree, (feature, threshold) in enumerate(zip(features, thresholds, strict=True)):
         if len(feature) != inner or len(threshold) != inner or not all(

@@ -80,6 +80,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -590,6 +591,7 @@ class RiskModel:
         self.n_positive = 0
         #: Epoch day of the first negative learnt with a day (-1: none yet), for the warm-up.
         self.first_negative_day = -1
+        self._explained: tuple[int, dict[bytes, tuple[float, dict[str, float]]]] | None = None
 
     @classmethod
     def from_config(cls, config: ScoreConfig = DEFAULT_CONFIG) -> RiskModel:
@@ -625,10 +627,28 @@ class RiskModel:
         >>> RiskModel().explain({"max_dpd": 3.0})[0]
         0.5
         """
-        z = self.scaler.transform_one(self._x(x))
-        p = float(self.lr.predict_proba_one(z)[True])
-        w = self.lr.weights
-        return p, {k: w.get(k, 0.0) * v for k, v in z.items()}
+        xs = self._x(x)
+        # Memoised per model state (n_learned: the model learns through learn_one only)
+        # and exact feature values (their bits): customers often share a feature vector.
+        memo: tuple[int, dict[bytes, tuple[float, dict[str, float]]]] | None
+        memo = self.__dict__.get("_explained")
+        if memo is None or memo[0] != self.n_learned:
+            memo = (self.n_learned, {})
+            self._explained = memo
+        key = array("d", xs.values()).tobytes()
+        hit = memo[1].get(key)
+        if hit is None:
+            z = self.scaler.transform_one(xs)
+            p = float(self.lr.predict_proba_one(z)[True])
+            w = self.lr.weights
+            hit = (p, {k: w.get(k, 0.0) * v for k, v in z.items()})
+            if len(memo[1]) >= 4_096:
+                memo[1].clear()
+            memo[1][key] = hit
+        return hit[0], dict(hit[1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_explained"}
 
     @property
     def weights(self) -> dict[str, float]:
