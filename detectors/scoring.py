@@ -183,6 +183,10 @@ _CAPS = {
 }
 
 
+#: ``_CAPS`` in the order of ``FEATURES`` (1.0 where none is listed).
+_CAP_OF: tuple[float, ...] = tuple(_CAPS.get(name, 1.0) for name in FEATURES)
+
+
 def _fix(v: float, scale: int) -> int:
     """Fixed-point value at ``scale`` units per 1 (non-finite values become 0)."""
     return round(v * scale) if math.isfinite(v) else 0
@@ -326,10 +330,9 @@ def features(
         if b.last_epoch >= 0:
             raw[12] = (now_day + 1) - (b.last_epoch // _DAY_S + 1)
     out: dict[str, float] = {}
-    for name, v, scale in zip(FEATURES, raw, _SCALES, strict=True):
-        cap = _CAPS.get(name, 1.0)
-        v = 0.0 if not v > 0.0 else min(v, cap)
-        out[name] = _fix(v, scale) / scale
+    for name, v, scale, cap in zip(FEATURES, raw, _SCALES, _CAP_OF, strict=True):
+        # _fix(v, scale) / scale: v is 0.0 or in (0, cap], finite
+        out[name] = round(min(v, cap) * scale) / scale if v > 0.0 else 0.0
     return out
 
 
