@@ -162,13 +162,14 @@ class FlatHalfSpaceTrees:
 
     def _full_l_mass(self) -> list[list[int]]:
         """Every node's learnt mass, summed up from the leaves."""
-        inner = self._inner
         out = []
         for leaf in self._l_leaf:
-            mass = [0] * inner + leaf
-            for i in range(inner - 1, -1, -1):
-                mass[i] = mass[2 * i + 1] + mass[2 * i + 2]
-            out.append(mass)
+            levels = [leaf]
+            below = leaf
+            while len(below) > 1:  # a level's nodes are the pairs of the level below
+                below = [a + b for a, b in zip(below[0::2], below[1::2], strict=True)]
+                levels.append(below)
+            out.append([m for level in reversed(levels) for m in level])
         return out
 
     def vector(self, x: Mapping[str, float]) -> tuple[float, ...]:

@@ -483,7 +483,10 @@ class AnomalyModel:
             if v is None:
                 out.append(0.0)
                 continue
-            s = (v - lo) * inv
+            if type(v) is float and lo == 0.0 and inv == 1.0:
+                s = v  # (v - 0.0) * 1.0 is v itself for a float
+            else:
+                s = (v - lo) * inv
             if s > 1.0:
                 s = 1.0
             elif not s >= 0.0:  # negative or NaN
