@@ -120,8 +120,13 @@ class FlatHalfSpaceTrees:
     def path(self, x: Sequence[float]) -> list[tuple[int, ...]]:
         """Each tree's root-to-leaf node indices for ``x`` (``height + 1`` each)."""
         paths = self._paths
+        return [paths[leaf] for leaf in self.leaves(x)]
+
+    def leaves(self, x: Sequence[float]) -> tuple[int, ...]:
+        """Each tree's leaf for ``x``, numbered 0 .. 2**height - 1 from the left (the
+        hot path's form of :meth:`path`: ``path(x)[t][-1] == 2**height - 1 + leaves(x)[t]``)."""
         if self._leaves is not None:
-            return [paths[leaf] for leaf in self._leaves(x)]
+            return self._leaves(x)
         inner = self._inner
         levels = range(self.height)
         out = []
@@ -130,28 +135,36 @@ class FlatHalfSpaceTrees:
             for _ in levels:
                 f, t = split[i]
                 i = 2 * i + 1 if x[f] < t else 2 * i + 2
-            out.append(paths[i - inner])
-        return out
+            out.append(i - inner)
+        return tuple(out)
 
     def score_path(self, paths: Sequence[Sequence[int]]) -> float:
         """Anomaly score in [0, 1] of the event whose :meth:`path` is ``paths``."""
+        inner = self._inner
+        return self.score_leaves([nodes[-1] - inner for nodes in paths])
+
+    def score_leaves(self, leaves: Sequence[int]) -> float:
+        """Anomaly score in [0, 1] of the event whose :meth:`leaves` are ``leaves``."""
         if self.first_window:
             return 0.0
-        inner = self._inner
+        paths = self._paths
         score = 0
-        for memo, r_mass, nodes in zip(self._leaf_score, self._r_mass, paths, strict=True):
-            leaf = nodes[-1] - inner
+        for memo, r_mass, leaf in zip(self._leaf_score, self._r_mass, leaves, strict=True):
             part = memo[leaf]
             if part is None:
-                part = memo[leaf] = _walk(r_mass, nodes, self.size_limit)
+                part = memo[leaf] = _walk(r_mass, paths[leaf], self.size_limit)
             score += part
         return 1 - score / self.max_score
 
     def learn_path(self, paths: Sequence[Sequence[int]]) -> None:
         """Count the event whose :meth:`path` is ``paths``; pivot at the window's end."""
         inner = self._inner
-        for l_leaf, nodes in zip(self._l_leaf, paths, strict=True):
-            l_leaf[nodes[-1] - inner] += 1
+        self.learn_leaves([nodes[-1] - inner for nodes in paths])
+
+    def learn_leaves(self, leaves: Sequence[int]) -> None:
+        """Count the event whose :meth:`leaves` are ``leaves``; pivot at the window's end."""
+        for l_leaf, leaf in zip(self._l_leaf, leaves, strict=True):
+            l_leaf[leaf] += 1
         self.counter += 1
         if self.counter == self.window_size:
             self._r_mass = self._full_l_mass()
