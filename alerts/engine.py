@@ -80,7 +80,7 @@ _SEVERITY_ROUTING = {
 }
 
 
-class Profile(Struct, array_like=True, frozen=True):
+class Profile(Struct, array_like=True, frozen=True, gc=False):
     """What the engine keeps of a customer profile (no personal details)."""
 
     limit_minor: int
@@ -97,7 +97,7 @@ ENGINE_TOPICS: tuple[str, ...] = CUSTOMER_TOPICS
 _TOPIC_INDEX: dict[str, int] = {topic: i for i, topic in enumerate(ENGINE_TOPICS)}
 
 
-class CustomerState(Struct, array_like=True):
+class CustomerState(Struct, array_like=True, gc=False):
     """Everything Riskwatch keeps about one customer, stored as msgpack bytes."""
 
     seen: list[int] = []
