@@ -33,6 +33,7 @@ True
 from __future__ import annotations
 
 import math
+import operator
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
@@ -180,9 +181,12 @@ class FlatHalfSpaceTrees:
             levels = [leaf]
             below = leaf
             while len(below) > 1:  # a level's nodes are the pairs of the level below
-                below = [a + b for a, b in zip(below[0::2], below[1::2], strict=True)]
+                below = list(map(operator.add, below[0::2], below[1::2]))
                 levels.append(below)
-            out.append([m for level in reversed(levels) for m in level])
+            mass: list[int] = []
+            for level in reversed(levels):
+                mass += level
+            out.append(mass)
         return out
 
     def vector(self, x: Mapping[str, float]) -> tuple[float, ...]:
