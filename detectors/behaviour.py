@@ -85,8 +85,8 @@ from detectors.online import (
     ConformanceSpec,
     PageHinkleyParams,
     PHState,
+    ScaleSpec,
     ph_update,
-    scale,
     scaling,
 )
 from schemas.models import CardTransaction, CreditApplication
@@ -587,6 +587,27 @@ def _hour_offset(zone: ZoneInfo, hour: int) -> int | bool:
     return first if _offset_at(zone, hour * 3_600 + 3_599) == first else False
 
 
+def _scale_row(values: tuple[float, ...], spec: ScaleSpec) -> dict[str, float]:
+    """:func:`detectors.online.scale` of ``dict(zip(names of spec, values))`` (no value
+    is None), without building the input dict.
+
+    >>> from detectors.online import scale
+    >>> spec = scaling(("a", "b", "c"), {"a": (0, 10)})
+    >>> _scale_row((5.0, float("nan"), 2.0), spec) == scale({"a": 5.0, "b": float("nan"),
+    ...                                                     "c": 2.0}, spec)
+    True
+    """
+    out: dict[str, float] = {}
+    for (k, lo, inv), v in zip(spec, values, strict=True):
+        s = (v - lo) * inv
+        if s > 1.0:
+            s = 1.0
+        elif not s >= 0.0:  # negative or NaN
+            s = 0.0
+        out[k] = float(s)
+    return out
+
+
 def _debias(raw: float, a: float, n: int) -> float:
     """Zero-initialised EWMA -> weighted mean over its ``n`` observations."""
     if n <= 0:
@@ -819,8 +840,12 @@ def on_transaction(
 
     # ---- score (baselines from earlier events only) ------------------------------------ #
     window_days = len(week) + 1
-    recent_spend = day_spend + sum(d[0] for d in week)
-    recent_cash = day_cash + sum(d[1] for d in week)
+    week_spend = week_cash = 0
+    for x_spend, x_cash in week:
+        week_spend += x_spend
+        week_cash += x_cash
+    recent_spend = day_spend + week_spend
+    recent_cash = day_cash + week_cash
     norm_spend = _debias(sp_l, t.a_long, n_long)  # per day
     norm_window = norm_spend * window_days
     spend_ratio = recent_spend / norm_window if norm_spend >= cfg.min_daily_norm_minor else 1.0
@@ -1021,23 +1046,23 @@ def on_transaction(
     mix_raw = s.mix_raw or (0.0,) * len(CATEGORIES)
     novelty = 1.0 - _debias(mix_raw[cat], t.a_mix, n_prev) if n_prev else 1.0
     gap_h = (epoch - s.last_epoch) / 3_600 if s.last_epoch >= 0 else 0.0
-    raw_features = {
-        "log_amount": log_amt,
-        "amount_z": z,
-        "hour_count": float(hour_count),
-        "day_count": float(day_count),
-        "spend_ratio": spend_ratio,
-        "category_novelty": novelty,
-        "high_risk": 1.0 if bit & t.high_risk_mask else 0.0,
-        "cash": 1.0 if is_cash else 0.0,
-        "card_not_present": 1.0 if cnp else 0.0,
-        "foreign": 1.0 if foreign else 0.0,
-        "night": 1.0 if night else 0.0,
-        "utilisation": utilisation,
-        "gap_hours": math.log1p(max(gap_h, 0.0)),
-        "tenure": math.log1p(n_prev),
-    }
-    features = scale(raw_features, t.scale_spec)
+    raw_features = (  # in the order of FEATURE_NAMES (and of t.scale_spec)
+        log_amt,  # log_amount
+        z,  # amount_z
+        float(hour_count),  # hour_count
+        float(day_count),  # day_count
+        spend_ratio,  # spend_ratio
+        novelty,  # category_novelty
+        1.0 if bit & t.high_risk_mask else 0.0,  # high_risk
+        1.0 if is_cash else 0.0,  # cash
+        1.0 if cnp else 0.0,  # card_not_present
+        1.0 if foreign else 0.0,  # foreign
+        1.0 if night else 0.0,  # night
+        utilisation,  # utilisation
+        math.log1p(max(gap_h, 0.0)),  # gap_hours
+        math.log1p(n_prev),  # tenure
+    )
+    features = _scale_row(raw_features, t.scale_spec)
 
     # ---- learn ------------------------------------------------------------------------- #
     a = t.a_amt
