@@ -944,6 +944,8 @@ def _apply_signals(
     rules: tuple[tuple[int, int, int], ...], signals: Iterable[Signal], t: _Tables, day: int
 ) -> tuple[tuple[int, int, int], ...]:
     """Add the signals' points to the per-code entries (decayed to ``day``), bounded."""
+    if isinstance(signals, (list, tuple)) and not signals:
+        return rules  # what the loop below returns when nothing changed
     cfg = t.cfg
     entries = {code: (d, float(p)) for code, d, p in rules}
     changed = False
