@@ -161,6 +161,8 @@ _STANDING_KINDS = frozenset({"delinquency", "warning"})
 
 
 def _ms(t: dt.datetime) -> int:
+    if t.tzinfo is not None:  # an aware datetime's timestamp() is that very total_seconds()
+        return int(t.timestamp() * 1000)
     return int((t - _EPOCH).total_seconds() * 1000)
 
 
