@@ -80,7 +80,7 @@ _SEVERITY_ROUTING = {
 }
 
 
-class Profile(Struct, array_like=True, frozen=True):
+class Profile(Struct, array_like=True, frozen=True, gc=False):
     """What the engine keeps of a customer profile (no personal details)."""
 
     limit_minor: int
@@ -94,9 +94,10 @@ class Profile(Struct, array_like=True, frozen=True):
 
 #: Topics the engine processes; their index keys the per-topic watermarks.
 ENGINE_TOPICS: tuple[str, ...] = CUSTOMER_TOPICS
+_TOPIC_INDEX: dict[str, int] = {topic: i for i, topic in enumerate(ENGINE_TOPICS)}
 
 
-class CustomerState(Struct, array_like=True):
+class CustomerState(Struct, array_like=True, gc=False):
     """Everything Riskwatch keeps about one customer, stored as msgpack bytes."""
 
     seen: list[int] = []
@@ -160,6 +161,8 @@ _STANDING_KINDS = frozenset({"delinquency", "warning"})
 
 
 def _ms(t: dt.datetime) -> int:
+    if t.tzinfo is not None:  # an aware datetime's timestamp() is that very total_seconds()
+        return int(t.timestamp() * 1000)
     return int((t - _EPOCH).total_seconds() * 1000)
 
 
@@ -257,7 +260,9 @@ class Engine:
             return Result(None, [], duplicate=True)
         # Lateness is judged per topic: topics are consumed independently, so a
         # customer's events on two topics may interleave in any order.
-        index = ENGINE_TOPICS.index(topic)
+        index = _TOPIC_INDEX.get(topic)
+        if index is None:
+            index = ENGINE_TOPICS.index(topic)  # ValueError, as for any unknown topic
         if len(state.watermarks) <= index:
             state.watermarks = [*state.watermarks, *[0] * (index + 1 - len(state.watermarks))]
         event_ms = _ms(event.event_time)

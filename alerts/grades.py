@@ -575,13 +575,11 @@ def update_lines(
         flat = (*flat[:-2], day, q) if flat and flat[-2] == day else (*flat, day, q)
         flat = flat[-keep:]
         points[i] = flat
-        history = [(flat[j], flat[j + 1] / _Q) for j in range(0, len(flat), 2)]
-        status = _status(line, history[-1][1], lines.warn_share)
+        status = _status(line, flat[-1] / _Q, lines.warn_share)
         was = flags[i]
-        if status == _BREACH and was != _BREACH:
-            signals.append(_line_signal(line, _BREACH, history, lines))
-        elif status == _WARN and was == _CLEAR:
-            signals.append(_line_signal(line, _WARN, history, lines))
+        if (status == _BREACH and was != _BREACH) or (status == _WARN and was == _CLEAR):
+            history = [(flat[j], flat[j + 1] / _Q) for j in range(0, len(flat), 2)]
+            signals.append(_line_signal(line, status, history, lines))
         flags[i] = _BREACH if was == _BREACH and status == _WARN else status
     new = LineState(points=tuple(points), flags=tuple(flags))
     return (state if new == state else new), signals

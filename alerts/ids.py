@@ -34,5 +34,16 @@ def event_fingerprint(event_id: str) -> int:
     >>> event_fingerprint("e1") == event_fingerprint("e1"), event_fingerprint("e1") > 0
     (True, True)
     """
-    digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    fingerprint = _FINGERPRINTS.get(event_id)
+    if fingerprint is None:
+        # Memoised: an event's id is fingerprinted by the engine, then again by the limit
+        # guardrails for the same trigger; due reminders fingerprint the same dues.
+        digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+        fingerprint = int.from_bytes(digest, "big") >> 1
+        if len(_FINGERPRINTS) >= 8_192:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[event_id] = fingerprint
+    return fingerprint
+
+
+_FINGERPRINTS: dict[str, int] = {}

@@ -85,8 +85,8 @@ from detectors.online import (
     ConformanceSpec,
     PageHinkleyParams,
     PHState,
+    ScaleSpec,
     ph_update,
-    scale,
     scaling,
 )
 from schemas.models import CardTransaction, CreditApplication
@@ -545,13 +545,67 @@ def _zone(name: str) -> ZoneInfo | None:
 
 
 def _local_epoch(t: dt.datetime, tz: str) -> tuple[int, int]:
-    """(Unix seconds, local seconds) of an aware datetime."""
+    """(Unix seconds, local seconds) of an aware datetime.
+
+    >>> t = dt.datetime(2026, 3, 29, 0, 59, 59, tzinfo=dt.UTC)  # Berlin: CET until 01:00
+    >>> [_local_epoch(t + dt.timedelta(seconds=s), "Europe/Berlin")[1] - int(t.timestamp())
+    ...  for s in (0, 1)]
+    [3600, 7201]
+    """
     epoch = int(t.timestamp())
     zone = _zone(tz)
     if zone is None:
         return epoch, epoch
+    if epoch >= 0 and t.tzinfo is not None:
+        # The zone's offset is looked up once per UTC hour (the instant lies in the hour
+        # of its truncated seconds); an hour whose offset changes is not cached.
+        key = (tz, epoch // 3_600)
+        hour_off = _HOUR_OFFSETS.get(key)
+        if hour_off is None:
+            hour_off = _hour_offset(zone, key[1])
+            if len(_HOUR_OFFSETS) >= 65_536:
+                _HOUR_OFFSETS.clear()
+            _HOUR_OFFSETS[key] = hour_off
+        if hour_off is not False:
+            return epoch, epoch + hour_off
     off = t.astimezone(zone).utcoffset()
     return epoch, epoch + (int(off.total_seconds()) if off is not None else 0)
+
+
+#: (zone name, UTC hour) -> the zone's offset in whole seconds throughout that hour, or
+#: False when it differs between the hour's first and last second (a transition).
+_HOUR_OFFSETS: dict[tuple[str, int], int | bool] = {}
+
+
+def _offset_at(zone: ZoneInfo, epoch: int) -> int:
+    off = dt.datetime.fromtimestamp(epoch, dt.UTC).astimezone(zone).utcoffset()
+    return int(off.total_seconds()) if off is not None else 0
+
+
+def _hour_offset(zone: ZoneInfo, hour: int) -> int | bool:
+    first = _offset_at(zone, hour * 3_600)
+    return first if _offset_at(zone, hour * 3_600 + 3_599) == first else False
+
+
+def _scale_row(values: tuple[float, ...], spec: ScaleSpec) -> dict[str, float]:
+    """:func:`detectors.online.scale` of ``dict(zip(names of spec, values))`` (no value
+    is None), without building the input dict.
+
+    >>> from detectors.online import scale
+    >>> spec = scaling(("a", "b", "c"), {"a": (0, 10)})
+    >>> _scale_row((5.0, float("nan"), 2.0), spec) == scale({"a": 5.0, "b": float("nan"),
+    ...                                                     "c": 2.0}, spec)
+    True
+    """
+    out: dict[str, float] = {}
+    for (k, lo, inv), v in zip(spec, values, strict=True):
+        s = (v - lo) * inv
+        if s > 1.0:
+            s = 1.0
+        elif not s >= 0.0:  # negative or NaN
+            s = 0.0
+        out[k] = float(s)
+    return out
 
 
 def _debias(raw: float, a: float, n: int) -> float:
@@ -786,8 +840,12 @@ def on_transaction(
 
     # ---- score (baselines from earlier events only) ------------------------------------ #
     window_days = len(week) + 1
-    recent_spend = day_spend + sum(d[0] for d in week)
-    recent_cash = day_cash + sum(d[1] for d in week)
+    week_spend = week_cash = 0
+    for x_spend, x_cash in week:
+        week_spend += x_spend
+        week_cash += x_cash
+    recent_spend = day_spend + week_spend
+    recent_cash = day_cash + week_cash
     norm_spend = _debias(sp_l, t.a_long, n_long)  # per day
     norm_window = norm_spend * window_days
     spend_ratio = recent_spend / norm_window if norm_spend >= cfg.min_daily_norm_minor else 1.0
@@ -988,23 +1046,23 @@ def on_transaction(
     mix_raw = s.mix_raw or (0.0,) * len(CATEGORIES)
     novelty = 1.0 - _debias(mix_raw[cat], t.a_mix, n_prev) if n_prev else 1.0
     gap_h = (epoch - s.last_epoch) / 3_600 if s.last_epoch >= 0 else 0.0
-    raw_features = {
-        "log_amount": log_amt,
-        "amount_z": z,
-        "hour_count": float(hour_count),
-        "day_count": float(day_count),
-        "spend_ratio": spend_ratio,
-        "category_novelty": novelty,
-        "high_risk": 1.0 if bit & t.high_risk_mask else 0.0,
-        "cash": 1.0 if is_cash else 0.0,
-        "card_not_present": 1.0 if cnp else 0.0,
-        "foreign": 1.0 if foreign else 0.0,
-        "night": 1.0 if night else 0.0,
-        "utilisation": utilisation,
-        "gap_hours": math.log1p(max(gap_h, 0.0)),
-        "tenure": math.log1p(n_prev),
-    }
-    features = scale(raw_features, t.scale_spec)
+    raw_features = (  # in the order of FEATURE_NAMES (and of t.scale_spec)
+        log_amt,  # log_amount
+        z,  # amount_z
+        float(hour_count),  # hour_count
+        float(day_count),  # day_count
+        spend_ratio,  # spend_ratio
+        novelty,  # category_novelty
+        1.0 if bit & t.high_risk_mask else 0.0,  # high_risk
+        1.0 if is_cash else 0.0,  # cash
+        1.0 if cnp else 0.0,  # card_not_present
+        1.0 if foreign else 0.0,  # foreign
+        1.0 if night else 0.0,  # night
+        utilisation,  # utilisation
+        math.log1p(max(gap_h, 0.0)),  # gap_hours
+        math.log1p(n_prev),  # tenure
+    )
+    features = _scale_row(raw_features, t.scale_spec)
 
     # ---- learn ------------------------------------------------------------------------- #
     a = t.a_amt
@@ -1016,7 +1074,9 @@ def on_transaction(
         amt_var = (1 - a) * (s.amt_var + a * d * d)
     am = t.a_mix
     keep = 1 - am
-    mix = tuple(keep * m + am if i == cat else keep * m for i, m in enumerate(mix_raw))
+    mix_l = [keep * m for m in mix_raw]
+    mix_l[cat] = keep * mix_raw[cat] + am
+    mix = tuple(mix_l)
     sh = t.a_share
     new = msgspec.structs.replace(
         s,

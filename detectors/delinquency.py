@@ -321,7 +321,7 @@ DEFAULT_CONFIG: Final = DelinquencyConfig()
 # --------------------------------------------------------------------------- #
 
 
-class Due(Struct, array_like=True, frozen=True):
+class Due(Struct, array_like=True, frozen=True, gc=False):
     """One due of the account (array-encoded).
 
     ``minimum`` is the statement minimum (0 for other kinds); ``key`` the event
@@ -347,7 +347,7 @@ class Due(Struct, array_like=True, frozen=True):
     cap: int = -1
 
 
-class Item(Struct, array_like=True, frozen=True):
+class Item(Struct, array_like=True, frozen=True, gc=False):
     """A live journal item: a payment (``target == 0``) or a reversal of ``target``.
 
     >>> Item(h=7, key=1_700_000_000, amount=500).target
@@ -360,7 +360,7 @@ class Item(Struct, array_like=True, frozen=True):
     target: int = 0
 
 
-class Deferral(Struct, array_like=True, frozen=True):
+class Deferral(Struct, array_like=True, frozen=True, gc=False):
     """A payment pause: days ``[start, min(stop, end))`` are paused; ``-1`` = unknown/open.
 
     >>> Deferral(h=1, start=10, stop=20).end
@@ -373,7 +373,7 @@ class Deferral(Struct, array_like=True, frozen=True):
     end: int = -1
 
 
-class Plan(Struct, array_like=True, frozen=True):
+class Plan(Struct, array_like=True, frozen=True, gc=False):
     """The current restructuring plan (its ``n`` installments are dues ``{id}#{i}``).
 
     >>> Plan("p1", 1_700_000_000, 12).n
@@ -386,7 +386,7 @@ class Plan(Struct, array_like=True, frozen=True):
     flags: int = 0
 
 
-class AccountLedger(Struct, array_like=True, frozen=True):
+class AccountLedger(Struct, array_like=True, frozen=True, gc=False):
     """The per-account state (array-encoded msgpack, a few hundred bytes).
 
     ``clock`` is the newest event-time day seen. ``bucket``, ``history``
@@ -452,10 +452,13 @@ def epoch_day(value: dt.date | dt.datetime) -> int:
     (1, 19723)
     """
     if isinstance(value, dt.datetime):
+        if value.tzinfo is _UTC:  # the UTC calendar day is the day of the seconds
+            return value.toordinal() - _EPOCH_ORDINAL
         return _secs(value) // DAY
     return value.toordinal() - _EPOCH_ORDINAL
 
 
+_UTC = dt.UTC
 _EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 _SECOND = dt.timedelta(seconds=1)
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 import copy
 import math
 import random
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -472,7 +472,10 @@ class AnomalyModel:
         self.n_learnt = 0
         self.n_flagged = 0
         self._cache_key: tuple[float, ...] | None = None
-        self._cache_path: list[list[int]] = []
+        #: Leaves of the cached event (``_cache_path``, its paths, is kept empty: the
+        #: attribute marks FlatHalfSpaceTrees-era checkpoints for Engine.restore_models).
+        self._cache_leaves: Sequence[int] = ()
+        self._cache_path: list[tuple[int, ...]] = []
         self._cache_score = 0.0
 
     def _scale(self, x: Mapping[str, Any]) -> tuple[float, ...]:
@@ -483,7 +486,8 @@ class AnomalyModel:
             if v is None:
                 out.append(0.0)
                 continue
-            s = (v - lo) * inv
+            # (v - 0.0) * 1.0 is v itself for a float
+            s = v if type(v) is float and lo == 0.0 and inv == 1.0 else (v - lo) * inv
             if s > 1.0:
                 s = 1.0
             elif not s >= 0.0:  # negative or NaN
@@ -494,8 +498,8 @@ class AnomalyModel:
     def _score_scaled(self, xs: tuple[float, ...]) -> float:
         if xs == self._cache_key:
             return self._cache_score
-        self._cache_path = self.hst.path(xs)
-        score = float(self.hst.score_path(self._cache_path))
+        self._cache_leaves = self.hst.leaves(xs)
+        score = float(self.hst.score_leaves(self._cache_leaves))
         self._cache_key, self._cache_score = xs, score
         return score
 
@@ -525,7 +529,7 @@ class AnomalyModel:
         if flagged:
             self.n_flagged += 1
             return
-        self.hst.learn_path(self._cache_path)
+        self.hst.learn_leaves(self._cache_leaves)
         self._cache_key = None
 
     def score_learn(self, x: Mapping[str, Any], learn: bool = True) -> tuple[float, bool]:
@@ -533,9 +537,27 @@ class AnomalyModel:
         xs = self._scale(x)
         score = self._score_scaled(xs)
         flagged = self.is_anomalous(score)
-        if learn:
-            self._learn_scaled(xs)
+        if learn:  # _learn_scaled(xs), whose score and verdict are those above
+            self.quantile.update(score)
+            self.n_learnt += 1
+            if flagged:
+                self.n_flagged += 1
+            else:
+                self.hst.learn_leaves(self._cache_leaves)
+                self._cache_key = None
         return score, flagged
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Without the score cache (recomputed on demand): the same layout as before
+        # leaves were cached, so either version loads the other's checkpoints.
+        state = dict(self.__dict__)
+        state.pop("_cache_leaves", None)
+        state.update(_cache_key=None, _cache_path=[], _cache_score=0.0)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._cache_key, self._cache_leaves, self._cache_path = None, (), []
 
     def process_one(self, x: Mapping[str, Any]) -> tuple[float, bool]:
         """Score, decide and learn in one call: ``(score, flagged)``."""

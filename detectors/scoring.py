@@ -80,6 +80,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
+from array import array
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -180,6 +181,10 @@ _CAPS = {
     "open_accounts": 8.0,
     "inactive_days": 90.0,
 }
+
+
+#: ``_CAPS`` in the order of ``FEATURES`` (1.0 where none is listed).
+_CAP_OF: tuple[float, ...] = tuple(_CAPS.get(name, 1.0) for name in FEATURES)
 
 
 def _fix(v: float, scale: int) -> int:
@@ -325,10 +330,9 @@ def features(
         if b.last_epoch >= 0:
             raw[12] = (now_day + 1) - (b.last_epoch // _DAY_S + 1)
     out: dict[str, float] = {}
-    for name, v, scale in zip(FEATURES, raw, _SCALES, strict=True):
-        cap = _CAPS.get(name, 1.0)
-        v = 0.0 if not v > 0.0 else min(v, cap)
-        out[name] = _fix(v, scale) / scale
+    for name, v, scale, cap in zip(FEATURES, raw, _SCALES, _CAP_OF, strict=True):
+        # _fix(v, scale) / scale: v is 0.0 or in (0, cap], finite
+        out[name] = round(min(v, cap) * scale) / scale if v > 0.0 else 0.0
     return out
 
 
@@ -590,6 +594,7 @@ class RiskModel:
         self.n_positive = 0
         #: Epoch day of the first negative learnt with a day (-1: none yet), for the warm-up.
         self.first_negative_day = -1
+        self._explained: tuple[int, dict[bytes, tuple[float, dict[str, float]]]] | None = None
 
     @classmethod
     def from_config(cls, config: ScoreConfig = DEFAULT_CONFIG) -> RiskModel:
@@ -625,10 +630,28 @@ class RiskModel:
         >>> RiskModel().explain({"max_dpd": 3.0})[0]
         0.5
         """
-        z = self.scaler.transform_one(self._x(x))
-        p = float(self.lr.predict_proba_one(z)[True])
-        w = self.lr.weights
-        return p, {k: w.get(k, 0.0) * v for k, v in z.items()}
+        xs = self._x(x)
+        # Memoised per model state (n_learned: the model learns through learn_one only)
+        # and exact feature values (their bits): customers often share a feature vector.
+        memo: tuple[int, dict[bytes, tuple[float, dict[str, float]]]] | None
+        memo = self.__dict__.get("_explained")
+        if memo is None or memo[0] != self.n_learned:
+            memo = (self.n_learned, {})
+            self._explained = memo
+        key = array("d", xs.values()).tobytes()
+        hit = memo[1].get(key)
+        if hit is None:
+            z = self.scaler.transform_one(xs)
+            p = float(self.lr.predict_proba_one(z)[True])
+            w = self.lr.weights
+            hit = (p, {k: w.get(k, 0.0) * v for k, v in z.items()})
+            if len(memo[1]) >= 4_096:
+                memo[1].clear()
+            memo[1][key] = hit
+        return hit[0], dict(hit[1])
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_explained"}
 
     @property
     def weights(self) -> dict[str, float]:
@@ -921,6 +944,8 @@ def _apply_signals(
     rules: tuple[tuple[int, int, int], ...], signals: Iterable[Signal], t: _Tables, day: int
 ) -> tuple[tuple[int, int, int], ...]:
     """Add the signals' points to the per-code entries (decayed to ``day``), bounded."""
+    if isinstance(signals, (list, tuple)) and not signals:
+        return rules  # what the loop below returns when nothing changed
     cfg = t.cfg
     entries = {code: (d, float(p)) for code, d, p in rules}
     changed = False

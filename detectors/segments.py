@@ -429,16 +429,21 @@ class SegmentMonitor:
         #: Indicator values refused (sector beyond the bound, too late or not finite).
         self.ignored_indicators = 0
         self._cache: dict[tuple[str, str], _Ind] = {}
+        #: _rate_state results by (segment, last complete window); emptied whenever
+        #: counters are handed out for an update (_counters), never pickled.
+        self._rate_memo: dict[tuple[SegmentKey, int], _RateState] = {}
 
-    # -- pickling (the cache is rebuilt on demand) ----------------------------
+    # -- pickling (the caches are rebuilt on demand) ---------------------------
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_cache"] = {}
+        state.pop("_rate_memo", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self._rate_memo = {}
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SegmentMonitor):
@@ -500,6 +505,7 @@ class SegmentMonitor:
     def _counters(self, key: SegmentKey, day: int) -> list[int] | None:
         """The counters of ``key`` in the window of ``day`` (None: window already dropped)."""
         c = self.config
+        self._rate_memo.clear()
         w = day // c.window_days
         if self._newest is None or w > self._newest:
             self._newest = w
@@ -612,6 +618,9 @@ class SegmentMonitor:
         """Fold the retained complete windows before the one holding ``day``."""
         c = self.config
         last = day // c.window_days - 1
+        memo = self._rate_memo.get((key, last))
+        if memo is not None:
+            return memo
         tightened, since = False, -1
         codes: tuple[str, ...] = ()
         seen_w = -1
@@ -638,7 +647,8 @@ class SegmentMonitor:
                     and w - since >= c.min_tightened_windows
                 ):
                     tightened = False
-        return _RateState(tightened, since, codes, seen_w, seen_c)
+        rs = self._rate_memo[(key, last)] = _RateState(tightened, since, codes, seen_w, seen_c)
+        return rs
 
     def _indicator_reason(self, sector: str, indicator: str, st: _Ind) -> str:
         if st.baseline is not None:

@@ -29,7 +29,7 @@ RULE_ID = "large-transaction"
 RULE_VERSION = 1
 
 
-class SpendState(Struct, array_like=True, frozen=True):
+class SpendState(Struct, array_like=True, frozen=True, gc=False):
     """Count and exponentially weighted mean of transaction amounts."""
 
     n: int = 0

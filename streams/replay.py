@@ -111,7 +111,7 @@ def _lines(
     with path.open("rb") as handle:
         for line_no, line in enumerate(handle, start=1):
             raw = line.rstrip(b"\r\n")
-            if not raw.strip():
+            if not raw or raw.isspace():  # blank (not raw.strip(), without the copy)
                 continue
             try:
                 obj: Any = decode(topic, raw, now=now)

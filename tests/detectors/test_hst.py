@@ -84,3 +84,22 @@ def test_score_learn_equals_score_then_learn() -> None:
     assert two.score_learn({"a": 0.9, "b": 0.01}, learn=False)[0] == one.score_one(
         {"a": 0.9, "b": 0.01})
     assert (one.n_learnt, one.n_flagged) == (two.n_learnt, two.n_flagged)
+
+
+def test_pickled_masses_are_full_path_counts() -> None:
+    """Leaf-only counting pickles the per-node masses of River's walk (same layout)."""
+    flat = FlatHalfSpaceTrees(("a", "b"), n_trees=3, height=4, window_size=40, seed=6)
+    stream = _stream(8, 95, ("a", "b"))
+    expected = [[0] * (2 ** 5 - 1) for _ in range(3)]
+    for n, x in enumerate(stream, start=1):
+        for mass, nodes in zip(expected, flat.path(flat.vector(x)), strict=True):
+            for i in nodes:
+                mass[i] += 1
+        flat.learn_one(x)
+        if n % 40 == 0:
+            expected = [[0] * (2 ** 5 - 1) for _ in range(3)]
+    state = flat.__getstate__()
+    assert state["_l_mass"] == expected
+    assert set(state) == {"features", "n_trees", "height", "window_size", "seed", "counter",
+                          "first_window", "size_limit", "max_score", "_feature", "_threshold",
+                          "_l_mass", "_r_mass"}

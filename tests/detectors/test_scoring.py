@@ -844,3 +844,25 @@ def test_score_state_budget_worst_case() -> None:
     assert len(encode_state(default_worst)) < 250
     assert len(encode_state(worst)) < STATE_BUDGET
     assert LABEL_DPD == 30
+
+
+def test_explain_memo_follows_learning_and_is_not_pickled() -> None:
+    import pickle
+
+    from detectors.scoring import RiskModel
+
+    model, fresh = RiskModel(), RiskModel()
+    x = {"max_dpd": 20.0, "payment_ratio": 0.2}
+    assert model.explain(x) == fresh.explain(x)
+    for _ in range(30):
+        model.learn_one(x, True)
+        model.learn_one({"max_dpd": 0.0, "payment_ratio": 1.0}, False)
+        fresh.learn_one(x, True)
+        fresh.learn_one({"max_dpd": 0.0, "payment_ratio": 1.0}, False)
+        p, terms = model.explain(x)
+        fresh_p, fresh_terms = fresh.explain(x)
+        fresh._explained = None  # the reference recomputes every time
+        assert (p, terms) == (fresh_p, fresh_terms)
+    terms["max_dpd"] = 99.0  # callers get their own dict
+    assert model.explain(x)[1]["max_dpd"] != 99.0
+    assert "_explained" not in pickle.loads(pickle.dumps(model)).__dict__

@@ -50,10 +50,14 @@ def test_round_trip_resumes_the_same_model(tmp_path):
 
 
 def _model_state(model: object) -> dict[str, bytes]:
-    """Each attribute pickled on its own (a whole pickle also encodes which float objects
-    happen to be shared, which differs after a round trip)."""
-    out = {f"hst.{k}": pickle.dumps(v) for k, v in vars(model.hst).items()}  # type: ignore[attr-defined]
-    out.update({k: pickle.dumps(v) for k, v in vars(model).items() if k != "hst"})
+    """Each attribute of the pickled state pickled on its own (a whole pickle also encodes
+    which float objects happen to be shared, which differs after a round trip). The
+    pickled state (``__getstate__``), not ``vars()``: memos and compiled lookup tables
+    derived from it are rebuilt on loading and depend on what was scored since."""
+    hst = model.hst.__getstate__()  # type: ignore[attr-defined]
+    out = {f"hst.{k}": pickle.dumps(v) for k, v in hst.items()}
+    state = model.__getstate__()  # type: ignore[attr-defined]
+    out.update({k: pickle.dumps(v) for k, v in state.items() if k != "hst"})
     return out
 
 
