@@ -85,8 +85,8 @@ from detectors.online import (
     ConformanceSpec,
     PageHinkleyParams,
     PHState,
-    ScaleSpec,
     ph_update,
+    scale_row,
     scaling,
 )
 from schemas.models import CardTransaction, CreditApplication
@@ -587,27 +587,6 @@ def _hour_offset(zone: ZoneInfo, hour: int) -> int | bool:
     return first if _offset_at(zone, hour * 3_600 + 3_599) == first else False
 
 
-def _scale_row(values: tuple[float, ...], spec: ScaleSpec) -> dict[str, float]:
-    """:func:`detectors.online.scale` of ``dict(zip(names of spec, values))`` (no value
-    is None), without building the input dict.
-
-    >>> from detectors.online import scale
-    >>> spec = scaling(("a", "b", "c"), {"a": (0, 10)})
-    >>> _scale_row((5.0, float("nan"), 2.0), spec) == scale({"a": 5.0, "b": float("nan"),
-    ...                                                     "c": 2.0}, spec)
-    True
-    """
-    out: dict[str, float] = {}
-    for (k, lo, inv), v in zip(spec, values, strict=True):
-        s = (v - lo) * inv
-        if s > 1.0:
-            s = 1.0
-        elif not s >= 0.0:  # negative or NaN
-            s = 0.0
-        out[k] = float(s)
-    return out
-
-
 def _debias(raw: float, a: float, n: int) -> float:
     """Zero-initialised EWMA -> weighted mean over its ``n`` observations."""
     if n <= 0:
@@ -1062,7 +1041,7 @@ def on_transaction(
         math.log1p(max(gap_h, 0.0)),  # gap_hours
         math.log1p(n_prev),  # tenure
     )
-    features = _scale_row(raw_features, t.scale_spec)
+    features = scale_row(raw_features, t.scale_spec)
 
     # ---- learn ------------------------------------------------------------------------- #
     a = t.a_amt

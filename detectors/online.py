@@ -378,9 +378,18 @@ def scale(x: Mapping[str, Any], spec: ScaleSpec) -> dict[str, float]:
     >>> scale({"a": 5, "b": float("nan"), "z": 1}, scaling(("a", "b", "c"), {"a": (0, 10)}))
     {'a': 0.5, 'b': 0.0, 'c': 0.0}
     """
+    return scale_row(tuple(x.get(k) for k, _, _ in spec), spec)
+
+
+def scale_row(values: Sequence[float | None], spec: ScaleSpec) -> dict[str, float]:
+    """:func:`scale` of the spec's features given as a row of values, in spec order,
+    without building an input dict (None, NaN and negatives become 0.0).
+
+    >>> scale_row((5.0, float("nan"), None), scaling(("a", "b", "c"), {"a": (0, 10)}))
+    {'a': 0.5, 'b': 0.0, 'c': 0.0}
+    """
     out: dict[str, float] = {}
-    for k, lo, inv in spec:
-        v = x.get(k)
+    for (k, lo, inv), v in zip(spec, values, strict=True):
         if v is None:
             out[k] = 0.0
             continue
