@@ -1,5 +1,5 @@
 """Faust behaviour that has no setting: the group consumer's fetch wait, the seek of
-partitions with no committed offset, and (experimental) direct delivery.
+partitions with no committed offset, and direct delivery.
 
 Faust builds its group consumer with ``fetch_max_wait_ms=1500`` hard-coded.
 Apache Kafka answers a fetch as soon as data is there, so the value is
@@ -11,6 +11,7 @@ lets the worker choose (``Settings.fetch_max_wait``).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiokafka
@@ -30,23 +31,84 @@ def set_group_fetch_wait(ms: int) -> None:
     aiokafka.AIOKafkaConsumer = GroupConsumer  # type: ignore[misc]
 
 
+class _Rest:
+    """The rest of a coroutine that suspended on its first step, as an awaitable.
+
+    ``await`` (or a task) on it continues the coroutine exactly where its first
+    ``send(None)`` left it: it yields the future the coroutine was waiting on, then
+    relays values, exceptions and cancellation both ways until the coroutine returns.
+    """
+
+    __slots__ = ("coro", "pending")
+
+    def __init__(self, coro: Any, pending: Any) -> None:
+        self.coro = coro
+        self.pending = pending
+
+    def __await__(self) -> Any:
+        coro, pending = self.coro, self.pending
+        while True:
+            try:
+                sent = yield pending
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation and throw(): pass it on
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration as stop:
+                    return stop.value
+                continue
+            try:
+                pending = coro.send(sent)
+            except StopIteration as stop:
+                return stop.value
+
+
+def first_step(coro: Any) -> _Rest | None:
+    """Run ``coro`` up to its first suspension: None if it finished without one
+    (its exception, if any, is raised here), else the awaitable rest of it.
+
+    >>> async def quick() -> int:
+    ...     return 1
+    >>> first_step(quick()) is None
+    True
+    >>> async def slow() -> int:
+    ...     await asyncio.sleep(0)
+    ...     return 2
+    >>> async def main() -> int:
+    ...     rest = first_step(slow())
+    ...     return await asyncio.ensure_future(rest)
+    >>> asyncio.run(main())
+    2
+    """
+    try:
+        pending = coro.send(None)
+    except StopIteration:
+        return None
+    return _Rest(coro, pending)
+
+
 def use_direct_delivery() -> None:
     """Deliver fetched records to the Conductor without four tasks per record.
 
     Faust's fetch loop (``Consumer._drain_messages``) awaits every record's
     delivery through ``Service.wait_first(callback(message), suspend_flow.wait())``,
     which creates four tasks (the callback, the suspend-flow event, the
-    consumer's stopped and crashed events) and an ``asyncio.wait`` per record.
-    This loop awaits the delivery directly while the flow is not suspended and
-    keeps Faust's path for a suspended flow (a rebalance: the record is skipped,
-    as Faust skips it, and re-read from the committed offset afterwards).
+    consumer's stopped and crashed events) and an ``asyncio.wait`` per record, so
+    that a delivery waiting on flow control or on a full stream buffer is abandoned
+    when a rebalance suspends the flow (the record is re-read from the committed
+    offset afterwards).
 
-    Experimental and off by default (``Settings.direct_delivery``): it halves the
-    bare consume-and-decode agent's CPU per event and makes the worker about a third
-    faster, but with it the two-worker fault-injection test
-    (``tests/reliability/test_faults.py``) fails: after kill -9s during rebalances
-    input offsets stop being committed and outputs go missing. Faust's own path
-    relies on the per-record tasks in ways not yet understood here.
+    Here the delivery coroutine first runs synchronously up to its first
+    suspension. Nearly always it finishes there (the record is in the stream's
+    buffer) and no task is made. If it has to wait (flow control suspended, producer
+    buffer full, stream buffer full) the rest of it goes through Faust's own
+    ``wait_first`` with the suspend-flow event, so it is abandoned exactly when
+    Faust would abandon it. An earlier version awaited such a delivery directly and
+    could block the fetch loop on a full buffer through a rebalance (the fault test
+    then saw input offsets stop being committed). As in Faust, the loop yields to
+    the event loop every 100 records.
     """
     from faust.transport import consumer as faust_consumer
 
@@ -59,7 +121,6 @@ def use_direct_delivery() -> None:
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
-        suspended = self.suspend_flow.is_set
         get_read_offset = self._read_offset.__getitem__
         set_read_offset = self._read_offset.__setitem__
         flag_consumer_fetching = faust_consumer.CONSUMER_FETCHING
@@ -67,7 +128,11 @@ def use_direct_delivery() -> None:
         unset_flag = self.diag.unset_flag
         commit_every = self._commit_every
         acks_enabled_for = self.app.topics.acks_enabled_for
+        suspend_flow = self.suspend_flow
+        wait_first = self.wait_first
         sleep = asyncio.sleep
+        yield_every = 100
+        since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
@@ -75,11 +140,10 @@ def use_direct_delivery() -> None:
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in ait:
-                        # One pass of the event loop per record, as Faust's tasks gave:
-                        # the agent and a rebalance's callbacks (which suspend the flow)
-                        # run between records, so a batch fetched before a rebalance is
-                        # not delivered past it.
-                        await sleep(0)
+                        since_yield += 1
+                        if since_yield > yield_every:
+                            await sleep(0)
+                            since_yield = 0
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -89,10 +153,9 @@ def use_direct_delivery() -> None:
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            if suspended():
-                                await self.wait_first(callback(message), self.suspend_flow.wait())
-                            else:
-                                await callback(message)
+                            rest = first_step(callback(message))
+                            if rest is not None:
+                                await wait_first(rest, suspend_flow.wait())
                             set_read_offset(tp, offset)
                     unset_flag(flag_consumer_fetching)
         except self.consumer_stopped_errors:
@@ -144,3 +207,31 @@ def seek_uncommitted_to_beginning() -> None:
     from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
     AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
+
+
+def highwater_reader(kafka_consumer: Callable[[], Any]) -> Callable[[Any], int | None]:
+    """A fast ``highwater(tp)``: aiokafka's last fetched high-water mark of an assigned
+    partition, None when unknown (not assigned, or not fetched yet).
+
+    Faust's ``consumer.highwater(tp)`` reads the same value through three layers and a
+    settings lookup (is the app transactional?), and aiokafka asserts the partition is
+    assigned; the worker asks for it for every topic of a partition on every record (its
+    event-time ordering, :meth:`streams.app.PartitionClock.bound_ms`). This reads the
+    partition's state straight from the consumer's current assignment (replaced
+    whole on every rebalance). ``kafka_consumer`` returns the aiokafka consumer
+    (None before it starts). For at-least-once apps only: a transactional app's
+    bound is the last stable offset.
+    """
+
+    def highwater(tp: Any) -> int | None:
+        consumer = kafka_consumer()
+        if consumer is None:
+            return None
+        subscription = consumer._subscription.subscription
+        assignment = subscription.assignment if subscription is not None else None
+        if assignment is None:
+            return None
+        state = assignment.state_value(tp)
+        return None if state is None else state.highwater
+
+    return highwater

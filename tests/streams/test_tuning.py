@@ -1,4 +1,5 @@
-"""streams.tuning on the real broker: seeking back to committed offsets."""
+"""streams.tuning: seeking back to committed offsets and reading high-water marks (on
+the real broker), and the first-step delivery of direct delivery."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.tuning import _seek_to_committed
+from streams.tuning import _seek_to_committed, first_step, highwater_reader
 
 pytestmark = pytest.mark.broker
 
@@ -64,3 +65,82 @@ async def test_partitions_without_a_committed_offset_are_rewound(broker):
         assert await consumer.position(tp1) == 2
     finally:
         await consumer.stop()
+
+
+async def test_highwater_reader_matches_the_consumer(broker):
+    """The worker's fast high-water read agrees with aiokafka's own, and is None for a
+    partition that is not assigned or not fetched yet."""
+    topic = f"hw-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        await admin.close()
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        for n in range(7):
+            await producer.send_and_wait(topic, b"%d" % n, partition=0)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    holder: dict[str, Any] = {}
+    read = highwater_reader(lambda: holder.get("consumer"))
+    tp0, tp1 = TopicPartition(topic, 0), TopicPartition(topic, 1)
+    assert read(tp0) is None  # no consumer yet
+    await consumer.start()
+    holder["consumer"] = consumer
+    try:
+        assert read(tp0) is None  # nothing assigned
+        consumer.assign([tp0])
+        assert read(tp0) is None  # assigned, not fetched yet
+        got = 0
+        while got < 7:
+            batch = await consumer.getmany(tp0, timeout_ms=2000)
+            got += sum(len(records) for records in batch.values())
+        assert read(tp0) == consumer.highwater(tp0) == 7
+        assert read(tp1) is None  # not assigned
+    finally:
+        await consumer.stop()
+
+
+def test_first_step_relays_results_exceptions_and_cancellation():
+    """The rest of a suspended delivery behaves as the coroutine itself would."""
+    import asyncio
+
+    async def fails_at_once() -> None:
+        raise ValueError("bad")
+
+    with pytest.raises(ValueError):
+        first_step(fails_at_once())
+
+    log: list[str] = []
+
+    async def waits(event: asyncio.Event) -> str:
+        log.append("started")
+        try:
+            await event.wait()
+        except asyncio.CancelledError:
+            log.append("cancelled")
+            raise
+        return "done"
+
+    async def main() -> None:
+        event = asyncio.Event()
+        rest = first_step(waits(event))
+        assert rest is not None and log == ["started"]
+        task = asyncio.ensure_future(rest)
+        await asyncio.sleep(0)
+        event.set()
+        assert await task == "done"
+        other = first_step(waits(asyncio.Event()))
+        task = asyncio.ensure_future(other)
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert log[-1] == "cancelled"
+
+    asyncio.run(main())
