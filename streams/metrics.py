@@ -108,7 +108,8 @@ class Metrics:
             ["version", "python", "contract"], registry=r)
         self.build_info.labels(VERSION, platform.python_version(), str(CONTRACT_VERSION)).set(1)
         self.state_bytes = Histogram(
-            "riskwatch_customer_state_bytes", "Encoded size of a customer's state when written.",
+            "riskwatch_customer_state_bytes",
+            "Encoded size of a customer's state when written to the changelog.",
             buckets=(128, 256, 512, 1024, 2048, 4096, 8192), registry=r)
         # Business.
         self.alerts = Counter(
