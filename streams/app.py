@@ -560,8 +560,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     async def send_changelog(key: bytes, value: bytes, partition: int,
                              headers: list[tuple[str, bytes]]) -> Any:
         """One changelog write, straight to the producer: the table's topic would wrap
-        it in Faust's message futures and callbacks, which nothing here uses (about
-        half the cost of a coalesced write)."""
+        it in Faust's message futures, callbacks and sensors, which nothing here uses."""
         return await app.producer.send(changelog_name, key, value, partition, None, headers)
 
     changelog_name = table.changelog_topic.get_topic_name()
