@@ -180,7 +180,11 @@ class PartitionClock:
     further event from that customer), before the record that moved it.
     """
 
-    heap: list[tuple[int, int, int, Received]] = field(default_factory=list)
+    #: (event ms, topic rank, offset, arrival number, record): the arrival number breaks
+    #: the tie of a record delivered twice (a re-fetch of an offset already held), so two
+    #: ``Received`` are never compared; the copy applied second is a duplicate event.
+    heap: list[tuple[int, int, int, int, Received]] = field(default_factory=list)
+    arrivals: int = 0
     seen_ms: dict[str, int] = field(default_factory=dict)
     watermark_ms: int = 0
     #: Newest event time in the recovered state: only tells whether the partition is a
@@ -362,7 +366,8 @@ class Handler:
             clock.seen_ms[topic] = event_ms
         item = Received(topic, partition, offset, key, key_text, value, timestamp, received,
                         event, message, entry)
-        heapq.heappush(clock.heap, (event_ms, _TOPIC_RANK[topic], offset, item))
+        clock.arrivals += 1
+        heapq.heappush(clock.heap, (event_ms, _TOPIC_RANK[topic], offset, clock.arrivals, item))
         await self.release(partition)
 
     async def release(self, partition: int) -> None:
@@ -371,7 +376,7 @@ class Handler:
         heap = clock.heap
         bound = clock.bound_ms(partition, self.behind, CUSTOMER_TOPICS) if heap else 0
         while heap and (heap[0][0] <= bound or len(heap) > self.max_held):
-            event_ms, _, _, item = heapq.heappop(heap)
+            event_ms, _, _, _, item = heapq.heappop(heap)
             if event_ms > clock.watermark_ms:
                 clock.watermark_ms = event_ms
                 next_day = clock.due.next_day()

@@ -91,6 +91,45 @@ async def test_acknowledgements_never_pass_a_held_record() -> None:
     assert handler.acks.waiting() == 0
 
 
+async def test_a_record_delivered_twice_while_held_is_a_duplicate() -> None:
+    """A re-fetch can deliver an offset that is still held for event-time order (Faust
+    delivers an offset equal to the last one read). Both copies are held with the same
+    event time, topic and offset: they must not be compared (the worker crashed on
+    that), the first is applied and the second is dead-lettered as a duplicate."""
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import CustomerProfile
+    from streams.app import StateStore
+
+    lagging = {("card-transactions", 0)}
+    sent: list[Any] = []
+
+    async def send(emit: Any) -> None:
+        sent.append(emit)
+
+    async def ack(message: Any) -> bool:
+        return True
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), StateStore(_StoreTable()), send,
+                      behind=lambda topic, partition: (topic, partition) in lagging)
+    handler.ack = ack
+    profile = encode(CustomerProfile(
+        event_id="p-c1", event_time=dt.datetime(2026, 7, 1, tzinfo=dt.UTC), customer_id="c1",
+        credit_limit_minor=100_000, currency="EUR", products=["credit_card"], sector="retail",
+        region="north", segment="mass", timezone="Europe/Berlin"))
+    for copy in ("first", "second"):
+        await handler.receive("customer-profiles", 0, 7, b"c1", profile, None, copy)
+    assert len(handler.clock(0).heap) == 2
+    lagging.clear()
+    await handler.release_all()
+    await handler.flush()
+    dead = [emit for emit in sent if emit.topic == "dead-letters"]
+    assert len(dead) == 1 and dead[0].record.reason == "duplicate_event"
+    assert handler.table.get("c1") is not None
+    assert handler.acks.waiting() == 0
+
+
 async def test_changelog_writes_are_fenced_by_consumer_generation() -> None:
     """A worker that stalled past its session timeout flushes, when it resumes, state it
     computed before its partitions moved: in the changelog after the new owner's write.
