@@ -185,6 +185,9 @@ class Engine:
         #: Score of the last transaction the anomaly model saw (for the metrics histogram).
         self.last_anomaly_score: float | None = None
         self._learn = True
+        #: The anomaly model last checked to take behaviour's feature rows unscaled.
+        self._row_model: Any = None
+        self._row_ok = False
 
     def set_policy(self, policy: Policy) -> None:
         """Switch to a newly published policy (takes effect on the next event).
@@ -618,7 +621,7 @@ class Engine:
     def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
         policy = self.policy
         profile = state.profile
-        state.behaviour, signals, features = behaviour.on_transaction(
+        state.behaviour, signals, row = behaviour.on_transaction_row(
             state.behaviour,
             tx,
             profile.limit_minor if profile else None,
@@ -627,8 +630,17 @@ class Engine:
             timezone=profile.timezone if profile else None,
         )
         self.last_anomaly_score = None
-        if features and policy.anomaly.enabled:
-            score, flagged = self.anomaly.score_learn(features, learn=self._learn)
+        if row is not None and policy.anomaly.enabled:
+            anomaly = self.anomaly
+            if anomaly is not self._row_model:  # a new model: does it take the rows as they are?
+                self._row_model = anomaly
+                self._row_ok = (anomaly.features == behaviour.MODEL_FEATURES
+                                and anomaly.scales_identity)
+            if self._row_ok:
+                score, flagged = anomaly.score_learn_scaled(row, learn=self._learn)
+            else:
+                features = dict(zip(behaviour.MODEL_FEATURES, row, strict=True))
+                score, flagged = anomaly.score_learn(features, learn=self._learn)
             self.last_anomaly_score = score
             if flagged:
                 signals.append(
