@@ -232,8 +232,9 @@ def replay(
                 report.skipped_topics[topic] += 1
                 continue
             if error is None:
+                customer_id = obj.customer_id
                 try:
-                    result = engine.process(topic, obj, states.get(key))
+                    result = engine.process(topic, obj, states.get(customer_id))
                 except DecodeError as exc:
                     error = exc
                 else:
@@ -243,8 +244,8 @@ def replay(
                     else:
                         next_check = result.next_check
                         if result.state is not None:
-                            states[key] = result.state
-                            dues[part].add(key, next_check)
+                            states[customer_id] = result.state
+                            dues[part].add(customer_id, next_check)
                         emits = result.emits
                         late_check = next_check is not None and next_check <= swept_days[part]
             if error is not None:
