@@ -185,6 +185,9 @@ class Engine:
         #: Score of the last transaction the anomaly model saw (for the metrics histogram).
         self.last_anomaly_score: float | None = None
         self._learn = True
+        #: The anomaly model last checked to take behaviour's feature rows unscaled.
+        self._row_model: Any = None
+        self._row_ok = False
 
     def set_policy(self, policy: Policy) -> None:
         """Switch to a newly published policy (takes effect on the next event).
@@ -282,12 +285,12 @@ class Engine:
         signals = self._dispatch(topic, event, state)
         state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
         state.watermarks[index] = max(watermark, event_ms)
-        emits = self._emits(signals, state, event.customer_id, event.event_id, event.event_time)
+        customer_id, event_id, when = event.customer_id, event.event_id, event.event_time
+        emits = self._emits(signals, state, customer_id, event_id, when) if signals else []
+        day = delinquency.epoch_day(when)
         if topic != "customer-profiles":
-            emits.extend(self._assess(topic, event, state, signals))
-        day = delinquency.epoch_day(event.event_time)
-        emits.extend(self._pre_due(state, event.customer_id, event.event_id, event.event_time,
-                                   day))
+            emits.extend(self._assess(topic, event, state, signals, day))
+        emits.extend(self._pre_due(state, customer_id, event_id, when, day))
         if (state.ledgers is not ledgers or _grade_index(state) != grade
                 or state.reminded is not reminded):
             state.next_check = self._next_check(state, day)
@@ -468,8 +471,8 @@ class Engine:
     # -- score, grade, responses, limits -------------------------------------
 
     def _assess(self, topic: str, event: Any, state: CustomerState,
-                signals: list[Signal]) -> list[Emit]:
-        day = delinquency.epoch_day(event.event_time)
+                signals: list[Signal], day: int) -> list[Emit]:
+        """:meth:`_assess_at` for an event (of epoch day ``day``); an outcome's label first."""
         if isinstance(event, m.Outcome):
             label = scoring.label_from_outcome(event.label, day)
             if label is not None:
@@ -480,8 +483,8 @@ class Engine:
         # across partitions and on which worker scored the event (replay, another worker,
         # a redelivery after a crash), and it would decide when grades, early-warning
         # lines and limits are evaluated, making those outputs order-dependent too.
-        always = topic != "card-transactions" or any(
-            "anomalous_transaction" not in s.reason_codes for s in signals)
+        always = topic != "card-transactions" or (bool(signals) and any(
+            "anomalous_transaction" not in s.reason_codes for s in signals))
         return self._assess_at(state, signals, event.customer_id, event.event_id,
                                event.event_time, day, always=always)
 
@@ -490,9 +493,10 @@ class Engine:
         """Learn from labels, score, grade, and respond (tiers, lines, limits)."""
         policy = self.policy
         cfg = policy.scoring
-        for positive, label_day in scoring.labels_from_signals(signals):
-            state.score = scoring.on_label(state.score, positive, label_day, self.risk_model,
-                                           self.quality, cfg)
+        if signals:
+            for positive, label_day in scoring.labels_from_signals(signals):
+                state.score = scoring.on_label(state.score, positive, label_day,
+                                               self.risk_model, self.quality, cfg)
         if not always and state.scored_day == day:
             return []
         state.scored_day = day
@@ -618,7 +622,7 @@ class Engine:
     def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
         policy = self.policy
         profile = state.profile
-        state.behaviour, signals, features = behaviour.on_transaction(
+        state.behaviour, signals, row = behaviour.on_transaction_row(
             state.behaviour,
             tx,
             profile.limit_minor if profile else None,
@@ -627,8 +631,17 @@ class Engine:
             timezone=profile.timezone if profile else None,
         )
         self.last_anomaly_score = None
-        if features and policy.anomaly.enabled:
-            score, flagged = self.anomaly.score_learn(features, learn=self._learn)
+        if row is not None and policy.anomaly.enabled:
+            anomaly = self.anomaly
+            if anomaly is not self._row_model:  # a new model: does it take the rows as they are?
+                self._row_model = anomaly
+                self._row_ok = (anomaly.features == behaviour.MODEL_FEATURES
+                                and anomaly.scales_identity)
+            if self._row_ok:
+                score, flagged = anomaly.score_learn_scaled(row, learn=self._learn)
+            else:
+                features = dict(zip(behaviour.MODEL_FEATURES, row, strict=True))
+                score, flagged = anomaly.score_learn(features, learn=self._learn)
             self.last_anomaly_score = score
             if flagged:
                 signals.append(

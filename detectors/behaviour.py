@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import operator
 import random
 import zlib
 from functools import lru_cache
@@ -86,7 +87,7 @@ from detectors.online import (
     PageHinkleyParams,
     PHState,
     ph_update,
-    scale_row,
+    scale_values,
     scaling,
 )
 from schemas.models import CardTransaction, CreditApplication
@@ -95,6 +96,7 @@ __all__ = [
     "CATEGORIES",
     "DEFAULT_CONFIG",
     "FEATURE_NAMES",
+    "MODEL_FEATURES",
     "RULES",
     "BehaviourConfig",
     "BehaviourState",
@@ -106,6 +108,7 @@ __all__ = [
     "on_application",
     "on_payment",
     "on_transaction",
+    "on_transaction_row",
 ]
 
 # --------------------------------------------------------------------------- #
@@ -161,6 +164,9 @@ FEATURE_NAMES: tuple[str, ...] = (
     "gap_hours",
     "tenure",
 )
+
+#: :data:`FEATURE_NAMES` in the global anomaly model's order (sorted, as River sorts).
+MODEL_FEATURES: tuple[str, ...] = tuple(sorted(FEATURE_NAMES))
 
 _DEFAULT_FEATURE_RANGES: tuple[tuple[str, float, float], ...] = (
     ("log_amount", 0.0, 10.0),  # ln(1 + amount in major units)
@@ -374,6 +380,8 @@ class _Tables:
         "high_risk_mask",
         "keep",
         "mcc_cache",
+        "model_order",
+        "model_spec",
         "overrides",
         "scale_spec",
         "severity",
@@ -395,6 +403,10 @@ class _Tables:
             self.high_risk_mask |= 1 << _CAT_INDEX[c]
         self.mcc_cache: dict[str, int] = {}
         self.scale_spec = scaling(FEATURE_NAMES, {k: (lo, hi) for k, lo, hi in cfg.feature_ranges})
+        #: The spec in the anomaly model's feature order, and that order's positions in
+        #: the raw feature row (of FEATURE_NAMES).
+        self.model_spec = tuple(sorted(self.scale_spec))
+        self.model_order = operator.itemgetter(*map(FEATURE_NAMES.index, MODEL_FEATURES))
         self.severity: dict[str, Severity] = {r: m[2] for r, m in RULES.items()}
         self.severity.update(dict(cfg.severities))
 
@@ -653,6 +665,10 @@ def _signal(
     )
 
 
+#: Position of each feature in a row of :data:`MODEL_FEATURES`.
+_MODEL_POSITION = {name: i for i, name in enumerate(MODEL_FEATURES)}
+
+
 def _pct(x: float) -> str:
     return f"{100.0 * x:.0f}%"
 
@@ -694,6 +710,26 @@ def on_transaction(
     ...     s, sigs, _ = on_transaction(s, tx(i, i), 500_000, "DE")
     >>> [(g.kind, g.reason_codes, g.evidence[0].text) for g in sigs]
     [('fraud_pattern', ['velocity_burst'], '8 card transactions within one hour (threshold 8)')]
+    """
+    new, signals, row = on_transaction_row(state, tx, profile_limit_minor, home_country, config,
+                                           timezone=timezone)
+    if row is None:
+        return new, signals, {}
+    return new, signals, {name: row[_MODEL_POSITION[name]] for name in FEATURE_NAMES}
+
+
+def on_transaction_row(
+    state: BehaviourState | None,
+    tx: CardTransaction,
+    profile_limit_minor: int | None,
+    home_country: str | None,
+    config: BehaviourConfig = DEFAULT_CONFIG,
+    *,
+    timezone: str | None = None,
+) -> tuple[BehaviourState, list[Signal], tuple[float, ...] | None]:
+    """:func:`on_transaction` with the features as a row: their values in the order of
+    :data:`MODEL_FEATURES` (what :meth:`AnomalyModel.score_learn_scaled` of
+    :func:`make_anomaly_model` takes), ``None`` where the feature dict is empty.
     """
     cfg = config
     t = _tables(cfg)
@@ -806,7 +842,7 @@ def on_transaction(
             conversions=conversions,
             fired=tuple(new_fired),
         )
-        return new, signals, {}
+        return new, signals, None
 
     # ---- counters that include this event ---------------------------------------------- #
     if not late_day:
@@ -1025,7 +1061,7 @@ def on_transaction(
     mix_raw = s.mix_raw or (0.0,) * len(CATEGORIES)
     novelty = 1.0 - _debias(mix_raw[cat], t.a_mix, n_prev) if n_prev else 1.0
     gap_h = (epoch - s.last_epoch) / 3_600 if s.last_epoch >= 0 else 0.0
-    raw_features = (  # in the order of FEATURE_NAMES (and of t.scale_spec)
+    raw_features = (  # in the order of FEATURE_NAMES (t.model_order: of MODEL_FEATURES)
         log_amt,  # log_amount
         z,  # amount_z
         float(hour_count),  # hour_count
@@ -1041,7 +1077,7 @@ def on_transaction(
         math.log1p(max(gap_h, 0.0)),  # gap_hours
         math.log1p(n_prev),  # tenure
     )
-    features = scale_row(raw_features, t.scale_spec)
+    features = scale_values(t.model_order(raw_features), t.model_spec)
 
     # ---- learn ------------------------------------------------------------------------- #
     a = t.a_amt

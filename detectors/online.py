@@ -388,18 +388,28 @@ def scale_row(values: Sequence[float | None], spec: ScaleSpec) -> dict[str, floa
     >>> scale_row((5.0, float("nan"), None), scaling(("a", "b", "c"), {"a": (0, 10)}))
     {'a': 0.5, 'b': 0.0, 'c': 0.0}
     """
-    out: dict[str, float] = {}
-    for (k, lo, inv), v in zip(spec, values, strict=True):
+    return dict(zip([k for k, _, _ in spec], scale_values(values, spec), strict=True))
+
+
+def scale_values(values: Sequence[float | None], spec: ScaleSpec) -> tuple[float, ...]:
+    """The values of :func:`scale_row`, as a tuple in spec order (no dict built).
+
+    >>> scale_values((5.0, float("nan"), None, 3.0), scaling(("a", "b", "c", "d"), {"a": (0, 10)}))
+    (0.5, 0.0, 0.0, 1.0)
+    """
+    out: list[float] = []
+    append = out.append
+    for (_, lo, inv), v in zip(spec, values, strict=True):
         if v is None:
-            out[k] = 0.0
+            append(0.0)
             continue
         s = (v - lo) * inv
         if s > 1.0:
             s = 1.0
         elif not s >= 0.0:  # negative or NaN
             s = 0.0
-        out[k] = float(s)
-    return out
+        append(float(s))
+    return tuple(out)
 
 
 def minmax_scale(
@@ -543,7 +553,26 @@ class AnomalyModel:
 
     def score_learn(self, x: Mapping[str, Any], learn: bool = True) -> tuple[float, bool]:
         """``score_one``, ``is_anomalous`` and (with ``learn``) ``learn_one``, scaling once."""
-        xs = self._scale(x)
+        return self.score_learn_scaled(self._scale(x), learn)
+
+    @property
+    def scales_identity(self) -> bool:
+        """Whether scaling leaves features already in [0, 1] as they are (no ``ranges``):
+        then :meth:`score_learn_scaled` takes such features without a dict.
+
+        >>> AnomalyModel(("a",)).scales_identity, AnomalyModel(("a",), {"a": (0, 2)}).scales_identity
+        (True, False)
+        """
+        return all(lo == 0.0 and inv == 1.0 for _, lo, inv in self.spec)
+
+    def score_learn_scaled(self, xs: tuple[float, ...], learn: bool = True) -> tuple[float, bool]:
+        """:meth:`score_learn` of an event already scaled: ``xs`` is what :meth:`_scale`
+        returns for it (one float in [0, 1] per feature, in the order of ``features``).
+
+        >>> m = AnomalyModel(("a", "b"), window_size=2, warmup=0)
+        >>> m.score_learn_scaled((0.2, 0.9)), m.n_learnt
+        ((0.0, False), 1)
+        """
         score = self._score_scaled(xs)
         flagged = self.is_anomalous(score)
         if learn:  # _learn_scaled(xs), whose score and verdict are those above

@@ -630,7 +630,6 @@ class RiskModel:
         >>> RiskModel().explain({"max_dpd": 3.0})[0]
         0.5
         """
-        xs = self._x(x)
         # Memoised per model state (n_learned: the model learns through learn_one only)
         # and exact feature values (their bits): customers often share a feature vector.
         memo: tuple[int, dict[bytes, tuple[float, dict[str, float]]]] | None
@@ -638,9 +637,22 @@ class RiskModel:
         if memo is None or memo[0] != self.n_learned:
             memo = (self.n_learned, {})
             self._explained = memo
-        key = array("d", xs.values()).tobytes()
+        xs: dict[str, float] | None = None
+        key: bytes | None = None
+        if type(x) is dict and tuple(x) == FEATURES:
+            # What features() returns: keyed by the values as given, which determine
+            # _x(x) (a value array() refuses is keyed as _x makes it).
+            try:
+                key = array("d", x.values()).tobytes()
+            except (TypeError, OverflowError):
+                key = None
+        if key is None:
+            xs = self._x(x)
+            key = array("d", xs.values()).tobytes()
         hit = memo[1].get(key)
         if hit is None:
+            if xs is None:
+                xs = self._x(x)
             z = self.scaler.transform_one(xs)
             p = float(self.lr.predict_proba_one(z)[True])
             w = self.lr.weights

@@ -34,7 +34,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import orjson
@@ -128,17 +128,41 @@ def _classify_validation(message: str) -> tuple[str, str | None]:
     return "invalid_value", field
 
 
+class _Checks(NamedTuple):
+    """Which of :func:`_check_semantics`'s checks apply to a model's fields."""
+
+    currency: bool
+    event_time: bool
+    value: bool
+    customer_id: bool
+
+
+_CHECKS: dict[type, _Checks] = {}
+
+
+def _checks(model: type) -> _Checks:
+    """The checks of ``model`` (cached per model class)."""
+    checks = _CHECKS.get(model)
+    if checks is None:
+        fields = getattr(model, "__struct_fields__", ())
+        checks = _CHECKS[model] = _Checks("currency" in fields, issubclass(model, Input),
+                                          "value" in fields, "customer_id" in fields)
+    return checks
+
+
 def _check_semantics(obj: Any, topic: str, key: str | None, now: dt.datetime) -> None:
-    currency = getattr(obj, "currency", None)
-    if currency is not None and currency not in ISO_4217_SET:
-        raise DecodeError(
-            "unknown_currency",
-            f"{currency!r} is not an active ISO 4217 code",
-            topic=topic,
-            key=key,
-            field="currency",
-        )
-    if isinstance(obj, Input):
+    checks = _checks(type(obj))
+    if checks.currency:
+        currency = obj.currency
+        if currency is not None and currency not in ISO_4217_SET:
+            raise DecodeError(
+                "unknown_currency",
+                f"{currency!r} is not an active ISO 4217 code",
+                topic=topic,
+                key=key,
+                field="currency",
+            )
+    if checks.event_time:
         event_time = obj.event_time
         if event_time < MIN_EVENT_TIME or event_time > now + MAX_FUTURE_SKEW:
             raise DecodeError(
@@ -151,13 +175,14 @@ def _check_semantics(obj: Any, topic: str, key: str | None, now: dt.datetime) ->
             )
         if event_time.tzinfo is not _UTC:
             obj.event_time = event_time.astimezone(_UTC)
-    value = getattr(obj, "value", None)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise DecodeError(
-            "non_finite_number", "value is not finite", topic=topic, key=key, field="value"
-        )
-    if key is not None:
-        customer_id = getattr(obj, "customer_id", None)
+    if checks.value:
+        value = obj.value
+        if isinstance(value, float) and not math.isfinite(value):
+            raise DecodeError(
+                "non_finite_number", "value is not finite", topic=topic, key=key, field="value"
+            )
+    if key is not None and checks.customer_id:
+        customer_id = obj.customer_id
         if customer_id is not None and customer_id != key:
             raise DecodeError(
                 "key_mismatch",
@@ -184,7 +209,9 @@ def decode(
         decoder = _DECODERS[topic]
     except KeyError:
         raise DecodeError("unknown_topic", f"no contract for topic {topic!r}", topic=topic) from None
-    check_envelope(raw, topic=topic, key=key)
+    # check_envelope's cheap bounds first (it raises the error, or finds the nesting fine)
+    if len(raw) > MAX_RECORD_BYTES or raw.count(b"{") + raw.count(b"[") > MAX_DEPTH:
+        check_envelope(raw, topic=topic, key=key)
     if not raw.isascii():
         # msgspec skips unknown fields unchecked: bad UTF-8 there would get through.
         try:

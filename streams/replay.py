@@ -130,10 +130,17 @@ def iter_merged(
     Yields (event_time, topic, line_no, raw, decoded or DecodeError); a bad line
     carries the event time of the good line before it in its file.
     """
+    for event_time, _, _, topic, line_no, raw, obj in _merged(inputs, now):
+        yield event_time, topic, line_no, raw, obj
+
+
+def _merged(
+    inputs: list[tuple[str, Path]], now: dt.datetime | None
+) -> Iterator[tuple[dt.datetime, int, int, str, int, bytes, Any]]:
+    """:func:`iter_merged`'s records as :func:`_lines` gives them (one generator less)."""
     now = now or dt.datetime.now(dt.UTC)
     streams = [_lines(topic, path, i, now) for i, (topic, path) in enumerate(inputs)]
-    for event_time, _, _, topic, line_no, raw, obj in heapq.merge(*streams):
-        yield event_time, topic, line_no, raw, obj
+    return heapq.merge(*streams)
 
 
 class _Writers:
@@ -175,6 +182,10 @@ def replay(
     dues = [DueIndex() for _ in range(partitions)]
     lateness = dt.timedelta(hours=policy.sweep_lateness_hours)
     watermarks = [_FAR_PAST] * partitions
+    #: epoch_day(watermark - lateness) of each partition: the day its sweeps have reached.
+    swept_days = [epoch_day(_FAR_PAST - lateness)] * partitions
+    customer_topics = frozenset(CUSTOMER_TOPICS)
+    events = report.events
 
     def emit_all(emits: list[Emit]) -> None:
         for emit in emits:
@@ -201,26 +212,29 @@ def replay(
 
     started = time.perf_counter()
     try:
-        for event_time, topic, line_no, raw, obj in iter_merged(inputs, now):
-            report.events[topic] += 1
+        for event_time, _, _, topic, line_no, raw, obj in _merged(inputs, now):
+            events[topic] += 1
             key = getattr(obj, "customer_id", None)
             part = partition_of(key, partitions) if key and partitions > 1 else 0
             # Like the worker, only decoded customer events move a partition's watermark.
-            if key and topic in CUSTOMER_TOPICS and event_time > watermarks[part]:
+            if key and topic in customer_topics and event_time > watermarks[part]:
                 watermarks[part] = event_time
-                sweep(dues[part], event_time - lateness)
+                as_of = event_time - lateness
+                swept_days[part] = epoch_day(as_of)
+                sweep(dues[part], as_of)
             emits: list[Emit] = []
             late_check = False
             error: DecodeError | None = obj if isinstance(obj, DecodeError) else None
             if error is None and topic == "sector-indicators":
                 emit_all(engine.on_sector_indicator(obj))
                 continue
-            if error is None and topic not in CUSTOMER_TOPICS:
+            if error is None and topic not in customer_topics:
                 report.skipped_topics[topic] += 1
                 continue
             if error is None:
+                customer_id = obj.customer_id
                 try:
-                    result = engine.process(topic, obj, states.get(obj.customer_id))
+                    result = engine.process(topic, obj, states.get(customer_id))
                 except DecodeError as exc:
                     error = exc
                 else:
@@ -228,12 +242,12 @@ def replay(
                         error = DecodeError("duplicate_event", f"event_id {obj.event_id!r} "
                                             "already applied", topic=topic, field="event_id")
                     else:
+                        next_check = result.next_check
                         if result.state is not None:
-                            states[obj.customer_id] = result.state
-                            dues[part].add(obj.customer_id, result.next_check)
+                            states[customer_id] = result.state
+                            dues[part].add(customer_id, next_check)
                         emits = result.emits
-                        late_check = result.next_check is not None and (
-                            result.next_check <= epoch_day(watermarks[part] - lateness))
+                        late_check = next_check is not None and next_check <= swept_days[part]
             if error is not None:
                 emits = [dead_letter_emit(
                     dead_letter(topic, -1, line_no, None, raw, error, event_time))]
