@@ -240,8 +240,8 @@ class Handler:
     learned_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Whether a topic still has unread records on a partition (set by the app).
     behind: Callable[[str, int], bool] = field(default=lambda topic, partition: False)
-    #: Per topic since the last flush: [records processed, event time of the last
-    #: (Unix s), receive time of the last] (published by :meth:`publish_tallies`).
+    #: Per topic since the last flush: [event time of the last record processed (Unix
+    #: s), its receive time] (published by :meth:`publish_tallies`).
     tallies: dict[str, list[float]] = field(default_factory=dict)
     #: Log lines name a customer by pseudonym only (alerts.privacy).
     pseudonym: PseudonymKey = field(default_factory=PseudonymKey.generate)
@@ -267,16 +267,15 @@ class Handler:
                     await self.ack(event)
 
     def publish_tallies(self) -> None:
-        """Move the per-topic counts of processed records, and the event and receive
-        times of the last one, into their Prometheus series (done at each flush, at
-        least every ``state_flush_interval``: three series updates per record cost
-        about as much as the handler's own bookkeeping)."""
-        for topic, (count, event_time, received) in self.tallies.items():
-            if count:
-                series = self.metrics.topic(topic)
-                series.processed.inc(count)
-                series.last_event_time.set(event_time)
-                series.last_receive_time.set(received)
+        """Set each topic's last event and receive time gauges from the last record
+        processed (done at each flush, at least every ``state_flush_interval``: two
+        gauge updates per record cost about as much as the handler's own bookkeeping).
+        The processed-records counter is incremented per record (throughput is read
+        off it)."""
+        for topic, (event_time, received) in self.tallies.items():
+            series = self.metrics.topic(topic)
+            series.last_event_time.set(event_time)
+            series.last_receive_time.set(received)
         self.tallies.clear()
 
     @property
@@ -446,12 +445,13 @@ class Handler:
                 await self.sweep(partition, as_of_ms)
         if topic == "card-transactions" and self.engine.last_anomaly_score is not None:
             self.metrics.anomaly_score.observe(self.engine.last_anomaly_score)
+        series = self.metrics.topic(topic)
+        series.processed.inc()  # at once: throughput is read off this counter
         tally = self.tallies.get(topic)
         if tally is None:
-            tally = self.tallies[topic] = [0, 0.0, 0.0]
-        tally[0] += 1
-        tally[1] = event.event_time.timestamp()
-        tally[2] = item.received
+            tally = self.tallies[topic] = [0.0, 0.0]
+        tally[0] = event.event_time.timestamp()
+        tally[1] = item.received
         if result.emits:
             now = time.time()
             self.metrics.event_to_output.observe(max(0.0, now - event.event_time.timestamp()))
