@@ -110,7 +110,7 @@ def use_direct_delivery() -> None:
     then saw input offsets stop being committed). As in Faust, the loop yields to
     the event loop every 100 records.
 
-    Off by default (``Settings.direct_delivery``). With it the worker uses about 30 %
+    Off by default (``Settings.direct_delivery``). With it the worker uses about 40 %
     less CPU per event and the bounded two-worker fault test passed 7 runs of 7, but
     the full fault run (``scripts/faults.sh``, seed 7) failed: after a kill during a
     rebalance, records were released past repayments not yet re-read (65 false
