@@ -925,7 +925,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         consumer = app.consumer
         if not consumer:
             return False
-        tp = tps.get((topic, partition)) or tp_of(topic, partition)
+        tp = tp_of(topic, partition)
         high = highwater(tp)
         if high is None:  # not fetched yet (or not assigned): unknown, so possibly behind
             return True
