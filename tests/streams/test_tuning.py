@@ -30,17 +30,23 @@ class _Thread:
         return await fun()
 
 
-async def test_partitions_without_a_committed_offset_are_rewound(broker):
-    """Faust discards records fetched for a generation that ended and seeks back to the
-    committed offsets; a partition with none committed must go back to its start, or
-    the discarded records are never delivered (aiokafka seeks only above offset 0)."""
-    topic = f"seek-{uuid.uuid4().hex[:8]}"
+async def _two_partition_topic(broker: Any, prefix: str) -> str:
+    """A new topic of two partitions on the test broker; its name."""
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
     admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
     await admin.start()
     try:
         await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
     finally:
         await admin.close()
+    return topic
+
+
+async def test_partitions_without_a_committed_offset_are_rewound(broker):
+    """Faust discards records fetched for a generation that ended and seeks back to the
+    committed offsets; a partition with none committed must go back to its start, or
+    the discarded records are never delivered (aiokafka seeks only above offset 0)."""
+    topic = await _two_partition_topic(broker, "seek")
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await producer.start()
     try:
@@ -70,13 +76,7 @@ async def test_partitions_without_a_committed_offset_are_rewound(broker):
 async def test_highwater_reader_matches_the_consumer(broker):
     """The worker's fast high-water read agrees with aiokafka's own, and is None for a
     partition that is not assigned or not fetched yet."""
-    topic = f"hw-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
+    topic = await _two_partition_topic(broker, "hw")
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await producer.start()
     try:
