@@ -378,21 +378,14 @@ def scale(x: Mapping[str, Any], spec: ScaleSpec) -> dict[str, float]:
     >>> scale({"a": 5, "b": float("nan"), "z": 1}, scaling(("a", "b", "c"), {"a": (0, 10)}))
     {'a': 0.5, 'b': 0.0, 'c': 0.0}
     """
-    return scale_row(tuple(x.get(k) for k, _, _ in spec), spec)
-
-
-def scale_row(values: Sequence[float | None], spec: ScaleSpec) -> dict[str, float]:
-    """:func:`scale` of the spec's features given as a row of values, in spec order,
-    without building an input dict (None, NaN and negatives become 0.0).
-
-    >>> scale_row((5.0, float("nan"), None), scaling(("a", "b", "c"), {"a": (0, 10)}))
-    {'a': 0.5, 'b': 0.0, 'c': 0.0}
-    """
-    return dict(zip([k for k, _, _ in spec], scale_values(values, spec), strict=True))
+    values = scale_values(tuple(x.get(k) for k, _, _ in spec), spec)
+    return dict(zip([k for k, _, _ in spec], values, strict=True))
 
 
 def scale_values(values: Sequence[float | None], spec: ScaleSpec) -> tuple[float, ...]:
-    """The values of :func:`scale_row`, as a tuple in spec order (no dict built).
+    """:func:`scale` of the spec's features given as a row of values, in spec order: the
+    scaled values as a tuple in spec order, with no dict built (None, NaN and negatives
+    become 0.0).
 
     >>> scale_values((5.0, float("nan"), None, 3.0), scaling(("a", "b", "c", "d"), {"a": (0, 10)}))
     (0.5, 0.0, 0.0, 1.0)
