@@ -303,9 +303,9 @@ def main(argv: list[str] | None = None) -> None:
     import faust
 
     if os.environ.get("RISKWATCH_BENCH_DIRECT"):
-        from streams.tuning import use_direct_delivery
+        from streams.tuning import use_fetch_loop
 
-        use_direct_delivery()
+        use_fetch_loop(direct=True)
     app = {"b": bare_app, "c": naive_app}[args.variant](args, probe)
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.spinner = None  # as run_worker: the spinner sets the root logger to DEBUG

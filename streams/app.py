@@ -1024,10 +1024,9 @@ def run_worker(settings: Settings) -> None:
         from streams.tuning import set_group_fetch_wait
 
         set_group_fetch_wait(int(settings.fetch_max_wait * 1000))
-    if settings.direct_delivery:
-        from streams.tuning import use_direct_delivery
+    from streams.tuning import use_fetch_loop
 
-        use_direct_delivery()
+    use_fetch_loop(direct=settings.direct_delivery)
     rw = create_app(settings)
     worker = faust.Worker(rw.app, loglevel=settings.loglevel, quiet=True)
     # The terminal spinner sets the root logger to DEBUG, so every debug() call in Faust

@@ -94,10 +94,7 @@ class Settings:
     #: Group consumer fetch wait in seconds (None: Faust's 1.5 s; see streams.tuning).
     fetch_max_wait: float | None = None
     #: Deliver fetched records without Faust's four tasks per record unless a delivery
-    #: has to wait (streams.tuning.use_direct_delivery): about 40 % less CPU per
-    #: event. Off: it passes the bounded fault test but the full fault run
-    #: (scripts/faults.sh) failed with it (false missed-payment actions after a kill
-    #: during a rebalance), and passes without it.
+    #: has to wait (streams.tuning.use_fetch_loop); False delivers as Faust's own loop.
     direct_delivery: bool = False
     loglevel: str = "warning"
     #: Coalesced state writes: flush (and acknowledge) at least this often, in seconds...

@@ -1,5 +1,5 @@
 """Faust behaviour that has no setting: the group consumer's fetch wait, the seek of
-partitions with no committed offset, and (experimental) direct delivery.
+partitions with no committed offset, and direct delivery of fetched records.
 
 Faust builds its group consumer with ``fetch_max_wait_ms=1500`` hard-coded.
 Apache Kafka answers a fetch as soon as data is there, so the value is
@@ -89,8 +89,10 @@ def first_step(coro: Any) -> _Rest | None:
     return _Rest(coro, pending)
 
 
-def use_direct_delivery() -> None:
-    """Deliver fetched records to the Conductor without four tasks per record.
+def use_fetch_loop(direct: bool = True) -> None:
+    """Replace Faust's fetch loop: with ``direct``, deliver fetched records to the
+    Conductor without four tasks per record; either way, drop records whose fetch was
+    made before a rebalance (Faust's loop delivers them).
 
     Faust's fetch loop (``Consumer._drain_messages``) awaits every record's
     delivery through ``Service.wait_first(callback(message), suspend_flow.wait())``,
@@ -105,22 +107,35 @@ def use_direct_delivery() -> None:
     buffer) and no task is made. If it has to wait (flow control suspended, producer
     buffer full, stream buffer full) the rest of it goes through Faust's own
     ``wait_first`` with the suspend-flow event, so it is abandoned exactly when
-    Faust would abandon it. An earlier version awaited such a delivery directly and
-    could block the fetch loop on a full buffer through a rebalance (the fault test
-    then saw input offsets stop being committed). As in Faust, the loop yields to
-    the event loop every 100 records.
+    Faust would abandon it. After each record the loop yields to the event loop
+    once, as Faust's own loop does: the agent takes the record before the next
+    one is delivered, and rebalance callbacks (flow suspended, new generation) run
+    before the next record is taken from the fetched batch.
 
-    Off by default (``Settings.direct_delivery``). With it the worker uses about 40 %
-    less CPU per event and the bounded two-worker fault test passed 7 runs of 7, but
-    the full fault run (``scripts/faults.sh``, seed 7) failed: after a kill during a
-    rebalance, records were released past repayments not yet re-read (65 false
-    missed-payment actions) and 7 alerts went missing. The same run passes with
-    Faust's own loop. Why is not known yet.
+    It also closes a race of Faust's loop. A fetch made before a rebalance can return
+    after it: the consumer thread ran the rebalance, the seek back to the committed
+    offsets included, while the result waited for the main loop. Faust tags such
+    records with the new generation and delivers them. Their offsets can be past
+    the committed ones (this worker had read that far), so the fetch loop's read
+    offset jumps ahead and the records re-read from the committed offset are then
+    dropped as already read: never delivered, never acknowledged. Commits stop on
+    that partition until the next rebalance, and what arrived meanwhile is
+    processed without them. That fits what full fault runs showed (input commits
+    stalled for minutes on one partition; false missed-payment actions), and with
+    the check below the workers log the drop several times per run. Here a batch
+    is dropped once the generation differs from the one its fetch was made in,
+    before or after any await of the loop, and the consumer seeks back to the
+    committed offsets if the rebalance has already finished.
+
+    ``direct=False`` keeps Faust's delivery (``wait_first`` per record, a yield every
+    100 records) with that fix. The worker installs one or the other
+    (``Settings.direct_delivery``); ``bench.run --experiments direct`` measures
+    direct delivery against the Faust-style one.
     """
     from faust.transport import consumer as faust_consumer
 
     cls = faust_consumer.Consumer
-    if getattr(cls, "_riskwatch_direct", False):
+    if getattr(cls, "_riskwatch_loop", None) is direct:
         return
 
     async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - Faust's
@@ -137,20 +152,23 @@ def use_direct_delivery() -> None:
         acks_enabled_for = self.app.topics.acks_enabled_for
         suspend_flow = self.suspend_flow
         wait_first = self.wait_first
+        app = self.app
         sleep = asyncio.sleep
-        yield_every = 100
         since_yield = 0
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
+                # The generation the fetch below is made in. Records it returns after a
+                # rebalance (the result waited while the rebalance ran) are stale.
+                generation = app.consumer_generation_id
+                stale = False
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
                     async for tp, message in ait:
-                        since_yield += 1
-                        if since_yield > yield_every:
-                            await sleep(0)
-                            since_yield = 0
+                        if app.consumer_generation_id != generation:
+                            stale = True
+                            break
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
@@ -160,10 +178,38 @@ def use_direct_delivery() -> None:
                             if commit_every is not None and self._n_acked >= commit_every:
                                 self._n_acked = 0
                                 await self.commit()
-                            rest = first_step(callback(message))
-                            if rest is not None:
-                                await wait_first(rest, suspend_flow.wait())
+                                if app.consumer_generation_id != generation:
+                                    stale = True
+                                    break
+                            if direct:
+                                rest = first_step(callback(message))
+                                if rest is not None:
+                                    await wait_first(rest, suspend_flow.wait())
+                            else:
+                                await wait_first(callback(message), suspend_flow.wait())
+                            if app.consumer_generation_id != generation:
+                                stale = True
+                                break
                             set_read_offset(tp, offset)
+                        if direct:
+                            # One pass of the event loop per record, as Faust's own loop
+                            # makes: the agent takes the record before the next is
+                            # fetched and rebalance callbacks run before it (the next
+                            # step of ``getmany`` stops at a suspended flow or a new
+                            # generation).
+                            await sleep(0)
+                        else:
+                            since_yield += 1
+                            if since_yield > 100:  # as Faust's loop
+                                await sleep(0)
+                                since_yield = 0
+                    if stale and self.flow_active:
+                        # The rebalance finished (and sought) while these records were
+                        # on their way: what the fetch took is not delivered, so go
+                        # back to the committed offsets again.
+                        self.log.info("records fetched before a rebalance dropped; "
+                                      "seeking back to the committed offsets")
+                        await self.perform_seek()
                     unset_flag(flag_consumer_fetching)
         except self.consumer_stopped_errors:
             if self.transport.app.should_stop:
@@ -184,7 +230,7 @@ def use_direct_delivery() -> None:
     # Deliberate monkeypatch of Faust's consumer class (and a marker attribute so it
     # is applied once); mypy rejects both on the class as Faust declares it.
     cls._drain_messages = _drain_messages  # type: ignore[method-assign]
-    cls._riskwatch_direct = True  # type: ignore[attr-defined]
+    cls._riskwatch_loop = direct  # type: ignore[attr-defined]
 
 
 async def _seek_to_committed(self: Any) -> Any:
