@@ -11,7 +11,7 @@ lets the worker choose (``Settings.fetch_max_wait``).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiokafka
@@ -89,56 +89,12 @@ def first_step(coro: Any) -> _Rest | None:
     return _Rest(coro, pending)
 
 
-def use_fetch_loop(direct: bool = True) -> None:
-    """Replace Faust's fetch loop: with ``direct``, deliver fetched records to the
-    Conductor without four tasks per record; either way, drop records whose fetch was
-    made before a rebalance (Faust's loop delivers them).
-
-    Faust's fetch loop (``Consumer._drain_messages``) awaits every record's
-    delivery through ``Service.wait_first(callback(message), suspend_flow.wait())``,
-    which creates four tasks (the callback, the suspend-flow event, the
-    consumer's stopped and crashed events) and an ``asyncio.wait`` per record, so
-    that a delivery waiting on flow control or on a full stream buffer is abandoned
-    when a rebalance suspends the flow (the record is re-read from the committed
-    offset afterwards).
-
-    Here the delivery coroutine first runs synchronously up to its first
-    suspension. Nearly always it finishes there (the record is in the stream's
-    buffer) and no task is made. If it has to wait (flow control suspended, producer
-    buffer full, stream buffer full) the rest of it goes through Faust's own
-    ``wait_first`` with the suspend-flow event, so it is abandoned exactly when
-    Faust would abandon it. After each record the loop yields to the event loop
-    once, as Faust's own loop does: the agent takes the record before the next
-    one is delivered, and rebalance callbacks (flow suspended, new generation) run
-    before the next record is taken from the fetched batch.
-
-    It also closes a race of Faust's loop. A fetch made before a rebalance can return
-    after it: the consumer thread ran the rebalance, the seek back to the committed
-    offsets included, while the result waited for the main loop. Faust tags such
-    records with the new generation and delivers them. Their offsets can be past
-    the committed ones (this worker had read that far), so the fetch loop's read
-    offset jumps ahead and the records re-read from the committed offset are then
-    dropped as already read: never delivered, never acknowledged. Commits stop on
-    that partition until the next rebalance, and what arrived meanwhile is
-    processed without them. That fits what full fault runs showed (input commits
-    stalled for minutes on one partition; false missed-payment actions), and with
-    the check below the workers log the drop several times per run. Here a batch
-    is dropped once the generation differs from the one its fetch was made in,
-    before or after any await of the loop, and the consumer seeks back to the
-    committed offsets if the rebalance has already finished.
-
-    ``direct=False`` keeps Faust's delivery (``wait_first`` per record, a yield every
-    100 records) with that fix. The worker installs one or the other
-    (``Settings.direct_delivery``); ``bench.run --experiments direct`` measures
-    direct delivery against the Faust-style one.
-    """
+def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
+    """The fetch loop :func:`use_fetch_loop` installs as ``Consumer._drain_messages``:
+    ``await fetch_loop(direct)(consumer, fetcher)`` runs it for a Faust consumer."""
     from faust.transport import consumer as faust_consumer
 
-    cls = faust_consumer.Consumer
-    if getattr(cls, "_riskwatch_loop", None) is direct:
-        return
-
-    async def _drain_messages(self: Any, fetcher: Any) -> None:  # pragma: no cover - Faust's
+    async def _drain_messages(self: Any, fetcher: Any) -> None:
         callback = self.callback
         getmany = self.getmany
         consumer_should_stop = self._stopped.is_set
@@ -227,9 +183,61 @@ def use_fetch_loop(direct: bool = True) -> None:
         finally:
             unset_flag(flag_consumer_fetching)
 
+    return _drain_messages
+
+
+def use_fetch_loop(direct: bool = True) -> None:
+    """Replace Faust's fetch loop: with ``direct``, deliver fetched records to the
+    Conductor without four tasks per record; either way, drop records whose fetch was
+    made before a rebalance (Faust's loop delivers them).
+
+    Faust's fetch loop (``Consumer._drain_messages``) awaits every record's
+    delivery through ``Service.wait_first(callback(message), suspend_flow.wait())``,
+    which creates four tasks (the callback, the suspend-flow event, the
+    consumer's stopped and crashed events) and an ``asyncio.wait`` per record, so
+    that a delivery waiting on flow control or on a full stream buffer is abandoned
+    when a rebalance suspends the flow (the record is re-read from the committed
+    offset afterwards).
+
+    Here the delivery coroutine first runs synchronously up to its first
+    suspension. Nearly always it finishes there (the record is in the stream's
+    buffer) and no task is made. If it has to wait (flow control suspended, producer
+    buffer full, stream buffer full) the rest of it goes through Faust's own
+    ``wait_first`` with the suspend-flow event, so it is abandoned exactly when
+    Faust would abandon it. After each record the loop yields to the event loop
+    once, as Faust's own loop does: the agent takes the record before the next
+    one is delivered, and rebalance callbacks (flow suspended, new generation) run
+    before the next record is taken from the fetched batch.
+
+    It also closes a race of Faust's loop. A fetch made before a rebalance can return
+    after it: the consumer thread ran the rebalance, the seek back to the committed
+    offsets included, while the result waited for the main loop. Faust tags such
+    records with the new generation and delivers them. Their offsets can be past
+    the committed ones (this worker had read that far), so the fetch loop's read
+    offset jumps ahead and the records re-read from the committed offset are then
+    dropped as already read: never delivered, never acknowledged. Commits stop on
+    that partition until the next rebalance, and what arrived meanwhile is
+    processed without them. That fits what full fault runs showed (input commits
+    stalled for minutes on one partition; false missed-payment actions), and with
+    the check below the workers log the drop several times per run. Here a batch
+    is dropped once the generation differs from the one its fetch was made in,
+    before or after any await of the loop, and the consumer seeks back to the
+    committed offsets if the rebalance has already finished.
+
+    ``direct=False`` keeps Faust's delivery (``wait_first`` per record, a yield every
+    100 records) with that fix. The worker installs one or the other
+    (``Settings.direct_delivery``); ``bench.run --experiments direct`` measures
+    direct delivery against the Faust-style one.
+    """
+    from faust.transport import consumer as faust_consumer
+
+    cls = faust_consumer.Consumer
+    if getattr(cls, "_riskwatch_loop", None) is direct:
+        return
+
     # Deliberate monkeypatch of Faust's consumer class (and a marker attribute so it
     # is applied once); mypy rejects both on the class as Faust declares it.
-    cls._drain_messages = _drain_messages  # type: ignore[method-assign]
+    cls._drain_messages = fetch_loop(direct)  # type: ignore[method-assign, assignment]
     cls._riskwatch_loop = direct  # type: ignore[attr-defined]
 
 
