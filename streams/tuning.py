@@ -114,6 +114,9 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
+                if not self.flow_active:  # as getmany would, but before the generation
+                    await self.wait(self.can_resume_flow)
+                    continue
                 # The generation the fetch below is made in. Records it returns after a
                 # rebalance (the result waited while the rebalance ran) are stale.
                 generation = app.consumer_generation_id

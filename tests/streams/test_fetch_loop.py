@@ -83,6 +83,8 @@ class _Consumer:
         self.should_stop = False
         self.log = _Log()
         self.fetcher = _Fetcher()
+        self.can_resume_flow = asyncio.Event()
+        self.waited = 0
 
     async def callback(self, message: _Message) -> None:
         self.delivered.append(message.offset)
@@ -103,6 +105,12 @@ class _Consumer:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+    async def wait(self, event: asyncio.Event) -> None:
+        self.waited += 1
+        self.flow_active = True  # the rebalance finishes
+        self.app.consumer_generation_id += 1
+        event.set()
 
     async def wait_first(self, *coros: Any) -> None:
         tasks = [asyncio.ensure_future(c) for c in coros]
@@ -165,3 +173,15 @@ async def test_a_rebalance_in_the_middle_of_a_batch_stops_it_without_a_read_offs
     assert consumer.delivered == [0, 1, 2]
     assert consumer._read_offset["tp"] == 1
     assert consumer.seeks == 0  # the rebalance's own recovery seeks
+
+
+@pytest.mark.parametrize("direct", [True, False], ids=["direct", "faust-style"])
+async def test_a_fetch_waits_for_the_flow_before_it_takes_the_generation(direct):
+    """Flow stopped (a rebalance): the loop waits for it to resume before it fetches, so
+    a fetch made after the rebalance is not taken for a stale one."""
+    consumer = _Consumer([([0, 1], None)])
+    consumer.flow_active = False
+    await asyncio.wait_for(fetch_loop(direct)(consumer, consumer.fetcher), 5)
+    assert consumer.waited == 1
+    assert consumer.delivered == [0, 1]
+    assert consumer.seeks == 0
