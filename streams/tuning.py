@@ -162,12 +162,10 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                             if since_yield > 100:  # as Faust's loop
                                 await sleep(0)
                                 since_yield = 0
-                    if stale and self.flow_active and not app.rebalancing:
+                    if stale and self.flow_active:
                         # The rebalance finished (and sought) while these records were
                         # on their way: what the fetch took is not delivered, so go
-                        # back to the committed offsets again. (While it is still on,
-                        # its recovery seeks the stream partitions before resuming them;
-                        # a seek here would also rewind the changelog being recovered.)
+                        # back to the committed offsets again.
                         self.log.info("records fetched before a rebalance dropped; "
                                       "seeking back to the committed offsets")
                         await self.perform_seek()

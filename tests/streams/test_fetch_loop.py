@@ -43,7 +43,6 @@ class _App:
         self.consumer_generation_id = 1
         self.topics = _Topics()
         self.should_stop = False
-        self.rebalancing = False
 
 
 class _Log:
@@ -185,15 +184,4 @@ async def test_a_fetch_waits_for_the_flow_before_it_takes_the_generation(direct)
     await asyncio.wait_for(fetch_loop(direct)(consumer, consumer.fetcher), 5)
     assert consumer.waited == 1
     assert consumer.delivered == [0, 1]
-    assert consumer.seeks == 0
-
-
-async def test_no_seek_while_the_rebalance_is_still_on():
-    """A stale batch read while the rebalance (its table recovery) is still on: dropped,
-    and no seek (the recovery seeks the stream partitions itself before resuming them;
-    a seek here would rewind the changelog partitions being recovered)."""
-    consumer = _Consumer([([7, 8], 2), ([3, 4], None)])
-    consumer.app.rebalancing = True
-    await asyncio.wait_for(fetch_loop(True)(consumer, consumer.fetcher), 5)
-    assert consumer.delivered == [3, 4]
     assert consumer.seeks == 0
