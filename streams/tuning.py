@@ -163,9 +163,10 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                                 await sleep(0)
                                 since_yield = 0
                     if stale and self.flow_active:
-                        # The rebalance finished (and sought) while these records were
-                        # on their way: what the fetch took is not delivered, so go
-                        # back to the committed offsets again.
+                        # The rebalance went on while these records were on their
+                        # way: what the fetch took is not delivered, so go back to the
+                        # committed offsets. Needed even while a table recovery is still
+                        # on: the batch may hold the changelog records it waits for.
                         self.log.info("records fetched before a rebalance dropped; "
                                       "seeking back to the committed offsets")
                         await self.perform_seek()
