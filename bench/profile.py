@@ -60,6 +60,8 @@ COMPONENTS: tuple[tuple[str, str], ...] = (
     ("network: aiokafka connection/client", "aiokafka/protocol/"),
     ("consumer: fetch, records to events, commit", "aiokafka/"),
     ("consumer: fetch, records to events, commit", "faust/transport/"),
+    # The worker's own fetch loop (streams.tuning.fetch_loop replaces Faust's).
+    ("consumer: fetch, records to events, commit", "streams/tuning.py"),
     ("table plumbing outside the handler", "faust/tables/"),
     ("agent loop: faust stream/agent/event/acks", "faust/"),
     ("metrics scrape / web", "prometheus_client/"),

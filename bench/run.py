@@ -78,7 +78,7 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
                 "group fetch wait 25 ms, producer linger 5 ms"),
     "direct": (("--set", "direct_delivery=true"),
                "direct delivery: no per-record tasks in the fetch loop (Settings.direct_delivery;"
-               " off by default: one of four full fault runs with it failed)"),
+               " off by default: two of three full fault runs with it failed)"),
 }
 DEFAULT_EXPERIMENTS = ("direct", "fetch10", "fetch1500", "linger50", "flush2s")
 PACKAGES = ("faust-streaming", "mode-streaming", "aiokafka", "msgspec", "orjson", "uvloop",
