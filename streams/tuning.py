@@ -109,6 +109,8 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
         suspend_flow = self.suspend_flow
         wait_first = self.wait_first
         app = self.app
+        flow_control_active = app.flow_control.is_active
+        is_changelog = self._is_changelog_tp
         sleep = asyncio.sleep
         since_yield = 0
         try:
@@ -120,7 +122,7 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                 # The generation the fetch below is made in. Records it returns after a
                 # rebalance (the result waited while the rebalance ran) are stale.
                 generation = app.consumer_generation_id
-                stale = False
+                stale = held = False
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
@@ -140,6 +142,14 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                                 if app.consumer_generation_id != generation:
                                     stale = True
                                     break
+                            if direct and not flow_control_active() and not is_changelog(tp):
+                                # A rebalance's table recovery is on. Delivered now, the
+                                # record would wait on flow control across the recovery's
+                                # seek and then go in ahead of the records re-read from
+                                # the committed offset. Skip it (changelog records of
+                                # the batch go on to the recovery) and seek after it.
+                                held = True
+                                continue
                             if direct:
                                 rest = first_step(callback(message))
                                 if rest is not None:
@@ -168,6 +178,11 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                         # committed offsets. Needed even while a table recovery is still
                         # on: the batch may hold the changelog records it waits for.
                         self.log.info("records fetched before a rebalance dropped; "
+                                      "seeking back to the committed offsets")
+                        await self.perform_seek()
+                    elif held:
+                        await app.flow_control.acquire()  # resumed after the recovery's seek
+                        self.log.info("records fetched during a table recovery skipped; "
                                       "seeking back to the committed offsets")
                         await self.perform_seek()
                     unset_flag(flag_consumer_fetching)
