@@ -109,8 +109,6 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
         suspend_flow = self.suspend_flow
         wait_first = self.wait_first
         app = self.app
-        flow_control_active = app.flow_control.is_active
-        is_changelog = self._is_changelog_tp
         sleep = asyncio.sleep
         since_yield = 0
         try:
@@ -122,7 +120,7 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                 # The generation the fetch below is made in. Records it returns after a
                 # rebalance (the result waited while the rebalance ran) are stale.
                 generation = app.consumer_generation_id
-                stale = held = False
+                stale = False
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
                 if not self.should_stop:
@@ -142,14 +140,6 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                                 if app.consumer_generation_id != generation:
                                     stale = True
                                     break
-                            if direct and not flow_control_active() and not is_changelog(tp):
-                                # A rebalance's table recovery is on. Delivered now, the
-                                # record would wait on flow control across the recovery's
-                                # seek and then go in ahead of the records re-read from
-                                # the committed offset. Skip it (changelog records of
-                                # the batch go on to the recovery) and seek after it.
-                                held = True
-                                continue
                             if direct:
                                 rest = first_step(callback(message))
                                 if rest is not None:
@@ -178,11 +168,6 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                         # committed offsets. Needed even while a table recovery is still
                         # on: the batch may hold the changelog records it waits for.
                         self.log.info("records fetched before a rebalance dropped; "
-                                      "seeking back to the committed offsets")
-                        await self.perform_seek()
-                    elif held:
-                        await app.flow_control.acquire()  # resumed after the recovery's seek
-                        self.log.info("records fetched during a table recovery skipped; "
                                       "seeking back to the committed offsets")
                         await self.perform_seek()
                     unset_flag(flag_consumer_fetching)
@@ -242,14 +227,6 @@ def use_fetch_loop(direct: bool = True) -> None:
     is dropped once the generation differs from the one its fetch was made in,
     before or after any await of the loop, and the consumer seeks back to the
     committed offsets if the rebalance has already finished.
-
-    With ``direct``, a stream record fetched while a table recovery holds Faust's flow
-    control is skipped (changelog records of the batch go on to the recovery), and the
-    consumer seeks back to the committed offsets once flow control resumes. A traced
-    full fault run showed holes of one fetch batch in four partitions right after a
-    recovery; the likely cause is such a record, delivered: it waits on flow control
-    across the recovery's own seek, then goes in ahead of the records re-read and moves
-    the read offset past them. (Not confirmed: in the next run the rule never fired.)
 
     ``direct=False`` keeps Faust's delivery (``wait_first`` per record, a yield every
     100 records) with that fix. The worker installs one or the other

@@ -38,24 +38,8 @@ class _Topics:
         return True
 
 
-class _FlowControl:
-    """Faust's app-wide flow control: suspended while a rebalance's recovery is on."""
-
-    def __init__(self) -> None:
-        self.active = True
-        self.resumed = asyncio.Event()
-
-    def is_active(self) -> bool:
-        return self.active
-
-    async def acquire(self) -> None:
-        if not self.active:
-            await self.resumed.wait()
-
-
 class _App:
     def __init__(self) -> None:
-        self.flow_control = _FlowControl()
         self.consumer_generation_id = 1
         self.topics = _Topics()
         self.should_stop = False
@@ -102,9 +86,6 @@ class _Consumer:
         self.can_resume_flow = asyncio.Event()
         self.waited = 0
 
-    def _is_changelog_tp(self, tp: Any) -> bool:
-        return tp == "changelog"
-
     async def callback(self, message: _Message) -> None:
         self.delivered.append(message.offset)
 
@@ -118,8 +99,7 @@ class _Consumer:
             if moves_to is not None:
                 self.app.consumer_generation_id = moves_to
             for offset in offsets:
-                tp = "changelog" if offset >= 1000 else "tp"
-                yield tp, _Message(offset, self.app.consumer_generation_id)
+                yield "tp", _Message(offset, self.app.consumer_generation_id)
 
         return fetch()
 
@@ -208,26 +188,3 @@ async def test_a_fetch_waits_for_the_flow_before_it_takes_the_generation(direct)
     assert consumer.waited == 1
     assert consumer.delivered == [0, 1]
     assert consumer.seeks == 0
-
-
-async def test_direct_delivery_skips_stream_records_while_a_recovery_is_on():
-    """Flow control suspended (a table recovery): stream records are not delivered (they
-    would wait across the recovery's seek and go in ahead of the records re-read), the
-    changelog records of the same batch are; once the recovery resumes flow control,
-    the consumer seeks back to the committed offsets."""
-    consumer = _Consumer([([7, 1000, 8, 1001], None), ([3, 4], None)])
-    flow = consumer.app.flow_control
-    flow.active = False
-
-    async def recovery_ends() -> None:
-        while 1001 not in consumer.delivered:
-            await asyncio.sleep(0)
-        flow.active = True
-        flow.resumed.set()
-
-    ends = asyncio.ensure_future(recovery_ends())
-    await asyncio.wait_for(fetch_loop(True)(consumer, consumer.fetcher), 5)
-    await ends
-    assert consumer.delivered == [1000, 1001, 3, 4]
-    assert consumer.seeks == 1
-    assert any("table recovery" in line for line in consumer.log.lines)
