@@ -12,6 +12,23 @@ from schemas.topics import TOPICS
 from streams.admin import consume_all, produce
 
 
+async def new_topic(broker: Any, prefix: str, partitions: int) -> str:
+    """A new topic of ``partitions`` partitions on the test broker; its name."""
+    import uuid
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                            replication_factor=1)])
+    finally:
+        await admin.close()
+    return topic
+
+
 def send(bootstrap: str, records: Iterable[tuple[str, bytes | None, bytes]]) -> int:
     return asyncio.run(produce(bootstrap, list(records)))
 

@@ -3,15 +3,14 @@ the real broker), and the first-step delivery of direct delivery."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata
 
 from streams.tuning import _seek_to_committed, first_step, highwater_reader
+from tests.streams.helpers import new_topic
 
 pytestmark = pytest.mark.broker
 
@@ -30,23 +29,11 @@ class _Thread:
         return await fun()
 
 
-async def _two_partition_topic(broker: Any, prefix: str) -> str:
-    """A new topic of two partitions on the test broker; its name."""
-    topic = f"{prefix}-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=broker.bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        await admin.close()
-    return topic
-
-
 async def test_partitions_without_a_committed_offset_are_rewound(broker):
     """Faust discards records fetched for a generation that ended and seeks back to the
     committed offsets; a partition with none committed must go back to its start, or
     the discarded records are never delivered (aiokafka seeks only above offset 0)."""
-    topic = await _two_partition_topic(broker, "seek")
+    topic = await new_topic(broker, "seek", 2)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await producer.start()
     try:
@@ -76,7 +63,7 @@ async def test_partitions_without_a_committed_offset_are_rewound(broker):
 async def test_highwater_reader_matches_the_consumer(broker):
     """The worker's fast high-water read agrees with aiokafka's own, and is None for a
     partition that is not assigned or not fetched yet."""
-    topic = await _two_partition_topic(broker, "hw")
+    topic = await new_topic(broker, "hw", 2)
     producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
     await producer.start()
     try:
