@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 import time
 from pathlib import Path
@@ -302,10 +301,6 @@ def main(argv: list[str] | None = None) -> None:
         return
     import faust
 
-    if os.environ.get("RISKWATCH_BENCH_DIRECT"):
-        from streams.tuning import use_fetch_loop
-
-        use_fetch_loop(direct=True)
     app = {"b": bare_app, "c": naive_app}[args.variant](args, probe)
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.spinner = None  # as run_worker: the spinner sets the root logger to DEBUG

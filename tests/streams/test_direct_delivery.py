@@ -9,6 +9,7 @@ fetched for an assignment a rebalance had already replaced.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -55,7 +56,7 @@ async def test_each_record_is_taken_before_the_next_is_delivered(broker, tmp_pat
         while not report.exists():
             assert proc.poll() is None, (tmp_path / "app.log").read_text()[-3000:]
             assert time.monotonic() < deadline, "no report in 90 s"
-            time.sleep(0.2)
+            await asyncio.sleep(0.2)
     finally:
         proc.kill()
         proc.wait()
