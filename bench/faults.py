@@ -26,7 +26,7 @@ the workers on another policy (the CI variant turns the order-dependent anomaly 
 off); ``--plan kill,stall,...`` or ``--plan none`` replaces the seeded plan.
 
 Results: ``bench/results/faults.json`` and ``bench/results/faults.md`` (``--out``).
-:func:`run_burst` is the 10x burst check (steady rate, then ten times it) used by
+:func:`run_burst` is the burst check (a steady rate, then ``factor`` times it) used by
 ``tests/reliability/test_faults.py``.
 """
 
