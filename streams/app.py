@@ -869,30 +869,54 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                 log.exception("policy watcher failed; retrying in 2 s")
                 await asyncio.sleep(2)
 
+    def held_back(message: Any) -> bool:
+        """Whether a record waited out a broker outage across a rebalance: fetched for
+        an assignment that is gone. Faust's stream skips such records (its generation
+        check runs before the hold); the partition's owner re-reads it from the
+        committed offset. Received here, it would be processed for a partition this
+        worker may not own, or mark its topic read past what was re-fetched."""
+        return message.generation_id != app.consumer_generation_id
+
+    async def deliver(message: Any, ackable: Any) -> None:
+        """One record to the handler (``ackable``: what ``handler.ack`` acknowledges)."""
+        # Held while the broker is unreachable; for good once its state was lost.
+        if not guard.clear.is_set():
+            await guard.clear.wait()
+            if held_back(message):
+                return
+        await handler.receive(message.topic, message.partition, message.offset,
+                              message.key, message.value, message.timestamp, ackable)
+        if handler.flush_due(settings.state_flush_interval):
+            await handler.flush()
+
+    direct = settings.direct_delivery
+    if direct:
+        from streams.tuning import Sink
+
+        async def ack_message(message: Any) -> None:
+            app.consumer.ack(message)
+
+        async def deliver_direct(message: Any) -> None:
+            await deliver(message, message)
+
+        handler.ack = ack_message
+        # The fetch loop (streams.tuning.use_fetch_loop) hands these topics' records to
+        # the handler itself; the agent below only subscribes to them.
+        app.riskwatch_sink = Sink(frozenset({*CUSTOMER_TOPICS, ticks_name}),  # type: ignore[attr-defined]
+                                  deliver_direct)
+
     @app.agent(source, concurrency=1)
     async def customer_events(stream: Any) -> None:
         manual = stream.noack()
-        handler.ack = manual.ack
+        if not direct:
+            handler.ack = manual.ack
         # What ``manual.events()`` does, without its extra async generator per record.
         async for _ in manual:
             event = manual.current_event
-            if event is None:
-                continue
-            message = event.message
-            # Held while the broker is unreachable; for good once its state was lost.
-            if not guard.clear.is_set():
-                await guard.clear.wait()
-                # A rebalance while held: this record was fetched for an assignment that
-                # is gone. Faust's stream skips such records (its generation check runs
-                # before the hold); the partition's owner re-reads it from the committed
-                # offset. Received here, it would be processed for a partition this
-                # worker may not own, or mark its topic read past what was re-fetched.
-                if message.generation_id != app.consumer_generation_id:
-                    continue
-            await handler.receive(message.topic, message.partition, message.offset,
-                                  message.key, message.value, message.timestamp, event)
-            if handler.flush_due(settings.state_flush_interval):
-                await handler.flush()
+            if event is not None:
+                # Acknowledged as the handler's ack takes it: the event (the stream's
+                # ack), or its message (the consumer's, direct delivery's ack).
+                await deliver(event.message, event.message if direct else event)
 
     @app.timer(settings.state_flush_interval)
     async def flush_state() -> None:
@@ -1026,7 +1050,7 @@ def run_worker(settings: Settings) -> None:
         set_group_fetch_wait(int(settings.fetch_max_wait * 1000))
     from streams.tuning import use_fetch_loop
 
-    use_fetch_loop(direct=settings.direct_delivery)
+    use_fetch_loop()
     rw = create_app(settings)
     worker = faust.Worker(rw.app, loglevel=settings.loglevel, quiet=True)
     # The terminal spinner sets the root logger to DEBUG, so every debug() call in Faust

@@ -93,9 +93,10 @@ class Settings:
     producer_linger: float = 0.005
     #: Group consumer fetch wait in seconds (None: Faust's 1.5 s; see streams.tuning).
     fetch_max_wait: float | None = None
-    #: Deliver fetched records without Faust's four tasks per record unless a delivery
-    #: has to wait (streams.tuning.use_fetch_loop); False delivers as Faust's own loop.
-    direct_delivery: bool = False
+    #: The fetch loop hands the customer topics' records straight to the handler,
+    #: without Faust's conductor, stream and agent (streams.tuning.use_fetch_loop);
+    #: False delivers them through Faust's agent.
+    direct_delivery: bool = True
     loglevel: str = "warning"
     #: Coalesced state writes: flush (and acknowledge) at least this often, in seconds...
     state_flush_interval: float = 0.5
@@ -161,6 +162,9 @@ class Settings:
                 values["partitions"] = int(env["RISKWATCH_PARTITIONS"])
             except ValueError as exc:
                 raise ConfigError("RISKWATCH_PARTITIONS: not a whole number") from exc
+        if "RISKWATCH_DIRECT_DELIVERY" in env:
+            values["direct_delivery"] = _parse_bool("RISKWATCH_DIRECT_DELIVERY",
+                                                    env["RISKWATCH_DIRECT_DELIVERY"])
         values.update(security_from_env(env))
         values.update(_secret_values(env))
         for name in ("security_protocol", "sasl_mechanism"):

@@ -1,5 +1,6 @@
 """Faust behaviour that has no setting: the group consumer's fetch wait, the seek of
-partitions with no committed offset, and direct delivery of fetched records.
+partitions with no committed offset, and the fetch loop (stale fetches dropped, and
+direct delivery of fetched records to the worker's handler).
 
 Faust builds its group consumer with ``fetch_max_wait_ms=1500`` hard-coded.
 Apache Kafka answers a fetch as soon as data is there, so the value is
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import aiokafka
@@ -31,67 +33,24 @@ def set_group_fetch_wait(ms: int) -> None:
     aiokafka.AIOKafkaConsumer = GroupConsumer  # type: ignore[misc]
 
 
-class _Rest:
-    """The rest of a coroutine that suspended on its first step, as an awaitable.
+@dataclass(frozen=True)
+class Sink:
+    """Where the fetch loop delivers records of ``topics`` itself, without Faust's
+    conductor, stream and agent: ``await deliver(message)`` per record (a Faust
+    ``Message``; the sink acknowledges it through ``consumer.ack`` when it is done).
+    A worker registers it as ``app.riskwatch_sink`` (``Settings.direct_delivery``)."""
 
-    ``await`` (or a task) on it continues the coroutine exactly where its first
-    ``send(None)`` left it: it yields the future the coroutine was waiting on, then
-    relays values, exceptions and cancellation both ways until the coroutine returns.
-    """
-
-    __slots__ = ("coro", "pending")
-
-    def __init__(self, coro: Any, pending: Any) -> None:
-        self.coro = coro
-        self.pending = pending
-
-    def __await__(self) -> Any:
-        coro, pending = self.coro, self.pending
-        while True:
-            try:
-                sent = yield pending
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # cancellation and throw(): pass it on
-                try:
-                    pending = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-                continue
-            try:
-                pending = coro.send(sent)
-            except StopIteration as stop:
-                return stop.value
+    topics: frozenset[str]
+    deliver: Callable[[Any], Awaitable[None]]
 
 
-def first_step(coro: Any) -> _Rest | None:
-    """Run ``coro`` up to its first suspension: None if it finished without one
-    (its exception, if any, is raised here), else the awaitable rest of it.
-
-    >>> async def quick() -> int:
-    ...     return 1
-    >>> first_step(quick()) is None
-    True
-    >>> async def slow() -> int:
-    ...     await asyncio.sleep(0)
-    ...     return 2
-    >>> async def main() -> int:
-    ...     rest = first_step(slow())
-    ...     return await asyncio.ensure_future(rest)
-    >>> asyncio.run(main())
-    2
-    """
-    try:
-        pending = coro.send(None)
-    except StopIteration:
-        return None
-    return _Rest(coro, pending)
+#: Records handed to a sink between two passes of the event loop.
+SINK_YIELD_EVERY = 64
 
 
-def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
+def fetch_loop() -> Callable[[Any, Any], Awaitable[None]]:
     """The fetch loop :func:`use_fetch_loop` installs as ``Consumer._drain_messages``:
-    ``await fetch_loop(direct)(consumer, fetcher)`` runs it for a Faust consumer."""
+    ``await fetch_loop()(consumer, fetcher)`` runs it for a Faust consumer."""
     from faust.transport import consumer as faust_consumer
 
     async def _drain_messages(self: Any, fetcher: Any) -> None:
@@ -111,15 +70,31 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
         app = self.app
         sleep = asyncio.sleep
         since_yield = 0
+        #: Seek count when sink records were last skipped (None: none waiting).
+        reseek: int | None = None
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 set_flag(flag_consumer_fetching)
                 if not self.flow_active:  # as getmany would, but before the generation
                     await self.wait(self.can_resume_flow)
                     continue
-                # The generation the fetch below is made in. Records it returns after a
-                # rebalance (the result waited while the rebalance ran) are stale.
+                sink: Sink | None = getattr(app, "riskwatch_sink", None)
+                sink_topics = sink.topics if sink is not None else frozenset()
+                if reseek is not None:
+                    if getattr(self, "_riskwatch_seeks", 0) > reseek:
+                        reseek = None  # a seek began after they were skipped
+                    elif not app.rebalancing:
+                        reseek = None
+                        self.log.info("records skipped while a rebalance was on; "
+                                      "seeking back to the committed offsets")
+                        await self.perform_seek()
+                        continue
+                # The generation and the seek count the fetch below is made in. Records
+                # it returns after a rebalance (the result waited while the rebalance
+                # ran) are stale; so are, for a sink, records returned across a seek.
                 generation = app.consumer_generation_id
+                seeks = getattr(self, "_riskwatch_seeks", 0)
+                sink_open = sink is not None and not app.rebalancing
                 stale = False
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
@@ -131,6 +106,17 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                         offset = message.offset
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
+                            to_sink = message.topic in sink_topics
+                            if to_sink and not (
+                                    sink_open and not app.rebalancing
+                                    and getattr(self, "_riskwatch_seeks", 0) == seeks):
+                                # Fetched while a rebalance was on, or across a seek: its
+                                # position may be one the rebalance's seek goes back from
+                                # (Faust's own loop leaves such records in the stream
+                                # buffers, which the flow's resume clears). Not delivered,
+                                # no read offset; re-read after a seek that follows.
+                                reseek = getattr(self, "_riskwatch_seeks", 0)
+                                continue
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
                                 await self._add_gap(tp, r_offset + 1, offset)
@@ -140,28 +126,18 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
                                 if app.consumer_generation_id != generation:
                                     stale = True
                                     break
-                            if direct:
-                                rest = first_step(callback(message))
-                                if rest is not None:
-                                    await wait_first(rest, suspend_flow.wait())
+                            if to_sink:
+                                await sink.deliver(message)  # type: ignore[union-attr]
                             else:
                                 await wait_first(callback(message), suspend_flow.wait())
                             if app.consumer_generation_id != generation:
                                 stale = True
                                 break
                             set_read_offset(tp, offset)
-                        if direct:
-                            # One pass of the event loop per record, as Faust's own loop
-                            # makes: the agent takes the record before the next is
-                            # fetched and rebalance callbacks run before it (the next
-                            # step of ``getmany`` stops at a suspended flow or a new
-                            # generation).
-                            await sleep(0)
-                        else:
-                            since_yield += 1
-                            if since_yield > 100:  # as Faust's loop
-                                await sleep(0)
-                                since_yield = 0
+                        since_yield += 1
+                        if since_yield > (SINK_YIELD_EVERY if sink is not None else 100):
+                            await sleep(0)  # as Faust's loop
+                            since_yield = 0
                     if stale and self.flow_active:
                         # The rebalance went on while these records were on their
                         # way: what the fetch took is not delivered, so go back to the
@@ -190,59 +166,68 @@ def fetch_loop(direct: bool) -> Callable[[Any, Any], Awaitable[None]]:
     return _drain_messages
 
 
-def use_fetch_loop(direct: bool = True) -> None:
-    """Replace Faust's fetch loop: with ``direct``, deliver fetched records to the
-    Conductor without four tasks per record; either way, drop records whose fetch was
-    made before a rebalance (Faust's loop delivers them).
+def _counting_seeks(perform_seek: Callable[[Any], Awaitable[None]]) -> Any:
+    async def counted(self: Any) -> None:
+        # Counted as it begins: a seek that begins after records were fetched runs after
+        # the fetch in the consumer thread (its calls run in order), so it repositions
+        # behind them.
+        self._riskwatch_seeks = getattr(self, "_riskwatch_seeks", 0) + 1
+        await perform_seek(self)
 
-    Faust's fetch loop (``Consumer._drain_messages``) awaits every record's
-    delivery through ``Service.wait_first(callback(message), suspend_flow.wait())``,
-    which creates four tasks (the callback, the suspend-flow event, the
-    consumer's stopped and crashed events) and an ``asyncio.wait`` per record, so
-    that a delivery waiting on flow control or on a full stream buffer is abandoned
-    when a rebalance suspends the flow (the record is re-read from the committed
-    offset afterwards).
+    counted._riskwatch_counted = True  # type: ignore[attr-defined]
+    return counted
 
-    Here the delivery coroutine first runs synchronously up to its first
-    suspension. Nearly always it finishes there (the record is in the stream's
-    buffer) and no task is made. If it has to wait (flow control suspended, producer
-    buffer full, stream buffer full) the rest of it goes through Faust's own
-    ``wait_first`` with the suspend-flow event, so it is abandoned exactly when
-    Faust would abandon it. After each record the loop yields to the event loop
-    once, as Faust's own loop does: the agent takes the record before the next
-    one is delivered, and rebalance callbacks (flow suspended, new generation) run
-    before the next record is taken from the fetched batch.
 
-    It also closes a race of Faust's loop. A fetch made before a rebalance can return
-    after it: the consumer thread ran the rebalance, the seek back to the committed
-    offsets included, while the result waited for the main loop. Faust tags such
-    records with the new generation and delivers them. Their offsets can be past
-    the committed ones (this worker had read that far), so the fetch loop's read
-    offset jumps ahead and the records re-read from the committed offset are then
-    dropped as already read: never delivered, never acknowledged. Commits stop on
-    that partition until the next rebalance, and what arrived meanwhile is
-    processed without them. That fits what full fault runs showed (input commits
-    stalled for minutes on one partition; false missed-payment actions), and with
-    the check below the workers log the drop several times per run. Here a batch
-    is dropped once the generation differs from the one its fetch was made in,
-    before or after any await of the loop, and the consumer seeks back to the
-    committed offsets if the rebalance has already finished.
+def use_fetch_loop() -> None:
+    """Replace Faust's fetch loop (``Consumer._drain_messages``) with
+    :func:`fetch_loop`: Faust's delivery, two fixes, and direct delivery to a
+    :class:`Sink`. Idempotent.
 
-    ``direct=False`` keeps Faust's delivery (``wait_first`` per record, a yield every
-    100 records) with that fix. The worker installs one or the other
-    (``Settings.direct_delivery``); ``bench.run --experiments direct`` measures
-    direct delivery against the Faust-style one.
+    **Stale fetches.** A fetch made before a rebalance can return after it: the
+    consumer thread ran the rebalance, the seek back to the committed offsets
+    included, while the result waited for the main loop. Faust tags such records
+    with the new generation and delivers them. Their offsets can be past the
+    committed ones (this worker had read that far), so the fetch loop's read offset
+    jumps ahead and the records re-read from the committed offset are then dropped
+    as already read: never delivered, never acknowledged. Commits stop on that
+    partition until the next rebalance, and what arrived meanwhile is processed
+    without them (full fault runs showed input commits stalled for minutes on one
+    partition, and false missed-payment actions). Here a batch is dropped once the
+    generation differs from the one its fetch was made in, before or after any
+    await of the loop, and the consumer seeks back to the committed offsets if the
+    rebalance has already finished.
+
+    **Direct delivery.** Faust delivers each record through its conductor into a
+    stream buffer, with four tasks and an ``asyncio.wait`` per record
+    (``wait_first(callback(message), suspend_flow.wait())``), and the agent takes
+    it from there. When the app has a :class:`Sink` (``app.riskwatch_sink``), the
+    records of its topics go to ``sink.deliver`` straight from this loop, one after
+    the other, with a pass of the event loop every :data:`SINK_YIELD_EVERY` records;
+    other topics (table changelogs) keep Faust's delivery. The stream buffers did
+    one more job, which the sink rule below takes over: at the end of a rebalance
+    Faust resumes the stream partitions, *then* seeks them to the committed
+    offsets, and the flow's resume clears every stream buffer. Records fetched in
+    between (from where the worker had read before the rebalance) sat in those
+    buffers and were thrown away; delivered directly, they would be processed
+    before the records that precede them, which are re-read after the seek (a
+    traced fault run showed exactly that: five records of a partition processed
+    after later ones). So a sink record is delivered only if the fetch was made
+    with no rebalance on, and no seek began and no rebalance started since. Else
+    it is skipped, without a read offset, and the loop makes sure a seek back to
+    the committed offsets begins after it: the rebalance's own, or, once the
+    rebalance is over, one of its own.
     """
     from faust.transport import consumer as faust_consumer
 
     cls = faust_consumer.Consumer
-    if getattr(cls, "_riskwatch_loop", None) is direct:
+    if getattr(cls, "_riskwatch_loop", False):
         return
-
     # Deliberate monkeypatch of Faust's consumer class (and a marker attribute so it
     # is applied once); mypy rejects both on the class as Faust declares it.
-    cls._drain_messages = fetch_loop(direct)  # type: ignore[method-assign, assignment]
-    cls._riskwatch_loop = direct  # type: ignore[attr-defined]
+    cls._drain_messages = fetch_loop()  # type: ignore[method-assign, assignment]
+    if not getattr(cls.perform_seek, "_riskwatch_counted", False):
+        cls.perform_seek = _counting_seeks(cls.perform_seek)  # type: ignore[method-assign]
+    cls._riskwatch_loop = True  # type: ignore[attr-defined]
 
 
 async def _seek_to_committed(self: Any) -> Any:

@@ -1,13 +1,13 @@
-"""A one-agent Faust app with direct delivery, run as a subprocess by
+"""A Faust app whose records go to a direct-delivery sink, run as a subprocess by
 ``tests/streams/test_direct_delivery.py``.
 
-    python tests/streams/direct_app.py BROKER_URL TOPIC EXPECT REPORT_PATH [faust]
+    python tests/streams/direct_app.py BROKER_URL TOPIC GROUP REPORT_PATH DELAY_MS
 
-It reads ``EXPECT`` records of ``TOPIC`` (one partition, pre-produced) and, for each,
-notes how many records wait in the agent's stream buffer when the agent takes it
-and whether a callback scheduled on the event loop by the previous record has run.
-It writes the counts as JSON to ``REPORT_PATH`` (the test then stops it). ``faust``
-as the last argument runs Faust's own fetch loop instead (the reference).
+The fetch loop (``streams.tuning.use_fetch_loop``) hands each record of ``TOPIC`` to
+the sink, which notes (consumer generation, partition, offset), sleeps ``DELAY_MS``
+(to stretch the run over a rebalance) and acknowledges it through the consumer, as
+the worker does. The agent on the topic only subscribes to it; it must get nothing.
+The notes are written as JSON to ``REPORT_PATH`` every 0.2 s.
 """
 
 from __future__ import annotations
@@ -22,42 +22,48 @@ import mode.loop
 import orjson
 
 from streams.config import Settings
-from streams.tuning import set_group_fetch_wait, use_fetch_loop
+from streams.tuning import Sink, set_group_fetch_wait, use_fetch_loop
 
 
 def main() -> None:
-    url, topic_name, expect, report = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    direct = sys.argv[5:] != ["faust"]
+    url, topic_name, group, report = sys.argv[1:5]
+    delay = int(sys.argv[5]) / 1000
     mode.loop.use("uvloop")
     s = Settings().fast()
     set_group_fetch_wait(50)
-    if direct:
-        use_fetch_loop(direct=True)
+    use_fetch_loop()
     app = faust.App(
-        f"direct-test-{topic_name}", broker=url, store="memory://", web_enabled=False,
-        datadir=str(Path(report).parent / "data"), topic_allow_declare=True,
-        topic_disable_leader=True, consumer_auto_offset_reset="earliest",
+        group, broker=url, store="memory://", web_enabled=False,
+        datadir=str(Path(report).parent / f"data-{Path(report).stem}"),
+        topic_allow_declare=True, topic_disable_leader=True,
+        consumer_auto_offset_reset="earliest",
         broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=s.heartbeat_interval,
         broker_rebalance_timeout=s.rebalance_timeout, stream_wait_empty=False,
-        logging_config=None)
+        broker_commit_interval=0.2, logging_config=None)
     topic = app.topic(topic_name, key_type=bytes, value_type=bytes, key_serializer="raw",
                       value_serializer="raw")
-    seen: dict[str, Any] = {"n": 0, "max_buffered": 0, "loop_ran": 0, "direct": direct}
+    seen: dict[str, Any] = {"delivered": [], "to_agent": 0}
+
+    async def deliver(message: Any) -> None:
+        seen["delivered"].append([app.consumer_generation_id, message.partition,
+                                  message.offset])
+        if delay:
+            await asyncio.sleep(delay)
+        app.consumer.ack(message)
+
+    app.riskwatch_sink = Sink(frozenset({topic_name}), deliver)  # type: ignore[attr-defined]
 
     @app.agent(topic, concurrency=1)
-    async def take(stream: Any) -> None:
-        loop = asyncio.get_running_loop()
-        flag = {"ran": True}
+    async def subscribe(stream: Any) -> None:
         async for _ in stream:
-            seen["n"] += 1
-            seen["max_buffered"] = max(seen["max_buffered"], stream.channel.queue.qsize())
-            seen["loop_ran"] += flag["ran"]
-            flag = {"ran": False}
-            loop.call_soon(flag.__setitem__, "ran", True)
-            if seen["n"] == expect:
-                Path(report + ".tmp").write_bytes(orjson.dumps(seen))
-                Path(report + ".tmp").rename(report)
+            seen["to_agent"] += 1
+
+    @app.timer(0.2)
+    async def write_report() -> None:
+        tmp = Path(report + ".tmp")
+        tmp.write_bytes(orjson.dumps(seen))
+        tmp.rename(report)
 
     worker = faust.Worker(app, loglevel="warning", quiet=True)
     worker.spinner = None

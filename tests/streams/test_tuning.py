@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.tuning import _seek_to_committed, first_step, highwater_reader
+from streams.tuning import _seek_to_committed, highwater_reader
 from tests.streams.helpers import new_topic
 
 pytestmark = pytest.mark.broker
@@ -91,43 +91,3 @@ async def test_highwater_reader_matches_the_consumer(broker):
         assert read(tp1) is None  # not assigned
     finally:
         await consumer.stop()
-
-
-def test_first_step_relays_results_exceptions_and_cancellation():
-    """The rest of a suspended delivery behaves as the coroutine itself would."""
-    import asyncio
-
-    async def fails_at_once() -> None:
-        raise ValueError("bad")
-
-    with pytest.raises(ValueError):
-        first_step(fails_at_once())
-
-    log: list[str] = []
-
-    async def waits(event: asyncio.Event) -> str:
-        log.append("started")
-        try:
-            await event.wait()
-        except asyncio.CancelledError:
-            log.append("cancelled")
-            raise
-        return "done"
-
-    async def main() -> None:
-        event = asyncio.Event()
-        rest = first_step(waits(event))
-        assert rest is not None and log == ["started"]
-        task = asyncio.ensure_future(rest)
-        await asyncio.sleep(0)
-        event.set()
-        assert await task == "done"
-        other = first_step(waits(asyncio.Event()))
-        task = asyncio.ensure_future(other)
-        await asyncio.sleep(0)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        assert log[-1] == "cancelled"
-
-    asyncio.run(main())
