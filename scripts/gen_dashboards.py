@@ -605,6 +605,21 @@ def pipeline() -> Board:
             ],
             unit="ops",
         ),
+        timeseries(
+            "Garbage-collector pauses",
+            "Python's cyclic collector stops the event loop for each collection: p99 "
+            "pause, and collections per second by generation (full ones are generation "
+            "2; the worker freezes its long-lived objects after each table recovery).",
+            [
+                *quantiles("riskwatch_gc_pause_seconds", (0.99,)),
+                query(
+                    f"sum by (generation) (rate(riskwatch_gc_pause_seconds_count{{{SEL}}}"
+                    f"[{RATE}]))",
+                    "gen {{generation}} per s",
+                ),
+            ],
+            unit="s",
+        ),
     )
     board.row("Workers").add(
         timeseries(

@@ -14,6 +14,7 @@ one process do not collide.
 from __future__ import annotations
 
 import platform
+import time
 from dataclasses import dataclass, field
 from typing import Any, get_args
 
@@ -151,6 +152,13 @@ class Metrics:
         self.anomaly_score = Histogram(
             "riskwatch_anomaly_score", "Global anomaly model scores (0-1).",
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99), registry=r)
+        # Runtime.
+        self.gc_pause = Histogram(
+            "riskwatch_gc_pause_seconds", "Pauses of Python's cyclic garbage collector "
+            "(the event loop stops for each), by generation.", ["generation"],
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r)
+        self._gc_started = 0.0
 
     def record_bucket_move(self, alert: Any) -> None:
         """Count a delinquency alert that moved an account between buckets (roll rates).
@@ -168,6 +176,14 @@ class Metrics:
         label = product if isinstance(product, str) and product in PRODUCTS else "unknown"
         self.bucket_transitions.labels(
             label, str(facts["previous_bucket"]), str(facts["bucket"])).inc()
+
+    def on_gc(self, phase: str, info: dict[str, Any]) -> None:
+        """A ``gc.callbacks`` hook: observe each collection's pause (the worker installs it)."""
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started:
+            self.gc_pause.labels(str(info.get("generation", "?"))).observe(
+                time.perf_counter() - self._gc_started)
 
     def set_policy(self, version: str, crisis: bool) -> None:
         """Record the policy version in force and the crisis-mode switch."""

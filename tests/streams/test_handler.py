@@ -156,3 +156,15 @@ async def test_changelog_writes_are_fenced_by_consumer_generation() -> None:
     assert restarted.table.changelog_topic.headers == [[("riskwatch-generation", b"5")]]
     restarted.reset_fencing()
     assert restarted.admit(b"c1", [("riskwatch-generation", b"1")], 1)
+
+
+async def test_freeze_heap_moves_live_objects_out_of_the_collectors_reach() -> None:
+    import gc
+
+    from streams.app import freeze_heap
+
+    try:
+        await freeze_heap()
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()

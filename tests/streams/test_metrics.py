@@ -78,3 +78,12 @@ def test_product_label_keeps_a_fixed_set_of_values():
     assert transitions(metrics) == {("unknown", "current", "dpd_1_29"): 3.0,
                                     ("personal_loan", "current", "dpd_1_29"): 1.0}
     assert set(PRODUCTS) == {"credit_card", "installment_plan", "personal_loan", "unknown"}
+
+
+def test_gc_pauses_are_observed_by_generation():
+    metrics = Metrics()
+    metrics.on_gc("start", {"generation": 2})
+    metrics.on_gc("stop", {"generation": 2, "collected": 0, "uncollectable": 0})
+    count = metrics.registry.get_sample_value("riskwatch_gc_pause_seconds_count",
+                                              {"generation": "2"})
+    assert count == 1
