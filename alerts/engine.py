@@ -67,10 +67,6 @@ def _on_time_cycles(state: CustomerState) -> int:
     return min((delinquency.on_time_streak(led) for led in state.ledgers.values()), default=0)
 
 
-_PRODUCT_OF_DUE: dict[type, str] = {
-    m.StatementDue: "credit_card",
-    m.InstallmentDue: "installment_plan",
-}
 _SEVERITY_ROUTING = {
     "info": [],
     "low": ["monitoring"],
@@ -591,7 +587,8 @@ class Engine:
         elif isinstance(event, m.PaymentReversed):
             state.behaviour = behaviour.on_payment(
                 state.behaviour, -event.amount_minor, self.policy.behaviour)
-        product = _PRODUCT_OF_DUE.get(type(event))
+        product = ("credit_card" if isinstance(event, m.StatementDue)
+                   else event.product if isinstance(event, m.InstallmentDue) else None)
         ledger = state.ledgers.get(event.account_id)
         new, signals = delinquency.apply(ledger, event, self.policy.delinquency,
                                          pauses=self.policy.pauses(), product=product)

@@ -120,6 +120,9 @@ class InstallmentDue(_Repayment, tag="installment_due", **_CFG):
     due_date: dt.date
     amount_minor: AmountMinor
     currency: Currency
+    #: The account's product: its delinquency bucket ladder and roll-rate label
+    #: (records without it are installment plans, as before the field existed).
+    product: Literal["installment_plan", "personal_loan"] = "installment_plan"
 
 
 class StatementDue(_Repayment, tag="statement_due", **_CFG):

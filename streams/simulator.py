@@ -394,6 +394,7 @@ class _Account:
         "open_due",
         "paid",
         "plan",
+        "product",
         "remaining",
     )
 
@@ -409,6 +410,7 @@ class _Account:
         self.cum = 0
         self.paid = 0
         self.open_due: int | None = None
+        self.product = "credit_card" if is_card else "installment_plan"
         self.deferrals: tuple[tuple[int, int], ...] = ()  # [start, end) days
         self.closed = False
         self.plan = False
@@ -701,6 +703,7 @@ class Simulator:
             if not flag:
                 continue
             loan = _Account(f"{c.cid}-{suffix}", False, rng.randint(1, 28))
+            loan.product = kind
             term = rng.randint(n_lo, n_hi)
             principal = rng.randint(p_lo, p_hi) * 100
             loan.inst = int(principal * (1 + 0.07 * term / 12) / term)
@@ -1083,6 +1086,7 @@ class Simulator:
                 due_date=self._date(due),
                 amount_minor=loan.inst,
                 currency=EUR,
+                product="personal_loan" if loan.product == "personal_loan" else "installment_plan",
             ),
         )
         self._add_due(c, loan, due, loan.inst)

@@ -58,6 +58,21 @@ def test_roll_rate_is_counted_under_the_account_product():
     }
 
 
+def test_a_personal_loan_rolls_under_its_own_product():
+    """Installment dues carry the account's product; without it they are installment
+    plans (records from before the field existed)."""
+    loan = InstallmentDue(event_id="d2", event_time=T0, customer_id="c1", account_id="pl-1",
+                          due_id="i2", due_date=dt.date(2026, 3, 5), amount_minor=10_000,
+                          currency="EUR", product="personal_loan")
+    metrics = Metrics()
+    for alert in bucket_alerts(loan, 31):
+        metrics.record_bucket_move(alert)
+    assert transitions(metrics) == {
+        ("personal_loan", "current", "dpd_1_29"): 1.0,
+        ("personal_loan", "dpd_1_29", "dpd_30_59"): 1.0,
+    }
+
+
 def test_product_label_keeps_a_fixed_set_of_values():
     def alert(*evidence: Evidence, alert_type: str = "delinquency") -> RiskAlert:
         return RiskAlert(alert_id="a", customer_id="c1", trigger_event_id="e", event_time=T0,

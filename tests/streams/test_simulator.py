@@ -646,3 +646,13 @@ def test_any_small_portfolio_is_valid_and_ordered(
     truth = sim.ground_truth()
     assert [g.customer_id for g in truth] == [f"c{i:06d}" for i in range(customers)]
     assert all(isinstance(msgspec.to_builtins(g), dict) for g in truth)
+
+
+def test_installment_dues_name_the_accounts_product(small: Any) -> None:
+    """Personal loans and installment plans roll under their own products."""
+    events, _, _ = small
+    dues = [r for _, _, r in events if isinstance(r, m.InstallmentDue)]
+    products = {r.product for r in dues}
+    assert products == {"installment_plan", "personal_loan"}
+    for due in dues:
+        assert due.account_id.endswith("-pl") == (due.product == "personal_loan")
