@@ -869,20 +869,17 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                 log.exception("policy watcher failed; retrying in 2 s")
                 await asyncio.sleep(2)
 
-    def held_back(message: Any) -> bool:
-        """Whether a record waited out a broker outage across a rebalance: fetched for
-        an assignment that is gone. Faust's stream skips such records (its generation
-        check runs before the hold); the partition's owner re-reads it from the
-        committed offset. Received here, it would be processed for a partition this
-        worker may not own, or mark its topic read past what was re-fetched."""
-        return message.generation_id != app.consumer_generation_id
-
     async def deliver(message: Any, ackable: Any) -> None:
         """One record to the handler (``ackable``: what ``handler.ack`` acknowledges)."""
         # Held while the broker is unreachable; for good once its state was lost.
         if not guard.clear.is_set():
             await guard.clear.wait()
-            if held_back(message):
+            # A rebalance while held: this record was fetched for an assignment that is
+            # gone. Faust's stream skips such records (its generation check runs before
+            # the hold); the partition's owner re-reads it from the committed offset.
+            # Received here, it would be processed for a partition this worker may not
+            # own, or mark its topic read past what was re-fetched.
+            if message.generation_id != app.consumer_generation_id:
                 return
         await handler.receive(message.topic, message.partition, message.offset,
                               message.key, message.value, message.timestamp, ackable)

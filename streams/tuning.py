@@ -48,6 +48,12 @@ class Sink:
 SINK_YIELD_EVERY = 64
 
 
+def seeks_begun(consumer: Any) -> int:
+    """How many seeks back to the committed offsets ``consumer`` has begun (counted by
+    :func:`use_fetch_loop`'s wrapper of ``perform_seek``)."""
+    return int(getattr(consumer, "_riskwatch_seeks", 0))
+
+
 def fetch_loop() -> Callable[[Any, Any], Awaitable[None]]:
     """The fetch loop :func:`use_fetch_loop` installs as ``Consumer._drain_messages``:
     ``await fetch_loop()(consumer, fetcher)`` runs it for a Faust consumer."""
@@ -81,7 +87,7 @@ def fetch_loop() -> Callable[[Any, Any], Awaitable[None]]:
                 sink: Sink | None = getattr(app, "riskwatch_sink", None)
                 sink_topics = sink.topics if sink is not None else frozenset()
                 if reseek is not None:
-                    if getattr(self, "_riskwatch_seeks", 0) > reseek:
+                    if seeks_begun(self) > reseek:
                         reseek = None  # a seek began after they were skipped
                     elif not app.rebalancing:
                         reseek = None
@@ -93,8 +99,8 @@ def fetch_loop() -> Callable[[Any, Any], Awaitable[None]]:
                 # it returns after a rebalance (the result waited while the rebalance
                 # ran) are stale; so are, for a sink, records returned across a seek.
                 generation = app.consumer_generation_id
-                seeks = getattr(self, "_riskwatch_seeks", 0)
-                sink_open = sink is not None and not app.rebalancing
+                seeks = seeks_begun(self)
+                quiet = not app.rebalancing
                 stale = False
                 ait = getmany(timeout=1.0)
                 await self.sleep(0)
@@ -107,15 +113,14 @@ def fetch_loop() -> Callable[[Any, Any], Awaitable[None]]:
                         r_offset = get_read_offset(tp)
                         if r_offset is None or offset >= r_offset:
                             to_sink = message.topic in sink_topics
-                            if to_sink and not (
-                                    sink_open and not app.rebalancing
-                                    and getattr(self, "_riskwatch_seeks", 0) == seeks):
+                            if to_sink and not (quiet and not app.rebalancing
+                                                and seeks_begun(self) == seeks):
                                 # Fetched while a rebalance was on, or across a seek: its
                                 # position may be one the rebalance's seek goes back from
                                 # (Faust's own loop leaves such records in the stream
                                 # buffers, which the flow's resume clears). Not delivered,
                                 # no read offset; re-read after a seek that follows.
-                                reseek = getattr(self, "_riskwatch_seeks", 0)
+                                reseek = seeks_begun(self)
                                 continue
                             gap = offset - (r_offset or 0)
                             if gap > 1 and r_offset and acks_enabled_for(message.topic):
@@ -171,7 +176,7 @@ def _counting_seeks(perform_seek: Callable[[Any], Awaitable[None]]) -> Any:
         # Counted as it begins: a seek that begins after records were fetched runs after
         # the fetch in the consumer thread (its calls run in order), so it repositions
         # behind them.
-        self._riskwatch_seeks = getattr(self, "_riskwatch_seeks", 0) + 1
+        self._riskwatch_seeks = seeks_begun(self) + 1
         await perform_seek(self)
 
     counted._riskwatch_counted = True  # type: ignore[attr-defined]
