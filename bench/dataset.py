@@ -169,11 +169,24 @@ def synthetic(config: SyntheticConfig) -> Iterator[Record]:
 
 
 def latency_events(customers: int, spike_every: int, prefix: str, seed: int,
-                   start: dt.datetime | None = None) -> Iterator[tuple[Record, str, bool]]:
+                   start: dt.datetime | None = None, *,
+                   storm: bool = False) -> Iterator[tuple[Record, str, bool]]:
     """Endless paced-phase input: ``((topic, key, value), event_id, expects_alert)``.
 
     Customers take turns; every ``spike_every``-th transaction of a customer
-    (from its 10th on, once the usual amount is learnt) is a spend spike.
+    (from its 10th on, once the usual amount is learnt) is a spend spike. The
+    customers' spikes are staggered, so one event in ``spike_every`` is a spike
+    throughout; ``storm=True`` lines them up instead: every ``spike_every``-th
+    round, every customer spikes at once (a burst of alerts only).
+
+    >>> def rounds(storm):  # 4 customers, rounds 10 to 13, S: a spike
+    ...     it = latency_events(4, 2, "x", 1, storm=storm)
+    ...     marks = ["S" if next(it)[2] else "." for _ in range(4 * 13)][36:]
+    ...     return " ".join("".join(marks[i:i + 4]) for i in range(0, 16, 4))
+    >>> rounds(storm=False)
+    'S.S. .S.S S.S. .S.S'
+    >>> rounds(storm=True)
+    'SSSS .... SSSS ....'
     """
     rnd = random.Random(seed)
     t = start or (dt.datetime.now(dt.UTC) - dt.timedelta(days=1))
@@ -182,7 +195,7 @@ def latency_events(customers: int, spike_every: int, prefix: str, seed: int,
     while True:
         n = i % customers
         s = i // customers + 1
-        spike = s >= 10 and s % spike_every == 0
+        spike = s >= 10 and (s + (0 if storm else n)) % spike_every == 0
         amount = usual[n] * 40 + 100_000 if spike else max(
             50, int(rnd.lognormvariate(0, 0.3) * usual[n]))
         cid = customer_id(prefix, n)

@@ -88,7 +88,8 @@ def markdown(doc: dict[str, Any]) -> str:
     if lat.get("p50_ms") is not None:
         rows.append(
             f"| event → alert latency at {_num(lat.get('achieved_rate_events_per_s'))} events/s "
-            f"(half of saturation) | p50 **{_num(lat.get('p50_ms'), 1)} ms**, p99 "
+            f"(half of saturation; one event in {lat.get('spike_every')} a spike, staggered) | "
+            f"p50 **{_num(lat.get('p50_ms'), 1)} ms**, p99 "
             f"**{_num(lat.get('p99_ms'), 1)} ms**, max {_num(lat.get('max_ms'), 1)} ms "
             f"({lat.get('alerts_received')} alerts for {lat.get('spikes_sent')} spikes sent) |")
         inside = lat.get("worker_receive_to_output") or {}
@@ -100,6 +101,14 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"({_num(inside.get('count'))} outputs) |")
     elif lat:
         rows.append(f"| event → alert latency | {lat.get('error', 'no alerts received')} |")
+    storm = doc.get("latency_storm") or {}
+    if storm.get("p50_ms") is not None:
+        rows.append(
+            f"| the same, alert storm (every {storm.get('spike_every')}th round all spikes; "
+            f"measured after the phase above) | p50 {_num(storm.get('p50_ms'), 1)} ms, p99 "
+            f"{_num(storm.get('p99_ms'), 1)} ms, max {_num(storm.get('max_ms'), 1)} ms |")
+    elif storm:
+        rows.append(f"| alert storm latency | {storm.get('error', 'no alerts received')} |")
     state = doc.get("state") or {}
     if state.get("customers"):
         rows.append(

@@ -478,8 +478,9 @@ class Suite:
         return cmd
 
     def run_worker(self, name: str, *extra: str, state: bool = True, recovery: bool = True,
-                   latency_rate: float | None = None) -> dict[str, Any]:
-        """(d): saturation, then latency at half that rate, state bytes and recovery."""
+                   latency_rate: float | None = None, storm: bool = False) -> dict[str, Any]:
+        """(d): saturation, then latency at half that rate (``storm``: then again with the
+        spikes lined up), state bytes and recovery."""
         app_id = self.app_id(name)
         addr = free_addr()
         report = self.tmp / f"{name}.report.json"
@@ -508,6 +509,14 @@ class Suite:
                 out["latency"] = {"error": f"{type(exc).__name__}: {exc}"}
             self.log(f"({name}) latency p50 {out['latency'].get('p50_ms')} ms, "
                      f"p99 {out['latency'].get('p99_ms')} ms")
+            if storm:
+                try:
+                    out["latency_storm"] = asyncio.run(
+                        self.latency(rate, addr, f"{name}s", storm=True))
+                except Exception as exc:
+                    out["latency_storm"] = {"error": f"{type(exc).__name__}: {exc}"}
+                self.log(f"({name}) storm latency p50 {out['latency_storm'].get('p50_ms')} ms, "
+                         f"p99 {out['latency_storm'].get('p99_ms')} ms")
             res["peak_rss_bytes_after_latency_phase"] = mem_status(child.pid)["peak_rss_bytes"]
             if state:
                 st = self.state_bytes(app_id)
@@ -526,8 +535,15 @@ class Suite:
             self.log(f"({name}) recovery {out['recovery'].get('messages_per_s')} messages/s")
         return out
 
-    async def latency(self, rate: float, metrics_addr: str, name: str) -> dict[str, Any]:
-        """Event-to-alert latency with input paced at ``rate`` events/s."""
+    async def latency(self, rate: float, metrics_addr: str, name: str, *,
+                      storm: bool = False) -> dict[str, Any]:
+        """Event-to-alert latency with input paced at ``rate`` events/s.
+
+        One event in ``latency_spike_every`` is a spend spike (an alert expected),
+        the customers' spikes staggered; ``storm``: lined up instead, so every
+        ``latency_spike_every``-th round is nothing but spikes (a burst of alerts
+        at ``rate``, each costing the worker far more than a quiet event).
+        """
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
         opts = self.opts
@@ -569,7 +585,7 @@ class Suite:
             # A live stream continues where the history ended (a phase in another time
             # would make its first event sweep months of every customer's due dates).
             events = dataset.latency_events(customers, k, f"lat{self.run_id}{name}", opts.seed,
-                                            start=self.history_end())
+                                            start=self.history_end(), storm=storm)
             produced = spikes = 0
             t0 = time.perf_counter()
             while (elapsed := time.perf_counter() - t0) < seconds:
@@ -616,6 +632,7 @@ class Suite:
             "mean_ms": _round(statistics.fmean(ms) if ms else None, 2),
             "customers": customers,
             "spike_every": k,
+            "spikes": "storm" if storm else "staggered",
             "worker_receive_to_output": inside,
             "worker_append_to_receive": fetched,
             # p50 / max latency of the alerts of each second of the paced phase.
@@ -807,7 +824,7 @@ class Suite:
             if "d" in opts.variants:
                 self.log(f"(d) {LABELS['d']}")
                 try:
-                    d = self.run_worker("d", recovery=opts.recovery)
+                    d = self.run_worker("d", recovery=opts.recovery, storm=True)
                     variants["d"] = {"label": LABELS["d"], **d.pop("saturation")}
                     self.results.update(d)
                 except BenchError as exc:

@@ -38,6 +38,25 @@ def test_profile_buckets_and_helpers(tmp_path: Path):
     assert "| variant |" in report.markdown({"variants": {}, "machine": {}})
 
 
+def test_latency_spikes_are_staggered_unless_a_storm_is_asked_for():
+    customers, k = 20, 10
+
+    def spike_positions(storm: bool) -> list[list[int]]:
+        events = dataset.latency_events(customers, k, "t", 3, storm=storm)
+        marks = [next(events)[2] for _ in range(customers * 40)]
+        rounds = [marks[r * customers:(r + 1) * customers] for r in range(40)]
+        return [[i for i, spike in enumerate(row) if spike] for row in rounds]
+
+    staggered, storm = spike_positions(False), spike_positions(True)
+    # The same number of spikes per customer once warmed up (round 10 on) ...
+    assert sum(map(len, staggered[10:])) == sum(map(len, storm[10:])) == customers * 3
+    # ... but staggered: one customer in k spikes in every round, never all at once;
+    assert all(len(row) == customers // k for row in staggered[10:])
+    # a storm: every k-th round is all spikes, the others none.
+    assert [len(row) for row in storm[10:]] == [customers if r % k == 0 else 0
+                                               for r in range(11, 41)]
+
+
 @pytest.mark.broker
 def test_quick_run_writes_results_with_the_required_keys(tmp_path: Path):
     opts = parse_args(["--quick", "--parallel", "--events", "400",
@@ -57,6 +76,10 @@ def test_quick_run_writes_results_with_the_required_keys(tmp_path: Path):
     latency = saved["latency"]
     assert latency["alerts_received"] > 0
     assert 0 < latency["p50_ms"] <= latency["p99_ms"]
+    assert latency["spikes"] == "staggered"
+    storm = saved["latency_storm"]
+    assert "error" not in storm, storm.get("error")
+    assert storm["spikes"] == "storm" and storm["spikes_sent"] > 0
     assert saved["state"]["mean_bytes"] > 0
     assert saved["recovery"]["messages_per_s"] > 0
     assert saved["machine"]["nproc"] >= 1
