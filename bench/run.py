@@ -503,20 +503,16 @@ class Suite:
                 20.0, 0.5 * float(res["events_per_s"] or 0))
             self.latency_rate = self.latency_rate or rate
             self.log(f"({name}) {res['events_per_s']} events/s; latency phase at {rate:.0f}/s")
-            try:
-                out["latency"] = asyncio.run(self.latency(rate, addr, name))
-            except Exception as exc:  # keep the other figures
-                out["latency"] = {"error": f"{type(exc).__name__}: {exc}"}
-            self.log(f"({name}) latency p50 {out['latency'].get('p50_ms')} ms, "
-                     f"p99 {out['latency'].get('p99_ms')} ms")
-            if storm:
+            # (result key, spikes lined up, suffix of the phase's customer ids)
+            phases = [("latency", False, "")] + ([("latency_storm", True, "s")] if storm else [])
+            for key, lined_up, suffix in phases:
                 try:
-                    out["latency_storm"] = asyncio.run(
-                        self.latency(rate, addr, f"{name}s", storm=True))
-                except Exception as exc:
-                    out["latency_storm"] = {"error": f"{type(exc).__name__}: {exc}"}
-                self.log(f"({name}) storm latency p50 {out['latency_storm'].get('p50_ms')} ms, "
-                         f"p99 {out['latency_storm'].get('p99_ms')} ms")
+                    out[key] = asyncio.run(self.latency(rate, addr, name + suffix,
+                                                        storm=lined_up))
+                except Exception as exc:  # keep the other figures
+                    out[key] = {"error": f"{type(exc).__name__}: {exc}"}
+                self.log(f"({name}) {key} p50 {out[key].get('p50_ms')} ms, "
+                         f"p99 {out[key].get('p99_ms')} ms")
             res["peak_rss_bytes_after_latency_phase"] = mem_status(child.pid)["peak_rss_bytes"]
             if state:
                 st = self.state_bytes(app_id)
