@@ -101,3 +101,60 @@ def test_redelivery_of_any_recent_event_is_idempotent(amounts, data):
     # Same input, same output ids, whatever the run.
     _, again_outputs = run(Engine(DEFAULT_POLICY), events)
     assert [e.id for e in outputs] == [e.id for e in again_outputs]
+
+
+def test_process_state_never_changes_the_state_it_is_given():
+    """process_state / advance_state against process / advance on bytes, over a
+    simulated portfolio (delinquencies, restructurings, applications, outcomes, sweeps):
+    the same outputs and states, and the caller's decoded state is left as it was,
+    for the write-back store and replay that keep states decoded."""
+    from alerts.engine import encode_state
+    from schemas.codec import decode, encode
+    from schemas.topics import CUSTOMER_TOPICS
+    from streams.simulator import Portfolio, iter_events
+
+    on_bytes, on_objects = Engine(DEFAULT_POLICY), Engine(DEFAULT_POLICY)
+    raw: dict[str, bytes] = {}
+    live: dict = {}
+    day = None
+    changed = 0
+
+    def check(a, b, given):
+        nonlocal changed
+        assert [e.record for e in a.emits] == [e.record for e in b.emits]
+        assert (a.duplicate, a.next_check) == (b.duplicate, b.next_check)
+        if given is not None:
+            assert encode_state(given[0]) == given[1], "the given state was changed"
+        assert (a.state is None) == (b.state is None)
+        if a.state is not None:
+            assert a.state == encode_state(b.state)
+            changed += 1
+
+    portfolio = Portfolio(customers=30, days=150, seed=11)
+    for topic, _key, value in iter_events(portfolio):
+        if topic not in CUSTOMER_TOPICS:
+            continue
+        event = decode(topic, encode(value), now=dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+        if day != event.event_time.date():  # a daily sweep of every customer
+            day = event.event_time.date()
+            for cid in sorted(live):
+                given = (live[cid], encode_state(live[cid]))
+                a = on_bytes.advance(cid, raw[cid], event.event_time)
+                b = on_objects.advance_state(cid, live[cid], event.event_time)
+                check(a, b, given)
+                if a.state is not None:
+                    raw[cid], live[cid] = a.state, b.state
+        cid = event.customer_id
+        given = (live[cid], encode_state(live[cid])) if cid in live else None
+        a = on_bytes.process(topic, event, raw.get(cid))
+        b = on_objects.process_state(topic, event, live.get(cid))
+        check(a, b, given)
+        if a.state is not None:
+            raw[cid], live[cid] = a.state, b.state
+        # A redelivery: a duplicate, and still the given state unchanged.
+        if cid in live:
+            given = (live[cid], encode_state(live[cid]))
+            dup = on_objects.process_state(topic, event, live[cid])
+            assert dup.duplicate and dup.state is None
+            assert encode_state(given[0]) == given[1]
+    assert changed > 1_000
