@@ -4,10 +4,6 @@
 bytes, and returns the new state as bytes (or ``None`` when nothing changed)
 and the outputs to send. It touches no Kafka, no Faust and no clock: the
 worker and replay call exactly this, which is why their outputs agree.
-``Engine.process_state`` is the same on the decoded :class:`CustomerState`, for
-callers that keep states in memory and encode them only when they store them
-(the worker's write-back state store, replay): it never modifies the state it
-is given, so a failed or duplicate event leaves the caller's state as it was.
 
 Idempotency: the state keeps a bounded set of recent event-id fingerprints; an
 event seen before changes nothing and is reported as a duplicate. An event
@@ -141,17 +137,6 @@ def encode_state(state: CustomerState) -> bytes:
     return _STATE_ENCODER.encode(state)
 
 
-def open_state(state: CustomerState | bytes | None) -> CustomerState:
-    """A state the engine may change: decoded from bytes, or a shallow copy of a
-    decoded state (the engine replaces a state's fields, never changes their values
-    in place, so the caller's object stays as it was)."""
-    if state is None:
-        return CustomerState()
-    if isinstance(state, CustomerState):
-        return msgspec.structs.replace(state)
-    return _STATE_DECODER.decode(state)
-
-
 class Result(NamedTuple):
     """What processing one event produced."""
 
@@ -160,21 +145,6 @@ class Result(NamedTuple):
     duplicate: bool = False
     #: Epoch day the customer needs a watermark sweep (None: no pending check).
     next_check: int | None = None
-
-
-class StateResult(NamedTuple):
-    """:class:`Result` with the new state decoded (``None`` when nothing changed)."""
-
-    state: CustomerState | None
-    emits: list[Emit]
-    duplicate: bool = False
-    next_check: int | None = None
-
-    def encoded(self) -> Result:
-        """The same result with the state as stored bytes."""
-        state = self.state
-        return Result(None if state is None else _STATE_ENCODER.encode(state), self.emits,
-                      self.duplicate, self.next_check)
 
 
 #: The ``customer_id`` of segment-level alerts (they concern no single customer).
@@ -282,27 +252,20 @@ class Engine:
         ``learn=False`` scores with the global models without teaching them (for
         events they learned before a restart).
         """
-        return self.process_state(topic, event, raw_state, learn=learn).encoded()
-
-    def process_state(self, topic: str, event: Any, state_in: CustomerState | bytes | None,
-                      *, learn: bool = True) -> StateResult:
-        """:meth:`process` on a decoded state (or its bytes); returns the new state
-        decoded. ``state_in`` itself is never modified."""
         self._learn = learn
-        state = open_state(state_in)
+        state = decode_state(raw_state)
         fingerprint = event_fingerprint(event.event_id)
         if fingerprint in state.seen:
-            return StateResult(None, [], duplicate=True)
+            return Result(None, [], duplicate=True)
         # Lateness is judged per topic: topics are consumed independently, so a
         # customer's events on two topics may interleave in any order.
         index = _TOPIC_INDEX.get(topic)
         if index is None:
             index = ENGINE_TOPICS.index(topic)  # ValueError, as for any unknown topic
-        marks = state.watermarks
-        if len(marks) <= index:
-            marks = [*marks, *[0] * (index + 1 - len(marks))]
+        if len(state.watermarks) <= index:
+            state.watermarks = [*state.watermarks, *[0] * (index + 1 - len(state.watermarks))]
         event_ms = _ms(event.event_time)
-        watermark = marks[index]
+        watermark = state.watermarks[index]
         lateness_ms = self.policy.allowed_lateness_days * 86_400_000
         if watermark and event_ms < watermark - lateness_ms:
             raise DecodeError(
@@ -317,10 +280,7 @@ class Engine:
         ledgers, grade, reminded = state.ledgers, _grade_index(state), state.reminded
         signals = self._dispatch(topic, event, state)
         state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
-        if event_ms > watermark:  # a new list: the caller's state is never changed in place
-            marks = [*marks]
-            marks[index] = event_ms
-        state.watermarks = marks
+        state.watermarks[index] = max(watermark, event_ms)
         customer_id, event_id, when = event.customer_id, event.event_id, event.event_time
         emits = self._emits(signals, state, customer_id, event_id, when) if signals else []
         day = delinquency.epoch_day(when)
@@ -330,28 +290,17 @@ class Engine:
         if (state.ledgers is not ledgers or _grade_index(state) != grade
                 or state.reminded is not reminded):
             state.next_check = self._next_check(state, day)
-        return StateResult(state, emits, next_check=state.next_check)
+        return Result(encode_state(state), emits, next_check=state.next_check)
 
     def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
         """Let event time pass to ``as_of`` for one customer (the watermark sweep).
 
         Detects missed due dates with no further event from the customer.
         """
-        return self.advance_state(customer_id, raw_state, as_of).encoded()
-
-    def advance_state(self, customer_id: str, state_in: CustomerState | bytes | None,
-                      as_of: dt.datetime) -> StateResult:
-        """:meth:`advance` on a decoded state (or its bytes); returns the new state
-        decoded. ``state_in`` itself is never modified."""
+        state = decode_state(raw_state)
         day = delinquency.epoch_day(as_of)
-        if state_in is None or isinstance(state_in, bytes):
-            state = decode_state(state_in)
-        else:  # copied only if it changes
-            state = state_in
         if state.next_check is None or state.next_check > day:
-            return StateResult(None, [], next_check=state.next_check)
-        if state is state_in:
-            state = msgspec.structs.replace(state)
+            return Result(None, [], next_check=state.next_check)
         trigger = f"sweep:{customer_id}:{day}"
         emits: list[Emit] = []
         ledger_check = self._ledger_check(state)
@@ -371,7 +320,7 @@ class Engine:
         # Only a pre-due reminder was waiting: no ledger step, no re-scoring.
         emits.extend(self._pre_due(state, customer_id, trigger, as_of, day))
         state.next_check = self._next_check(state, day)
-        return StateResult(state, emits, next_check=state.next_check)
+        return Result(encode_state(state), emits, next_check=state.next_check)
 
     @staticmethod
     def sweep_info(raw_state: bytes | None) -> tuple[int | None, int]:
@@ -470,13 +419,9 @@ class Engine:
             state.reminded = [fp for fp in [*state.reminded, *added] if fp in present][-32:]
         return emits
 
-    def snapshot(self, customer_id: str,
-                 raw_state: CustomerState | bytes | None) -> dict[str, Any]:
+    def snapshot(self, customer_id: str, raw_state: bytes | None) -> dict[str, Any]:
         """A customer's current standing, for replay snapshots and inspection."""
-        if isinstance(raw_state, CustomerState):
-            state, raw_state = raw_state, encode_state(raw_state)
-        else:
-            state = decode_state(raw_state)
+        state = decode_state(raw_state)
         profile = state.profile
         dpd = {
             account: delinquency.days_past_due(led, led.clock, self.policy.delinquency,

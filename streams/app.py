@@ -27,12 +27,10 @@ from aiokafka import TopicPartition as AIOTopicPartition
 from faust.types import TP
 
 from alerts.deadletter import dead_letter, dead_letter_emit
-from alerts.engine import CustomerState, Engine, encode_state
+from alerts.engine import Engine
 from alerts.envelope import Emit, to_message
 from alerts.policy import load_policy
 from alerts.privacy import PseudonymKey, describe_error
-from alerts.statecache import DEFAULT_SIZE as DEFAULT_CACHE_SIZE
-from alerts.statecache import StateCache
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode
 from schemas.errors import DecodeError
@@ -55,10 +53,6 @@ log = logging.getLogger("riskwatch.worker")
 
 #: Name of the per-customer state table (changelog ``<app_id>-customer-state-changelog``).
 STATE_TABLE = "customer-state"
-
-
-def _state_bytes(value: CustomerState | bytes) -> bytes:
-    return value if isinstance(value, bytes) else encode_state(value)
 
 
 class StateStore:
@@ -91,15 +85,12 @@ class StateStore:
     GENERATION_HEADER = "riskwatch-generation"
 
     def __init__(self, table: Any, generation: Callable[[], int] = lambda: 0,
-                 send: Callable[..., Awaitable[Any]] | None = None, *,
-                 cache_size: int = DEFAULT_CACHE_SIZE) -> None:
+                 send: Callable[..., Awaitable[Any]] | None = None) -> None:
         self.table = table
         #: ``async send(key, value, partition, headers)`` of one changelog write; by
         #: default the table's changelog topic (the worker sends through the producer).
         self.send = send
-        #: Decoded states over the table's bytes (alerts.statecache): a dirty key's newest
-        #: state is encoded once, at the flush.
-        self.cache: StateCache[bytes] = StateCache(table.data, _state_bytes, cache_size)
+        self.dirty: dict[bytes, tuple[int, bytes]] = {}
         self.generation = generation
         #: Per key, the generation of its newest write applied or made here.
         self.stamps: dict[bytes, int] = {}
@@ -107,43 +98,26 @@ class StateStore:
         self.floor: dict[int, int] = {}
         self.fenced = 0
 
-    @property
-    def dirty(self) -> dict[bytes, Any]:
-        """Keys written since the last flush, with their partitions."""
-        return self.cache.dirty
+    def get(self, key: str) -> bytes | None:
+        return self.table.data.get(key.encode())
 
-    def get(self, key: str) -> CustomerState | bytes | None:
-        """The customer's state: decoded if cached, else the table's bytes."""
-        return self.cache.get(key.encode())
+    def put(self, key: str, value: bytes, partition: int) -> None:
+        raw_key = key.encode()
+        self.table.data[raw_key] = value
+        self.dirty[raw_key] = (partition, value)
 
-    def put(self, key: str, value: CustomerState | bytes, partition: int) -> None:
-        self.cache.put(key.encode(), value, partition)
-
-    async def flush(self, observe: Callable[[int], Any] | None = None) -> int:
-        """Send the changelog writes of every dirty key; return how many.
-
-        ``observe`` is called with each written state's size in bytes."""
-        writes = self.cache.write_back()
-        if not writes:
+    async def flush(self) -> int:
+        """Send the changelog writes of every dirty key; return how many."""
+        if not self.dirty:
             return 0
+        dirty, self.dirty = self.dirty, {}
         send = self.send or self._send_to_topic
         generation = self.generation()
-        for raw_key, partition, value in writes:
-            if observe is not None:
-                observe(len(value))
+        for raw_key, (partition, value) in dirty.items():
             stamp = max(generation, self.floor.get(partition, -1))
             self.stamps[raw_key] = stamp
             await send(raw_key, value, partition, [(self.GENERATION_HEADER, b"%d" % stamp)])
-        return len(writes)
-
-    def release_cache(self) -> None:
-        """Partitions revoked: unflushed states go into the table (still to be flushed)
-        and no decoded state is kept, so what table recovery writes is what is read."""
-        self.cache.materialise()
-
-    def discard(self) -> None:
-        """Forget unwritten state: the table keeps what was last flushed."""
-        self.cache.discard()
+        return len(dirty)
 
     async def _send_to_topic(self, key: bytes, value: bytes, partition: int,
                              headers: list[tuple[str, bytes]]) -> Any:
@@ -283,7 +257,10 @@ class Handler:
         self.last_flush = time.monotonic()
         ready = self.acks.ready()
         self.publish_tallies()
-        await self.table.flush(self.metrics.state_bytes.observe)
+        observe = self.metrics.state_bytes.observe
+        for _, value in self.table.dirty.values():
+            observe(len(value))
+        await self.table.flush()
         if self.ack is not None:
             for event in ready:
                 if event is not None:
@@ -314,7 +291,7 @@ class Handler:
         """Broker state lost: forget unacknowledged events and unwritten state (never
         written to, or acknowledged on, a broker that no longer has what they follow)."""
         self.acks.clear()
-        self.table.discard()
+        self.table.dirty = {}
         self.clocks.clear()
 
     def drop(self, partitions: set[int]) -> None:
@@ -338,7 +315,7 @@ class Handler:
         as_of = dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC)
         index = self.clock(partition).due
         for key in index.pop_due(epoch_day(as_of)):
-            result = self.engine.advance_state(key, self.table.get(key), as_of)
+            result = self.engine.advance(key, self.table.get(key), as_of)
             if result.state is not None:
                 self.table.put(key, result.state, partition)
             index.add(key, result.next_check)
@@ -433,8 +410,8 @@ class Handler:
         when_s = item.timestamp or item.received
         try:
             learn = offset > self.learned_offsets.get((topic, partition), -1)
-            result = self.engine.process_state(topic, event, self.table.get(item.key_text),
-                                               learn=learn)
+            result = self.engine.process(topic, event, self.table.get(item.key_text),
+                                         learn=learn)
         except DecodeError as exc:
             await self._dead_letter(topic, partition, offset, item.key, item.value, exc, when_s)
             return
@@ -593,7 +570,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     changelog_name = table.changelog_topic.get_topic_name()
     state = StateStore(table, generation=lambda: app.consumer_generation_id,
-                       send=send_changelog, cache_size=settings.state_cache_customers)
+                       send=send_changelog)
     faust_apply_changelog_batch = table.apply_changelog_batch
 
     def apply_changelog_batch(batch: Any) -> None:
@@ -1045,7 +1022,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         if await settled(timeout=30.0):
             await handler.flush()
         handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
-        state.release_cache()
         state.reset_fencing()
         metrics.rebalances.inc()
         metrics.ready.set(0)

@@ -102,9 +102,6 @@ class Settings:
     state_flush_interval: float = 0.5
     #: ...or after this many events.
     state_flush_every: int = 2000
-    #: Customers whose states are kept decoded after a flush (alerts.statecache; about
-    #: 8.5 KB each), besides those written since the last flush.
-    state_cache_customers: int = 10_000
     #: Seconds table recovery may spend reading changelogs past the reported end offsets.
     recovery_catchup_timeout: float = 60.0
     #: Seconds between checkpoints of the global models (with their input offsets).
@@ -165,11 +162,6 @@ class Settings:
                 values["partitions"] = int(env["RISKWATCH_PARTITIONS"])
             except ValueError as exc:
                 raise ConfigError("RISKWATCH_PARTITIONS: not a whole number") from exc
-        if "RISKWATCH_STATE_CACHE_CUSTOMERS" in env:
-            try:
-                values["state_cache_customers"] = int(env["RISKWATCH_STATE_CACHE_CUSTOMERS"])
-            except ValueError as exc:
-                raise ConfigError("RISKWATCH_STATE_CACHE_CUSTOMERS: not a whole number") from exc
         if "RISKWATCH_DIRECT_DELIVERY" in env:
             values["direct_delivery"] = _parse_bool("RISKWATCH_DIRECT_DELIVERY",
                                                     env["RISKWATCH_DIRECT_DELIVERY"])
@@ -187,9 +179,6 @@ class Settings:
         parse_addr(settings.metrics_addr)
         if settings.partitions < 1:
             raise ConfigError("partitions must be at least 1")
-        if settings.state_cache_customers < 0:
-            raise ConfigError("RISKWATCH_STATE_CACHE_CUSTOMERS must be at least 0, got "
-                              f"{settings.state_cache_customers}")
         return settings
 
 

@@ -26,10 +26,9 @@ from typing import Any
 from aiokafka.partitioner import murmur2
 
 from alerts.deadletter import dead_letter, dead_letter_emit
-from alerts.engine import Engine, encode_state
+from alerts.engine import Engine
 from alerts.envelope import Emit
 from alerts.policy import Policy
-from alerts.statecache import DEFAULT_SIZE, StateCache
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode, dumps, encode
 from schemas.errors import ConfigError, DecodeError
@@ -169,20 +168,15 @@ def replay(
     *,
     now: dt.datetime | None = None,
     partitions: int = 1,
-    cache_size: int = DEFAULT_SIZE,
 ) -> ReplayReport:
     """Run the engine over ``inputs`` and write outputs and a snapshot to ``out_dir``.
 
     ``partitions`` emulates the worker's per-partition event-time watermarks (a
     missed due date is detected when the customer's *partition* has moved on);
     with the topics' partition count, replay and worker sweep alike.
-    ``cache_size``: customers whose states stay decoded between events (as in the
-    worker; the others are encoded and decoded per event).
     """
     engine = Engine(policy)
     states: dict[str, bytes] = {}
-    #: Decoded states over ``states``, as the worker's state store keeps them.
-    cache: StateCache[str] = StateCache(states, encode_state, cache_size)
     report = ReplayReport()
     writers = _Writers(out_dir)
     dues = [DueIndex() for _ in range(partitions)]
@@ -192,12 +186,6 @@ def replay(
     swept_days = [epoch_day(_FAR_PAST - lateness)] * partitions
     customer_topics = frozenset(CUSTOMER_TOPICS)
     events = report.events
-    get = cache.get
-
-    def put(customer_id: str, state: Any) -> None:
-        cache.put(customer_id, state)
-        if len(cache.live) > cache.size:
-            cache.write_back()
 
     def emit_all(emits: list[Emit]) -> None:
         for emit in emits:
@@ -216,9 +204,9 @@ def replay(
         # As the worker does per partition: event time passing a due date, with no
         # further event from the customer, is what detects the miss.
         for customer_id in due.pop_due(epoch_day(as_of)):
-            result = engine.advance_state(customer_id, get(customer_id), as_of)
+            result = engine.advance(customer_id, states.get(customer_id), as_of)
             if result.state is not None:
-                put(customer_id, result.state)
+                states[customer_id] = result.state
             due.add(customer_id, result.next_check)
             emit_all(result.emits)
 
@@ -246,7 +234,7 @@ def replay(
             if error is None:
                 customer_id = obj.customer_id
                 try:
-                    result = engine.process_state(topic, obj, get(customer_id))
+                    result = engine.process(topic, obj, states.get(customer_id))
                 except DecodeError as exc:
                     error = exc
                 else:
@@ -256,7 +244,7 @@ def replay(
                     else:
                         next_check = result.next_check
                         if result.state is not None:
-                            put(customer_id, result.state)
+                            states[customer_id] = result.state
                             dues[part].add(customer_id, next_check)
                         emits = result.emits
                         late_check = next_check is not None and next_check <= swept_days[part]
@@ -268,7 +256,6 @@ def replay(
             if error is None and late_check:
                 # A check day already behind the partition's watermark is due now.
                 sweep(dues[part], watermarks[part] - lateness)
-        cache.write_back()
         report.seconds = time.perf_counter() - started
     finally:
         writers.close()

@@ -168,32 +168,3 @@ async def test_freeze_heap_moves_live_objects_out_of_the_collectors_reach() -> N
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
-
-
-async def test_state_store_keeps_states_decoded_and_encodes_them_at_the_flush() -> None:
-    """Between flushes a customer's state stays decoded (the engine's input and output);
-    the flush encodes each dirty one once into the table and the changelog. When
-    partitions are revoked, unflushed states go into the table (still to be flushed) and
-    no decoded state is kept: what table recovery writes then is what is read."""
-    from alerts.engine import CustomerState, decode_state, encode_state
-    from streams.app import StateStore
-
-    table = _StoreTable()
-    store = StateStore(table, generation=lambda: 2, cache_size=1)
-    store.put("c1", CustomerState(next_check=5), 0)
-    store.put("c2", CustomerState(next_check=6), 1)
-    assert table.data == {} and isinstance(store.get("c1"), CustomerState)
-    sizes: list[int] = []
-    assert await store.flush(sizes.append) == 2
-    assert table.data == {b"c1": encode_state(CustomerState(next_check=5)),
-                          b"c2": encode_state(CustomerState(next_check=6))}
-    assert [(k, p) for k, _, p in table.changelog_topic.sent] == [(b"c1", 0), (b"c2", 1)]
-    assert sizes == [len(table.data[b"c1"]), len(table.data[b"c2"])]
-    assert isinstance(store.get("c1"), bytes)  # beyond the cache size: read from the table
-    store.put("c2", CustomerState(next_check=9), 1)
-    store.release_cache()
-    assert decode_state(table.data[b"c2"]).next_check == 9 and not store.cache.live
-    table.data[b"c2"] = encode_state(CustomerState(next_check=11))  # recovery
-    assert decode_state(store.get("c2")).next_check == 11
-    assert await store.flush() == 1
-    assert decode_state(table.changelog_topic.sent[-1][1]).next_check == 11

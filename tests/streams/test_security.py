@@ -824,7 +824,7 @@ def test_processing_error_log_carries_the_pseudonym_not_the_customer(caplog):
     key = PseudonymKey(Secret(b"p" * 32), "v9")
 
     class Exploding:
-        def process_state(self, *args: Any, **kwargs: Any) -> Any:
+        def process(self, *args: Any, **kwargs: Any) -> Any:
             raise KeyError(f"no ledger for {customer} (card {pan})")
 
     class Table:
