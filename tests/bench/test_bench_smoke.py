@@ -107,9 +107,9 @@ def test_delinquency_bench_quick_run_has_the_figures(tmp_path: Path):
     assert "| ledger | 20,000 |" in (tmp_path / "delinquency.md").read_text()
 
 
-def test_replay_split_accounts_for_the_whole_time(tmp_path: Path):
-    """``bench.replay_bench --split``: reading, engine and the rest add up to the
-    replay's own time per event, and the engine's share is timed (not zero)."""
+def test_replay_split_times_the_engine_inside_the_replay(tmp_path: Path):
+    """``bench.replay_bench --split``: the engine's time is timed inside the replay's
+    own time, reading in a pass of its own, and replay gets its engine back."""
     import streams.replay
     from alerts.engine import Engine
     from bench.replay_bench import split_costs, write_scaling_input
@@ -117,8 +117,7 @@ def test_replay_split_accounts_for_the_whole_time(tmp_path: Path):
     events = write_scaling_input(tmp_path / "in", customers=20, per_customer=15)
     split = split_costs(tmp_path / "in", tmp_path / "out")
     assert split["events"] == events
-    parts = (split["read_decode_merge_us_per_event"] + split["engine_us_per_event"]
-             + split["rest_us_per_event"])
-    assert abs(parts - split["total_us_per_event"]) < 0.5
-    assert split["engine_us_per_event"] > 0 and split["read_decode_merge_us_per_event"] > 0
+    assert 0 < split["engine_us_per_event"] < split["total_us_per_event"]
+    assert split["read_decode_merge_us_per_event"] > 0
+    assert (tmp_path / "out" / "snapshot.jsonl").read_bytes().count(b"\n") == 20
     assert streams.replay.Engine is Engine  # the timed engine is put back
