@@ -65,8 +65,10 @@ set while a late due is paid up). Warnings fire on a rising edge: a streak of
 ``ratio_cycles`` cycles to at most ``ratio_threshold_pct``, and
 ``late_cured_count`` late-but-cured cycles within ``late_cured_window``.
 
-**Announcements** -- the announced bucket, bucket history, labels and warning
-flags -- record what has been signalled; a late event can add a signal, not
+**Announcements** -- the announced bucket, bucket history, labels, warning
+flags and the count of bucket moves -- record what has been signalled (a bucket
+move's discriminator is ``<bucket>@<day>#<move number>``, so two moves to one
+bucket on one day get distinct ids); a late event can add a signal, not
 retract one. :func:`apply` first advances time to the event's day (as
 :func:`advance` would), so a bucket crossed between sweeps is still
 announced, dated on the day it was crossed.
@@ -390,7 +392,8 @@ class AccountLedger(Struct, array_like=True, frozen=True, gc=False):
     """The per-account state (array-encoded msgpack, a few hundred bytes).
 
     ``clock`` is the newest event-time day seen. ``bucket``, ``history``
-    (flattened ``[day, bucket_index, ...]``) and ``flags`` are announcements;
+    (flattened ``[day, bucket_index, ...]``), ``flags`` and ``moves`` (bucket
+    moves announced, numbering their discriminators) are announcements;
     ``cycles`` is flattened ``[due_day, code, ...]`` cycle statistics; ``seen``
     flattened ``[day, hash, ...]`` of finalised events and dropped dues.
 
@@ -416,6 +419,10 @@ class AccountLedger(Struct, array_like=True, frozen=True, gc=False):
     history: list[int] = []
     deferrals: list[Deferral] = []
     plan: Plan | None = None
+    #: Bucket moves announced so far (an announcement field, appended last so
+    #: states encoded before it decode with 0): makes each move's discriminator
+    #: unique, e.g. cured, re-opened and cured again on one day.
+    moves: int = 0
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -1789,7 +1796,9 @@ def _evaluate(
 
     sigs: list[Signal] = []
     history = led.history
+    moves = led.moves
     if idx != old:
+        moves += 1
         if idx > old:
             crossed = _kth_unpaused(start, buckets[idx].lo, merged) or led.clock
             day = crossed if trigger_day is None else max(crossed, trigger_day)
@@ -1818,7 +1827,7 @@ def _evaluate(
                 severity,
                 [rule.replace("-", "_"), buckets[idx].name],
                 [*ev(), prev, moved, *product],
-                f"{buckets[idx].name}@{day}",
+                f"{buckets[idx].name}@{day}#{moves}",
             )
         )
         history = [*history, day, idx][-2 * cfg.max_history :]
@@ -1846,7 +1855,7 @@ def _evaluate(
                 )
             )
     plan, plan_sigs = _plan_signals(led, cfg, ev)
-    out = replace(led, bucket=idx, history=history, flags=flags, plan=plan)
+    out = replace(led, bucket=idx, history=history, flags=flags, plan=plan, moves=moves)
     flags, warn_sigs = _warnings(out, cfg, ev)
     if (idx, history, flags, plan) != (led.bucket, led.history, led.flags, led.plan):
         out = replace(out, flags=flags)

@@ -468,6 +468,63 @@ def test_encode_roundtrip_and_next_check_with_index() -> None:
     assert idx.pop_due(D0 + 11) == [ACC]
 
 
+# A ledger encoded by the code before the ``moves`` field (and any later
+# trailing field) was added: a card account with a plan, a deferral, cycles and
+# bucket history. Captured from the unchanged module; it must keep decoding.
+_OLD_LEDGER_HEX = (
+    "dc0012a26131cd4d6fa0939ca573742d7331cd4d42ce00013880cd0fa001ce65b98d80030000cd07d000ff"
+    "9ca8706c616e2d312330cd4d65cd27100002ce65e3bd80030000cd1388cd1388ff9ca8706c616e2d312331"
+    "cd4d83cd27100002ce65e3bd800000000000ff9294cf740b32e4bc4a6748ce65e11a80cd07d00094cf2661"
+    "e0939218eea2ce65ee4980cd13880000000000ce65989800ce000186a0010096cd4d24cd0464cd4d42cd05"
+    "00cd4d65cd013294cd4d10cf46bf4d555ac5b7facd4d24cf5b647eb6299f283396cd4d4301cd4d4900cd4d"
+    "66019194cf53e93a5fb6584b24cd4d56cd4d5cff94a6706c616e2d31ce65e3bd800201"
+)
+
+
+def test_state_encoded_before_the_trailing_fields_still_decodes() -> None:
+    led = decode_ledger(bytes.fromhex(_OLD_LEDGER_HEX))
+    assert (led.clock, led.retired, led.bucket, led.moves) == (D0 + 100, 100000, 1, 0)
+    assert [d.id for d in led.dues] == ["st-s1", "plan-1#0", "plan-1#1"]
+    assert led.plan is not None and led.plan.id == "plan-1"
+    assert bucket_history(led)[-1] == (D0 + 91, "dpd_1_29")
+    assert decode_ledger(encode_ledger(led)) == led
+    more, sigs = advance(led, D0 + 130)  # and keeps working: the move count starts at 0
+    assert more.moves == 1 and sigs[0].rule_id == "dpd-bucket-worsened"
+    assert sigs[0].discriminator.endswith("#1")
+
+
+def test_same_day_bucket_flaps_get_distinct_discriminators() -> None:
+    """Paid, bounced and paid again on one day: onset, cured, onset, cured. The
+    standing alerts' ids come from the discriminator, so the second cure must not
+    share the first's (a consumer deduplicating by id would end on 'delinquent')."""
+    led, sigs = run(
+        [
+            inst("d1", 0, 10, 100000),
+            pay("p1", 20, 100000),
+            rev("r1", 20, "p1", 100000, sec=60),
+            pay("p2", 20, 100000, sec=120),
+        ]
+    )
+    moves = [(s.rule_id, s.discriminator) for s in sigs if s.kind == "delinquency"]
+    assert [r for r, _ in moves] == [
+        "delinquency-onset",
+        "delinquency-cured",
+        "delinquency-onset",
+        "delinquency-cured",
+    ]
+    assert len(set(moves)) == 4
+    assert moves[1][1] == f"delinquency-cured:current@{D0 + 20}#2"
+    assert led.moves == 4 and dpd(led) == 0
+
+
+def test_move_discriminator_is_the_same_from_an_event_or_a_sweep() -> None:
+    base, _ = run([inst("d1", 0, 10, 100000)])
+    _, s1 = advance(base, D0 + 11)
+    _, s2 = apply(base, pay("p1", 11, 1000))  # the event first steps time to its day
+    assert [s.discriminator for s in s1] == [s.discriminator for s in s2[:1]]
+    assert s1[0].discriminator == f"delinquency-onset:dpd_1_29@{D0 + 11}#1"
+
+
 def test_due_index_bounded_work() -> None:
     idx = DueIndex()
     for i in range(1000):
