@@ -47,7 +47,9 @@ lateness_days``, together with its reversals; the hashes of finalised events
 are kept for idempotency. What finalised money paid on dues due after
 ``clock - lateness_days`` (up to the first such due it leaves unfilled) stays
 ``floating``, given back to those dues oldest-first on every fold, so a due
-arriving late still sorts before them.
+arriving late still sorts before them. The part of it paid after the current
+restructuring plan (``float_post``, fixed when the money starts floating) is
+never given to a due the plan superseded, whenever the ledger is settled.
 
 **Deferrals** stop the DPD clock for their days; a crisis-wide pause is passed
 in by the caller as ``pauses`` (list of ``(start_day, end_day_exclusive |
@@ -423,6 +425,9 @@ class AccountLedger(Struct, array_like=True, frozen=True, gc=False):
     #: states encoded before it decode with 0): makes each move's discriminator
     #: unique, e.g. cured, re-opened and cured again on one day.
     moves: int = 0
+    #: The part of ``floating`` paid at or after the plan: it may not go to
+    #: superseded dues (trailing, default 0: all of it predates the plan).
+    float_post: int = 0
 
 
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -818,6 +823,7 @@ def _fold(
     until: int | None = None,
     floating: int = 0,
     boundary: int | None = None,
+    float_post: int = 0,
 ) -> tuple[list[int], list[int], int, list[int]]:
     """Allocate ``items`` (canonical order) on top of the finalised ``base``.
 
@@ -831,7 +837,9 @@ def _fold(
     ``until``, default: the end of the fold).
 
     ``floating`` is finalised money that paid dues due on or after
-    ``boundary``; it goes back to those dues first, oldest first.
+    ``boundary``; it goes back to those dues first, oldest first. Of it,
+    ``float_post`` was paid at or after the plan: it never goes to a
+    superseded due (the rest can), and is used first on the other dues.
 
     >>> dues = [Due("d1", 10, 100), Due("d2", 40, 100)]
     >>> _fold(dues, 0, [Item(1, 5 * DAY, 150)], None, 0, 0)[:3]
@@ -899,19 +907,29 @@ def _fold(
                 allocs[owner].append([i, a, t])
         return amount
 
+    post = min(float_post, floating)
+    pre = floating - post
     for i in range(n):
-        if floating <= 0:
+        if pre <= 0 and post <= 0:
             break
         if boundary is not None and dues[i].day < boundary:
             continue
         need = cap[i] - paid[i]
-        if need <= 0 or (sup[i] and plan_key is not None and frontier >= plan_key):
+        if need <= 0:
             continue
-        a = need if need < floating else floating
+        if sup[i]:  # only money paid before the plan
+            a = need if need < pre else pre
+            pre -= a
+        else:
+            a = need if need < post else post
+            post -= a
+            if a < need and pre > 0:
+                x = min(need - a, pre)
+                pre -= x
+                a += x
         paid[i] += a
         ontime[i] += a
-        floating -= a
-    pool += floating
+    pool += pre + post
     fifo: list[list[int]] = []  # [owner, amount]; owner -1 = finalised credit
     if pool:
         left = fill(pool, -1, _NEVER, frontier)
@@ -979,15 +997,19 @@ def _recompute(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         base, base_ontime, left, base_caps = _fold(
             dues, led.base_credit, [], led.plan, led.frontier, g,
             until=led.frontier, floating=led.floating, boundary=led.float_from,
+            float_post=led.float_post,
         )  # fmt: skip
-        dues, fl, base_credit = _rebase(dues, base, base_ontime, base_caps, left, bnd)
+        dues, fl, base_credit, fp = _rebase(
+            dues, base, base_ontime, base_caps, left, bnd, led.plan, led.frontier
+        )
     else:  # nothing finalised to place (the common case)
-        fl = base_credit = 0
+        fl = base_credit = fp = 0
     ff = bnd if fl else 0
     items = _item_order(led.items)
     paid, ontime, credit, caps = _fold(
-        dues, base_credit, items, led.plan, led.frontier, g, floating=fl, boundary=ff
-    )
+        dues, base_credit, items, led.plan, led.frontier, g, floating=fl, boundary=ff,
+        float_post=fp,
+    )  # fmt: skip
     new_dues = [
         d if (d.paid, d.ontime, d.cap) == (p, o, c) else replace(d, paid=p, ontime=o, cap=c)
         for d, p, o, c in zip(dues, paid, ontime, caps, strict=True)
@@ -1000,6 +1022,7 @@ def _recompute(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         base_credit=base_credit,
         floating=fl,
         float_from=ff,
+        float_post=fp,
     )
 
 
@@ -1010,7 +1033,9 @@ def _rebase(
     caps: Sequence[int],
     credit: int,
     boundary: int,
-) -> tuple[list[Due], int, int]:
+    plan: Plan | None = None,
+    frontier: int = 0,
+) -> tuple[list[Due], int, int, int]:
     """Split finalised money (``paid`` by a fold without live items) into
     ``base``, *floating* money and credit.
 
@@ -1019,15 +1044,25 @@ def _rebase(
     finalised money that fills them oldest-first *floats*: every fold gives
     it back to those dues, oldest first. Past the first due it does not fill
     (an exact reversal left a hole there), money stays with its due. Returns
-    ``(dues, floating, credit)``.
+    ``(dues, floating, credit, float_post)``.
+
+    ``float_post`` is the floating money that may have been paid at or after
+    ``plan`` (finalised money is all older than the plan while ``frontier``,
+    the newest finalised payment time, is): what floats on dues the plan did
+    not supersede once ``frontier`` reached the plan. Money on a superseded
+    due was always paid before the plan.
 
     >>> dues = [Due("a", 5, 100), Due("b", 50, 100), Due("c", 60, 100), Due("d", 70, 100)]
-    >>> dues, fl, cr = _rebase(dues, [100, 100, 0, 40], [100, 100, 0, 40], [-1] * 4, 7, 20)
-    >>> [d.base for d in dues], fl, cr
-    ([100, 0, 0, 40], 100, 7)
+    >>> dues, fl, cr, fp = _rebase(dues, [100, 100, 0, 40], [100, 100, 0, 40], [-1] * 4, 7, 20)
+    >>> [d.base for d in dues], fl, cr, fp
+    ([100, 0, 0, 40], 100, 7, 0)
+    >>> _rebase([Due("a", 50, 100, key=1), Due("b", 60, 100, key=9)], [100, 60], [100, 60],
+    ...         [-1] * 2, 0, 20, Plan("p", 5, 1), 7)[1:]
+    (160, 0, 60)
     """
     out: list[Due] = []
-    floating = 0
+    floating = post = 0
+    mixed = plan is not None and frontier >= plan.key
     hole = False
     for d, p, o, c in zip(dues, paid, ontime, caps, strict=True):
         if d.day < boundary or hole:
@@ -1036,9 +1071,11 @@ def _rebase(
             b = min(d.base, p)
             bo = d.base_ontime if b == d.base else min(d.base_ontime, b)
             floating += p - b
+            if mixed and not _superseded(d, plan):
+                post += p - b
             hole = p < (c if c >= 0 else _cap(d))
         out.append(d if (d.base, d.base_ontime) == (b, bo) else replace(d, base=b, base_ontime=bo))
-    return out, floating, credit
+    return out, floating, credit, post
 
 
 # --------------------------------------------------------------------------- #
@@ -1357,8 +1394,11 @@ def _finalize(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         frontier,
         led.floating,
         led.float_from,
+        led.float_post,
     )
-    dues, floating, credit = _rebase(led.dues, paid, ontime, caps, credit, bnd)
+    dues, floating, credit, float_post = _rebase(
+        led.dues, paid, ontime, caps, credit, bnd, led.plan, frontier
+    )
     dues = [d if c < 0 else replace(d, cap=c) for d, c in zip(dues, caps, strict=True)]
     seen = _seen_add(
         led.seen, [(_eff_key(it, pay_key) // DAY, it.h) for it in prefix], cfg.max_seen
@@ -1370,6 +1410,7 @@ def _finalize(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         base_credit=credit,
         floating=floating,
         float_from=bnd if floating else 0,
+        float_post=float_post,
         frontier=frontier,
         seen=seen,
     )

@@ -783,6 +783,49 @@ def test_retiring_the_rolling_statement_keeps_the_older_statements_cap() -> None
     assert [(d.id, d.paid) for d in after.dues] == [("st-d0", 10), ("st-d1", 100), ("st-d3", 0)]
 
 
+# Paid early on a due a plan later superseded, then a small post-plan payment.
+SUPERSEDED_FLOAT = [
+    inst("i1", 0, 100, 10000),
+    pay("p1", 10, 10000),
+    plan("pl", 20, "plan-1", [(200, 10000)]),
+    pay("p2", 30, 1000),
+]
+
+
+def test_money_on_a_superseded_due_does_not_move_onto_the_plan() -> None:
+    """p1's 10000 sits on i1 (superseded by the plan) and floats once final. It
+    used to move onto the plan installment when p2 (after the plan) was
+    finalised while it floated -- on a daily sweep, not on a single jump --,
+    and with two more small payments the plan was reported completed."""
+    led, _ = run(SUPERSEDED_FLOAT)
+    daily, _ = sweep(led, 215)
+    jump, _ = advance(led, D0 + 215)
+    assert core(daily) == core(jump)
+    assert (jump.retired, jump.credit, dpd(jump)) == (10000, 0, 15)
+    led, sigs = run([*SUPERSEDED_FLOAT, pay("p3", 80, 500), pay("p4", 100, 500)])
+    led, more = advance(led, D0 + 215)
+    assert "plan-completed" not in rules(sigs + more)
+    assert [(d.id, d.paid) for d in led.dues] == [("plan-1#0", 2000)]
+    assert (led.credit, dpd(led)) == (0, 15)
+
+
+@settings(PROP, max_examples=80)
+@given(histories(span=200, with_plan=False), st.integers(0, 200), st.integers(1, 3))
+@example(events=SUPERSEDED_FLOAT[:2] + SUPERSEDED_FLOAT[3:], plan_day=20, n=1)
+def test_prop_daily_sweeps_and_a_single_jump_place_money_alike(
+    events: list[Any], plan_day: int, n: int
+) -> None:
+    """The same events, swept daily or advanced in one jump: the same ledger."""
+    sched = [(plan_day + 170 + 30 * i, 10000) for i in range(n)]
+    events = sorted([*events, plan("pl", plan_day, "plan-1", sched)],
+                    key=lambda e: (e.event_time, e.event_id))  # fmt: skip
+    led, _ = run(events)
+    end = led.clock + 300
+    daily, _ = sweep(led, end - D0)
+    jump, _ = advance(led, end)
+    assert core(daily) == core(jump)
+
+
 @PROP
 @given(histories())
 def test_prop_signal_ids_are_unique_per_event(events: list[Any]) -> None:
