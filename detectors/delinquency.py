@@ -61,7 +61,8 @@ counting as overdue); all plan installments become dues when it is agreed
 
 **Cycles and warnings.** At due date + grace + ``lateness_days`` each due's
 cycle is recorded (paid/due ratio in percent -- for statements, payments dated
-between issue and due date over the balance --, minimum-only, late; cured is
+between issue and due date over the balance, counted whether or not they are
+still in the journal --, minimum-only, late; cured is
 set while a late due is paid up). Warnings fire on a rising edge: a streak of
 ``min_only_streak`` minimum-only statements, a paid/due ratio falling over
 ``ratio_cycles`` cycles to at most ``ratio_threshold_pct``, and
@@ -331,7 +332,11 @@ class Due(Struct, array_like=True, frozen=True, gc=False):
     ``minimum`` is the statement minimum (0 for other kinds); ``key`` the event
     time (s) of the due's event, or of the plan for plan installments; ``cap``
     what a statement can still absorb once a newer statement was issued (-1:
-    not rolled, the full ``amount``).
+    not rolled, the full ``amount``). ``period_paid`` (statements) is what
+    payments dated from its issue to its due date + grace paid in all, net of
+    their reversals, counted when they are finalised (the live journal holds
+    the rest), so the cycle's paid/due ratio does not depend on when that
+    happened (trailing field: older states decode with 0).
 
     >>> Due("i1", 20000, 10000).kind == INSTALLMENT
     True
@@ -349,6 +354,7 @@ class Due(Struct, array_like=True, frozen=True, gc=False):
     paid: int = 0
     ontime: int = 0
     cap: int = -1
+    period_paid: int = 0
 
 
 class Item(Struct, array_like=True, frozen=True, gc=False):
@@ -1286,7 +1292,7 @@ def _close_cycles(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
                 obl = _obligation(d)
                 code = 0
                 if d.kind == STATEMENT:
-                    got = _window_paid(led.items, d.key // DAY, d.day + g)
+                    got = d.period_paid + _window_paid(led.items, d.key // DAY, d.day + g)
                     ratio = 100 if d.amount <= tol else min(100, got * 100 // d.amount)
                     top = d.minimum * (100 + cfg.min_only_margin_pct) // 100 + tol
                     if d.minimum > 0 and d.minimum - tol <= got <= top and got < d.amount - tol:
@@ -1400,6 +1406,12 @@ def _finalize(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         led.dues, paid, ontime, caps, credit, bnd, led.plan, frontier
     )
     dues = [d if c < 0 else replace(d, cap=c) for d, c in zip(dues, caps, strict=True)]
+    for i, d in enumerate(dues):
+        # Keep the statement period's payments that leave the journal counted.
+        if d.kind == STATEMENT and not d.flags & _CLOSED:
+            got = _window_paid(folded, d.key // DAY, d.day + cfg.grace_days)
+            if got:
+                dues[i] = replace(d, period_paid=d.period_paid + got)
     seen = _seen_add(
         led.seen, [(_eff_key(it, pay_key) // DAY, it.h) for it in prefix], cfg.max_seen
     )

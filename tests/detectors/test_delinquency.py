@@ -356,6 +356,40 @@ def test_falling_payment_ratio_warning() -> None:
     assert {e.code: e.value for e in warn[0].evidence}["payment_ratios"] == "100,80,40"
 
 
+def _cycle_ratios(led: AccountLedger) -> list[int]:
+    return [led.cycles[i + 1] & 127 for i in range(0, len(led.cycles), 2)]
+
+
+def test_statement_ratio_counts_payments_forced_out_of_the_journal() -> None:
+    """Paid in full every cycle, the third time in 25 small payments: more than
+    max_items (12) live items force the oldest out before the cycle is recorded.
+    The ratio counted only the payments still in the journal (48%) and raised a
+    false 'payment ratio falling' warning."""
+    evs: list[Any] = []
+    for m in range(3):
+        issue = 30 * m
+        evs.append(stmt(f"s{m}", issue, issue + 25, 100000, 5000))
+        if m < 2:
+            evs.append(pay(f"p{m}", issue + 5, 100000))
+        else:
+            evs += [pay(f"p{m}_{k}", issue + 4 + k // 2, 4000, sec=3000 * k) for k in range(25)]
+    led, sigs = run(evs)
+    led, more = advance(led, D0 + 115)
+    assert _cycle_ratios(led) == [100, 100, 100]
+    assert "warn-payment-ratio-falling" not in rules(sigs + more)
+
+
+def test_statement_ratio_does_not_depend_on_when_payments_are_finalised() -> None:
+    """With a reversal window shorter than the statement period, a daily sweep
+    finalised the payment before the cycle was recorded: 0% instead of 100%."""
+    cfg = DelinquencyConfig(reversal_window_days=10, lateness_days=3)
+    led, _ = run([stmt("s", 0, 25, 100000, 5000), pay("p", 2, 100000)], cfg)
+    daily, _ = sweep(led, 39, cfg)
+    jump, _ = advance(led, D0 + 39, cfg)
+    assert _cycle_ratios(daily) == _cycle_ratios(jump) == [100]
+    assert daily.cycles == jump.cycles
+
+
 def test_repeated_late_but_cured_warning() -> None:
     evs: list[Any] = []
     for i in range(3):
@@ -810,19 +844,34 @@ def test_money_on_a_superseded_due_does_not_move_onto_the_plan() -> None:
 
 
 @settings(PROP, max_examples=80)
-@given(histories(span=200, with_plan=False), st.integers(0, 200), st.integers(1, 3))
-@example(events=SUPERSEDED_FLOAT[:2] + SUPERSEDED_FLOAT[3:], plan_day=20, n=1)
-def test_prop_daily_sweeps_and_a_single_jump_place_money_alike(
-    events: list[Any], plan_day: int, n: int
+@given(
+    histories(span=200, with_plan=False),
+    st.none() | st.integers(0, 200),
+    st.integers(1, 3),
+    st.sampled_from([DEFAULT_CONFIG, *SMALL_WINDOWS]),
+)
+@example(
+    events=SUPERSEDED_FLOAT[:2] + SUPERSEDED_FLOAT[3:], plan_day=20, n=1, cfg=DEFAULT_CONFIG
+)
+@example(
+    events=[stmt("s", 0, 25, 100000, 5000), pay("p", 2, 100000)],
+    plan_day=None,
+    n=1,
+    cfg=SMALL_WINDOWS[0],
+)
+def test_prop_daily_sweeps_and_a_single_jump_give_the_same_ledger(
+    events: list[Any], plan_day: int | None, n: int, cfg: DelinquencyConfig
 ) -> None:
-    """The same events, swept daily or advanced in one jump: the same ledger."""
-    sched = [(plan_day + 170 + 30 * i, 10000) for i in range(n)]
-    events = sorted([*events, plan("pl", plan_day, "plan-1", sched)],
-                    key=lambda e: (e.event_time, e.event_id))  # fmt: skip
-    led, _ = run(events)
+    """The same events, swept daily or advanced in one jump: the same ledger
+    (money placement, retirement, cycle statistics)."""
+    if plan_day is not None:
+        sched = [(plan_day + 170 + 30 * i, 10000) for i in range(n)]
+        events = sorted([*events, plan("pl", plan_day, "plan-1", sched)],
+                        key=lambda e: (e.event_time, e.event_id))  # fmt: skip
+    led, _ = run(events, cfg)
     end = led.clock + 300
-    daily, _ = sweep(led, end - D0)
-    jump, _ = advance(led, end)
+    daily, _ = sweep(led, end - D0, cfg)
+    jump, _ = advance(led, end, cfg)
     assert core(daily) == core(jump)
 
 
