@@ -336,7 +336,9 @@ class Due(Struct, array_like=True, frozen=True, gc=False):
     payments dated from its issue to its due date + grace paid in all, net of
     their reversals, counted when they are finalised (the live journal holds
     the rest), so the cycle's paid/due ratio does not depend on when that
-    happened (trailing field: older states decode with 0).
+    happened (trailing field: older states decode with 0). ``cycle_day`` is
+    the due date its cycle was recorded under, if a correction moved the due
+    date after that (-1: ``day``; trailing field).
 
     >>> Due("i1", 20000, 10000).kind == INSTALLMENT
     True
@@ -355,6 +357,7 @@ class Due(Struct, array_like=True, frozen=True, gc=False):
     ontime: int = 0
     cap: int = -1
     period_paid: int = 0
+    cycle_day: int = -1
 
 
 class Item(Struct, array_like=True, frozen=True, gc=False):
@@ -1140,7 +1143,9 @@ def _add_due(led: AccountLedger, due: Due) -> AccountLedger:
     """Add a due, or replace one with the same id by a newer version.
 
     Versions compare by ``(key, day, amount, minimum)``, so the outcome does
-    not depend on arrival order. A due dropped earlier stays dropped.
+    not depend on arrival order. A due dropped earlier stays dropped. A due
+    whose cycle was already recorded remembers the day it was recorded under
+    (``cycle_day``), so its cured mark still finds the record.
 
     >>> led = _add_due(AccountLedger("a", 0), Due("i1", 10, 100, key=5))
     >>> _add_due(led, Due("i1", 10, 120, key=4)) is led
@@ -1155,7 +1160,11 @@ def _add_due(led: AccountLedger, due: Due) -> AccountLedger:
             continue
         if (due.key, due.day, due.amount, due.minimum) <= (d.key, d.day, d.amount, d.minimum):
             return led
-        new = replace(d, day=due.day, amount=due.amount, minimum=due.minimum, key=due.key)
+        moved = d.flags & _CLOSED and d.cycle_day < 0 and due.day != d.day
+        cday = d.day if moved else d.cycle_day
+        new = replace(
+            d, day=due.day, amount=due.amount, minimum=due.minimum, key=due.key, cycle_day=cday
+        )
         return replace(led, dues=[*led.dues[:i], new, *led.dues[i + 1 :]])
     return replace(led, dues=[*led.dues, due])
 
@@ -1307,7 +1316,8 @@ def _close_cycles(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
         if flags & _LATE and bool(flags & _CURED) != (_obligation(d) - d.paid <= tol):
             # Cured = late at the due date and met now; a reversal can un-cure.
             flags ^= _CURED
-            cycles = _mark_cured(cycles, d.day, bool(flags & _CURED))
+            cday = d.day if d.cycle_day < 0 else d.cycle_day  # (the day it was recorded under)
+            cycles = _mark_cured(cycles, cday, bool(flags & _CURED))
         if flags != d.flags:
             changed = True
             d = replace(d, flags=flags)

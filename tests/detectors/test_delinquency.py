@@ -390,6 +390,28 @@ def test_statement_ratio_does_not_depend_on_when_payments_are_finalised() -> Non
     assert daily.cycles == jump.cycles
 
 
+def test_due_date_correction_after_the_cycle_keeps_the_cured_mark_on_its_record() -> None:
+    """loan-1's cycle is recorded (late) under day 10; a correction then moves
+    its due date to 25. The payment that cures it marked the record only when it
+    arrived before the correction (the lookup used the new day): the cycle
+    statistics depended on the arrival order of two same-day events."""
+    first = [inst("i1", 0, 10, 10000, due_id="loan-1"), inst("i2", 0, 40, 10000, due_id="loan-2")]
+    corr = inst("i1c", 20, 25, 10000, due_id="loan-1")
+    p = pay("p1", 20, 10000, sec=3600)
+    out = []
+    for evs in ([corr, p], [p, corr]):
+        led, _ = run(first + evs)
+        led, _ = advance(led, D0 + 60)
+        out.append(led)
+    a, b = out
+    assert a.cycles == b.cycles and core(a) == core(b)
+    assert [(a.cycles[i] - D0, a.cycles[i + 1] & (256 | 512)) for i in (0, 2)] == [
+        (10, 256 | 512),  # late, cured
+        (40, 256),
+    ]
+    assert [(d.id, d.day - D0, d.cycle_day - D0) for d in a.dues][:1] == [("loan-1", 25, 10)]
+
+
 def test_repeated_late_but_cured_warning() -> None:
     evs: list[Any] = []
     for i in range(3):
