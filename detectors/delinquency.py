@@ -847,8 +847,9 @@ def _fold(
 
     ``floating`` is finalised money that paid dues due on or after
     ``boundary``; it goes back to those dues first, oldest first. Of it,
-    ``float_post`` was paid at or after the plan: it never goes to a
-    superseded due (the rest can), and is used first on the other dues.
+    ``float_post`` may have been paid at or after the plan (ignored while
+    ``frontier`` predates the plan): it never goes to a superseded due (the
+    rest can), and is used first on the other dues.
 
     >>> dues = [Due("d1", 10, 100), Due("d2", 40, 100)]
     >>> _fold(dues, 0, [Item(1, 5 * DAY, 150)], None, 0, 0)[:3]
@@ -916,7 +917,9 @@ def _fold(
                 allocs[owner].append([i, a, t])
         return amount
 
-    post = min(float_post, floating)
+    # (while the newest finalised payment predates the plan, so does all of it:
+    # ``float_post`` may still refer to an older plan)
+    post = min(float_post, floating) if plan_key is not None and frontier >= plan_key else 0
     pre = floating - post
     for i in range(n):
         if pre <= 0 and post <= 0:

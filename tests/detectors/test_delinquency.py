@@ -865,6 +865,26 @@ def test_money_on_a_superseded_due_does_not_move_onto_the_plan() -> None:
     assert (led.credit, dpd(led)) == (0, 15)
 
 
+def test_money_floating_after_an_old_plan_predates_a_new_plan() -> None:
+    """p2 (after plan-0) paid i1 and floats, counted as paid after the plan.
+    plan-1 then supersedes i1: p2 predates plan-1, so its money stays on i1 and
+    plan-1's installment is still owed (it was moved there: plan completed)."""
+    led, _ = run(
+        [
+            plan("pl0", 0, "plan-0", [(10, 1000)]),
+            pay("p1", 5, 1000),
+            inst("i1", 100, 200, 5000),
+            pay("p2", 110, 5000),
+        ]
+    )
+    led, _ = advance(led, D0 + 180)
+    assert (led.floating, led.float_post) == (5000, 5000)
+    led, sigs = run([plan("pl1", 185, "plan-1", [(300, 5000)])], ledger=led)
+    assert [(d.id, d.paid) for d in led.dues] == [("due-i1", 5000), ("plan-1#0", 0)]
+    led, more = advance(led, D0 + 320)
+    assert rules(sigs + more) == ["delinquency-onset", "plan-broken-promise"] and dpd(led) == 20
+
+
 @settings(PROP, max_examples=80)
 @given(
     histories(span=200, with_plan=False),
