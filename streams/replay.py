@@ -97,8 +97,9 @@ def resolve_inputs(paths: list[str]) -> list[tuple[str, Path]]:
             topic = path.name.removesuffix(".jsonl")
         if topic not in TOPICS or TOPICS[topic].direction != "input":
             raise ConfigError(f"replay input {item!r}: {topic!r} is not an input topic")
-        if not path.exists():
-            raise ConfigError(f"replay input {item!r}: {path} does not exist")
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"replay input {item!r}: {path} {what}")
         pairs.append((topic, path))
     if not pairs:
         raise ConfigError("replay: no input files")
