@@ -29,7 +29,9 @@ from msgspec import Meta, Struct
 # Shared field types
 # --------------------------------------------------------------------------- #
 
-#: Active ISO 4217 currency codes.
+#: Active ISO 4217 currency codes (List One, currencies only: no fund codes, no
+#: precious metals). VED (Venezuela, 2021), XCG (Curaçao and Sint Maarten, 2025)
+#: and ZWG (Zimbabwe, 2024) are in; ZWL (withdrawn in 2024) is out.
 ISO_4217: tuple[str, ...] = tuple(
     """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB
     BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD
@@ -38,7 +40,7 @@ ISO_4217: tuple[str, ...] = tuple(
     LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK
     NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK
     SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH
-    UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL""".split()  # noqa: SIM905
+    UGX USD UYU UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()  # noqa: SIM905
 )
 ISO_4217_SET = frozenset(ISO_4217)
 

@@ -193,6 +193,7 @@ POISON: list[tuple[str, str, bytes, str | None]] = [
     ),
     ("unknown_currency", TX, record(TX, currency="XXX"), "currency"),
     ("unknown_currency", TX, record(TX, currency="eur"), "currency"),
+    ("unknown_currency", TX, record(TX, currency="ZWL"), "currency"),  # withdrawn 2024
     (
         "unknown_currency",
         "limit-adjustments",
@@ -225,6 +226,11 @@ def test_poison_maps_to_reason(reason: str, topic: str, raw: bytes, field: str |
     if field is not None:
         assert error.field == field, str(error)
         assert f"field={field}" in str(error)
+
+
+@pytest.mark.parametrize("currency", ["VED", "XCG", "ZWG"])
+def test_recent_iso_4217_codes_are_accepted(currency: str) -> None:
+    assert decode(TX, record(TX, currency=currency), now=NOW).currency == currency
 
 
 def test_key_mismatch() -> None:
