@@ -46,7 +46,7 @@ DIGEST_HEX = 20
 #: Shortest accepted pseudonym key, in bytes.
 MIN_KEY_BYTES = 16
 
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 _MASK = "********"
 
 
@@ -125,7 +125,7 @@ def check_key_version(version: str) -> str:
     >>> check_key_version("2026-01")
     '2026-01'
     """
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):  # not match: "$" lets a trailing "\n" through
         raise ConfigError(f"pseudonym key version {version!r}: expected 1-32 letters, digits, "
                           "'.', '_' or '-' (no ':')")
     return version

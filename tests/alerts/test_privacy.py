@@ -17,6 +17,7 @@ from alerts.privacy import (
     MIN_KEY_BYTES,
     PseudonymKey,
     Secret,
+    check_key_version,
     describe_error,
     pseudonym,
     redact,
@@ -93,10 +94,18 @@ def test_pseudonym_known_answer():
     ("c", b"short", "v1"),
     ("c", b"k" * 16, "has:colon"),
     ("c", b"k" * 16, ""),
+    ("c", b"k" * 16, "v1\n"),  # "$" of re.match would let it through, into log lines
 ])
 def test_pseudonym_rejects_bad_input(customer, key, version):
     with pytest.raises((ValueError, ConfigError)):
         pseudonym(customer, key, version)
+
+
+def test_key_version_with_a_trailing_newline_is_rejected():
+    with pytest.raises(ConfigError):
+        check_key_version("v1\n")
+    with pytest.raises(ConfigError):
+        PseudonymKey(Secret(b"k" * 16), "v1\n")
 
 
 def test_pseudonym_key_from_env_and_file(tmp_path):

@@ -209,6 +209,11 @@ POISON: list[tuple[str, str, bytes, str | None]] = [
     ("invalid_value", TX, record(TX, channel="carrier_pigeon"), "channel"),
     ("invalid_value", TX, record(TX, mcc="54111"), "mcc"),
     ("invalid_value", TX, record(TX, event_id=""), "event_id"),
+    # Python's "$" matches before a final newline: the patterns must not.
+    ("invalid_value", TX, record(TX, customer_id="cust-000123\n"), "customer_id"),
+    ("invalid_value", TX, record(TX, merchant_id="m-1\n"), "merchant_id"),
+    ("invalid_value", TX, record(TX, country="DE\n"), "country"),
+    ("invalid_value", TX, record(TX, mcc="5411\n"), "mcc"),
     ("invalid_value", "repayments", record("repayments", type="gift"), "type"),
 ]
 
