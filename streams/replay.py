@@ -80,7 +80,8 @@ class ReplayReport:
 
 
 def resolve_inputs(paths: list[str]) -> list[tuple[str, Path]]:
-    """``topic=path`` or ``path/<topic>.jsonl`` (or a directory of them) as pairs."""
+    """``topic=path`` or ``path/<topic>.jsonl`` (or a directory of them) as pairs,
+    one file per topic (:class:`ConfigError` for a topic given twice)."""
     pairs: list[tuple[str, Path]] = []
     for item in paths:
         topic, sep, rest = item.partition("=")
@@ -103,6 +104,13 @@ def resolve_inputs(paths: list[str]) -> list[tuple[str, Path]]:
         pairs.append((topic, path))
     if not pairs:
         raise ConfigError("replay: no input files")
+    # One file per topic: dead letters are identified by topic and line number.
+    seen: dict[str, Path] = {}
+    for topic, path in pairs:
+        if topic in seen:
+            raise ConfigError(f"replay: topic {topic!r} given twice ({seen[topic]} and {path}); "
+                              "give one file per topic")
+        seen[topic] = path
     return pairs
 
 

@@ -6,7 +6,10 @@ import datetime as dt
 import json
 from pathlib import Path
 
+import pytest
+
 from alerts.policy import load_policy
+from schemas.errors import ConfigError
 from schemas.export import EXAMPLES
 from streams.replay import iter_merged, replay, resolve_inputs
 
@@ -63,3 +66,17 @@ def test_event_times_within_one_millisecond_tie_as_in_the_worker(tmp_path: Path)
     _write(tmp_path, tx_time="2026-02-20T10:00:00.001000Z",
            profile_time="2026-02-20T10:00:00.000999Z")
     assert _topics([str(tmp_path)]) == ["customer-profiles", "card-transactions"]
+
+
+def test_a_topic_given_twice_is_rejected(tmp_path: Path) -> None:
+    # Dead letters are identified by topic and line number: two files of one topic
+    # would give two different bad lines the same dead-letter id.
+    profiles, transactions = _write(tmp_path)
+    other = tmp_path / "day2.jsonl"
+    other.write_text(transactions.read_text())
+    for args in ([f"card-transactions={transactions}", f"card-transactions={other}"],
+                 [str(tmp_path), f"card-transactions={other}"],
+                 [str(transactions), str(transactions)]):
+        with pytest.raises(ConfigError, match="'card-transactions' given twice"):
+            resolve_inputs(args)
+    assert len(resolve_inputs([str(profiles), f"card-transactions={other}"])) == 2
