@@ -218,11 +218,20 @@ def redact(text: str, customer_id: str | None, key: PseudonymKey) -> str:
     >>> out = redact("no state for 'cust-9' card 4111111111111111", "cust-9", k)
     >>> "cust-9" in out, "411111******1111" in out, out.startswith("no state for 'v1:")
     (False, True, True)
+    >>> redact("no state for '5500000000000004'", "5500000000000004", k) == (
+    ...     f"no state for '{k('5500000000000004')}'")
+    True
     """
     # Mask first: an id made of digits must not break up a card number before masking.
     text = mask_pans(text.encode("utf-8", "replace")).decode("utf-8", "replace")
     if customer_id:
-        text = text.replace(customer_id, key(customer_id))
+        alias = key(customer_id)
+        text = text.replace(customer_id, alias)
+        # An id with a card-number-like digit run was masked above: find it masked.
+        masked = mask_pans(customer_id.encode("utf-8", "replace")).decode("utf-8", "replace")
+        if masked != customer_id:
+            whole = re.compile(rf"(?<![0-9*]){re.escape(masked)}(?![0-9*])")
+            text = whole.sub(lambda _: alias, text)
     return text
 
 

@@ -156,6 +156,17 @@ def test_redact_replaces_the_id_and_masks_card_numbers(customer, raw_key):
     assert "411111******1111" in out
 
 
+@pytest.mark.parametrize("customer", ["5500000000000004", "C1234567890123",
+                                      "1234567890123", "acct-4111-1111-1111-1111"])
+def test_redact_pseudonymises_an_id_that_looks_like_a_card_number(customer):
+    # Masked before it is replaced, such an id is found in its masked form.
+    key = PseudonymKey(Secret(b"0123456789abcdef"), "v1")
+    out = redact(f"no state for {customer!r}; card 4111111111111111 "
+                 "and 5555555555554444 and 12345678901234", customer, key)
+    assert out == (f"no state for '{key(customer)}'; card 411111******1111 "
+                   "and 555555******4444 and **************")
+
+
 def test_describe_error_keeps_the_type_and_redacts_the_message():
     key = PseudonymKey(Secret(b"s" * 16), "v1")
     out = describe_error(KeyError("cust-77"), "cust-77", key)
