@@ -209,6 +209,23 @@ POISON: list[tuple[str, str, bytes, str | None]] = [
     ("invalid_value", TX, record(TX, channel="carrier_pigeon"), "channel"),
     ("invalid_value", TX, record(TX, mcc="54111"), "mcc"),
     ("invalid_value", TX, record(TX, event_id=""), "event_id"),
+    # Classified on msgspec's message, not on a quoted value in it or on the path.
+    ("invalid_value", TX, record(TX, channel="datetime"), "channel"),
+    ("invalid_value", TX, record(TX, channel="Expected `int`, got `null`"), "channel"),
+    ("invalid_value", "repayments", record("repayments", type="datetime"), "type"),
+    (
+        "missing_field",
+        "repayments",
+        record("repayments", type="plan_agreed", plan_id="p", installments=[{"amount_minor": 5}]),
+        "installments[0].due_date",
+    ),
+    (
+        "bad_timestamp",
+        "repayments",
+        record("repayments", type="plan_agreed", plan_id="p",
+               installments=[{"amount_minor": 5, "due_date": "2026-02-30"}]),
+        "installments[0].due_date",
+    ),
     # Python's "$" matches before a final newline: the patterns must not.
     ("invalid_value", TX, record(TX, customer_id="cust-000123\n"), "customer_id"),
     ("invalid_value", TX, record(TX, merchant_id="m-1\n"), "merchant_id"),
