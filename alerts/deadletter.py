@@ -1,8 +1,8 @@
 """Dead-letter records: what could not be processed, where it came from, and why.
 
 The raw bytes are kept (base64, truncated past a limit) with card-number-like
-digit runs masked; the id is deterministic over the record's position, so a
-redelivered bad record dead-letters under the same id.
+digit runs masked before the cut; the id is deterministic over the record's
+position, so a redelivered bad record dead-letters under the same id.
 
 >>> import datetime as dt
 >>> from schemas.errors import DecodeError
@@ -25,6 +25,11 @@ from schemas.models import DeadLetter
 
 #: Raw bytes kept in a dead letter, at most.
 MAX_RAW_KEPT = 16 * 1024
+#: Raw bytes masked before the cut. Masking drops the separators inside a run
+#: (at most every other byte), so the masked window is at least MAX_RAW_KEPT + 64
+#: bytes long whenever the raw is longer than it: the digits of a card number cut
+#: by the window's end (at most 37 bytes) land past MAX_RAW_KEPT and are cut off.
+_MASK_WINDOW = 2 * MAX_RAW_KEPT + 128
 
 
 def dead_letter(
@@ -38,7 +43,10 @@ def dead_letter(
 ) -> DeadLetter:
     """The dead-letter record for a record at ``topic``/``partition``/``offset``."""
     raw = raw or b""
-    kept = mask_pans(raw[:MAX_RAW_KEPT])
+    # Mask, then cut: cutting first would leave up to 12 digits of a card number
+    # straddling the cut in clear (too few to look like one to the masker).
+    masked = mask_pans(raw[:_MASK_WINDOW])
+    kept = masked[:MAX_RAW_KEPT]
     key_text = mask_pans(key).decode("utf-8", "replace")[:512] if key is not None else None
     return DeadLetter(
         dead_letter_id=output_id("dead-letter", 1, f"{topic}:{partition}:{offset}"),
@@ -50,7 +58,7 @@ def dead_letter(
         key=key_text,
         raw_b64=base64.b64encode(kept).decode(),
         raw_size=len(raw),
-        truncated=len(raw) > MAX_RAW_KEPT,
+        truncated=len(raw) > _MASK_WINDOW or len(masked) > MAX_RAW_KEPT,
         event_time=when.astimezone(dt.UTC),
     )
 

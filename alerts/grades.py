@@ -336,7 +336,7 @@ def grade_outputs(
 # Early-warning lines
 # --------------------------------------------------------------------------- #
 
-_INDICATOR = r"^[a-z0-9][a-z0-9_]*$"
+_INDICATOR = r"^[a-z0-9][a-z0-9_]*(?!\n)$"  # no trailing newline (Python's $)
 _CLEAR, _WARN, _BREACH = 0, 1, 2
 _Q = 100  # fixed-point hundredths of stored indicator values
 

@@ -46,7 +46,7 @@ DIGEST_HEX = 20
 #: Shortest accepted pseudonym key, in bytes.
 MIN_KEY_BYTES = 16
 
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,31}")
 _MASK = "********"
 
 
@@ -125,7 +125,7 @@ def check_key_version(version: str) -> str:
     >>> check_key_version("2026-01")
     '2026-01'
     """
-    if not _VERSION.match(version):
+    if not _VERSION.fullmatch(version):  # not match: "$" lets a trailing "\n" through
         raise ConfigError(f"pseudonym key version {version!r}: expected 1-32 letters, digits, "
                           "'.', '_' or '-' (no ':')")
     return version
@@ -218,11 +218,20 @@ def redact(text: str, customer_id: str | None, key: PseudonymKey) -> str:
     >>> out = redact("no state for 'cust-9' card 4111111111111111", "cust-9", k)
     >>> "cust-9" in out, "411111******1111" in out, out.startswith("no state for 'v1:")
     (False, True, True)
+    >>> redact("no state for '5500000000000004'", "5500000000000004", k) == (
+    ...     f"no state for '{k('5500000000000004')}'")
+    True
     """
     # Mask first: an id made of digits must not break up a card number before masking.
     text = mask_pans(text.encode("utf-8", "replace")).decode("utf-8", "replace")
     if customer_id:
-        text = text.replace(customer_id, key(customer_id))
+        alias = key(customer_id)
+        text = text.replace(customer_id, alias)
+        # An id with a card-number-like digit run was masked above: find it masked.
+        masked = mask_pans(customer_id.encode("utf-8", "replace")).decode("utf-8", "replace")
+        if masked != customer_id:
+            whole = re.compile(rf"(?<![0-9*]){re.escape(masked)}(?![0-9*])")
+            text = whole.sub(lambda _: alias, text)
     return text
 
 

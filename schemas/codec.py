@@ -57,7 +57,8 @@ _DECODERS: dict[str, msgspec.json.Decoder[Any]] = {
     name: msgspec.json.Decoder(spec.model) for name, spec in TOPICS.items()
 }
 _ENCODER = msgspec.json.Encoder()
-_PATH = re.compile(r"at `\$\.?([^`]*)`")
+_QUOTED = re.compile(r"'.*'", re.DOTALL)
+_WRONG_TYPE = re.compile(r"Expected `[^`]*`, got `[^`]*`")
 _NON_FINITE = re.compile(rb"(NaN|Infinity)(?![A-Za-z])")
 _BYTE_AT = re.compile(r"\(byte ([0-9]+)\)")
 _PAN = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
@@ -104,24 +105,38 @@ def check_envelope(raw: bytes, *, topic: str | None = None, key: str | None = No
 
 
 def _classify_validation(message: str) -> tuple[str, str | None]:
-    match = _PATH.search(message)
-    field = match.group(1) if match else None
+    """The reason code and field path of a msgspec validation message.
+
+    Only the message proper is looked at, not the path after `` - at `` nor a
+    quoted value in it (``Invalid enum value 'datetime'`` is no bad timestamp).
+
+    >>> _classify_validation("Invalid enum value 'datetime' - at `$.channel`")
+    ('invalid_value', 'channel')
+    >>> _classify_validation("Object missing required field `due_date` - at `$.plan[0]`")
+    ('missing_field', 'plan[0].due_date')
+    """
+    head, sep, at = message.rpartition(" - at `")
+    if not sep:
+        head, at = message, ""
+    field = at.rstrip("`").removeprefix("$").removeprefix(".") or None
+    if head.startswith("Object missing required field `"):
+        missing = head.split("`")[1]
+        return "missing_field", f"{field}.{missing}" if field else missing
+    # Values are quoted ('...') in a message: classify on the rest only.
+    head = _QUOTED.sub("''", head)
     leaf = field.rsplit(".", 1)[-1] if field else ""
-    if message.startswith("Object missing required field"):
-        missing = message.split("`")[1] if "`" in message else None
-        return "missing_field", missing
-    if "got `null`" in message:
+    if head.startswith("Expected `") and head.endswith(", got `null`"):
         return "null_value", field
-    if message.startswith("Expected `") and ", got `" in message:
+    if _WRONG_TYPE.fullmatch(head):
         return "wrong_type", field
-    if message.startswith("Number out of range"):
+    if head.startswith("Number out of range"):
         return "non_finite_number", field
-    if "datetime" in message or "date`" in message:
+    if "datetime" in head or "date`" in head or "encoded date" in head:
         return "bad_timestamp", field
-    if leaf.endswith("_minor") or leaf == "amount_minor":
-        if ">= 0" in message:
+    if leaf.endswith("_minor"):
+        if ">= 0" in head:
             return "negative_amount", field
-        if "<=" in message:
+        if "<=" in head:
             return "amount_out_of_range", field
     if leaf == "currency":
         return "unknown_currency", field

@@ -29,7 +29,13 @@ from msgspec import Meta, Struct
 # Shared field types
 # --------------------------------------------------------------------------- #
 
-#: Active ISO 4217 currency codes.
+# Patterns end in ``(?!\n)$``: msgspec matches them with Python's ``re``, whose
+# ``$`` also matches before a trailing newline ("cust-1\n" would pass ``...$``);
+# in ECMA-262 (the exported JSON Schemas) ``(?!\n)$`` means the same as ``$``.
+
+#: Active ISO 4217 currency codes (List One, currencies only: no fund codes, no
+#: precious metals). VED (Venezuela, 2021), XCG (Curaçao and Sint Maarten, 2025)
+#: and ZWG (Zimbabwe, 2024) are in; ZWL (withdrawn in 2024) is out.
 ISO_4217: tuple[str, ...] = tuple(
     """AED AFN ALL AMD ANG AOA ARS AUD AWG AZN BAM BBD BDT BGN BHD BIF BMD BND BOB
     BRL BSD BTN BWP BYN BZD CAD CDF CHF CLP CNY COP CRC CUP CVE CZK DJF DKK DOP DZD
@@ -38,7 +44,7 @@ ISO_4217: tuple[str, ...] = tuple(
     LSL LYD MAD MDL MGA MKD MMK MNT MOP MRU MUR MVR MWK MXN MYR MZN NAD NGN NIO NOK
     NPR NZD OMR PAB PEN PGK PHP PKR PLN PYG QAR RON RSD RUB RWF SAR SBD SCR SDG SEK
     SGD SHP SLE SOS SRD SSP STN SVC SYP SZL THB TJS TMT TND TOP TRY TTD TWD TZS UAH
-    UGX USD UYU UZS VES VND VUV WST XAF XCD XOF XPF YER ZAR ZMW ZWL""".split()  # noqa: SIM905
+    UGX USD UYU UZS VED VES VND VUV WST XAF XCD XCG XOF XPF YER ZAR ZMW ZWG""".split()  # noqa: SIM905
 )
 ISO_4217_SET = frozenset(ISO_4217)
 
@@ -50,14 +56,14 @@ Id = Annotated[
     Meta(
         min_length=1,
         max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@/-]*(?!\n)$",
         description="Opaque identifier: letters, digits and . _ : @ / -",
     ),
 ]
 Currency = Annotated[
     str,
     Meta(
-        pattern=r"^[A-Z]{3}$",
+        pattern=r"^[A-Z]{3}(?!\n)$",
         description="ISO 4217 alphabetic code; must be an active code (checked on decode)",
     ),
 ]
@@ -67,10 +73,14 @@ AmountMinor = Annotated[
 Timestamp = Annotated[
     dt.datetime, Meta(tz=True, description="RFC 3339 timestamp with offset; stored as UTC")
 ]
-Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}$", description="ISO 3166-1 alpha-2")]
-Mcc = Annotated[str, Meta(pattern=r"^[0-9]{4}$", description="ISO 18245 merchant category code")]
+Country = Annotated[str, Meta(pattern=r"^[A-Z]{2}(?!\n)$", description="ISO 3166-1 alpha-2")]
+Mcc = Annotated[
+    str, Meta(pattern=r"^[0-9]{4}(?!\n)$", description="ISO 18245 merchant category code")
+]
 ShortText = Annotated[str, Meta(max_length=200)]
-Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*$")]
+Label = Annotated[
+    str, Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9_.-]*(?!\n)$")
+]
 Product = Literal["credit_card", "installment_plan", "personal_loan"]
 Score = Annotated[int, Meta(ge=0, le=1000)]
 
@@ -350,8 +360,8 @@ class AuditRecord(Struct, **_CFG):
     before: Any
     after: Any
     why: Annotated[str, Meta(max_length=2000)]
-    prev_hash: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
-    hash: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}$")]
+    prev_hash: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}(?!\n)$")]
+    hash: Annotated[str, Meta(pattern=r"^[0-9a-f]{64}(?!\n)$")]
 
 
 def to_builtins(obj: Struct) -> Any:

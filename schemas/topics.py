@@ -80,6 +80,10 @@ OUTPUT_TOPICS: tuple[str, ...] = tuple(s.name for s in _SPECS if s.direction == 
 CUSTOMER_TOPICS: tuple[str, ...] = tuple(
     s.name for s in _SPECS if s.direction == "input" and s.key == "customer_id"
 )
+#: Tie-break for input records of equal event time (in milliseconds): topic name
+#: order. The worker (a partition's held records) and replay (its merge of the
+#: input files) both order by it, so that they process equal times alike.
+TOPIC_RANK: dict[str, int] = {name: rank for rank, name in enumerate(sorted(INPUT_TOPICS))}
 #: Output model class -> topic name.
 TOPIC_OF_MODEL: dict[type, str] = {
     s.model: s.name for s in _SPECS if s.direction == "output"

@@ -34,7 +34,7 @@ from alerts.privacy import PseudonymKey, describe_error
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode
 from schemas.errors import DecodeError
-from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS, TOPICS
+from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS, TOPIC_RANK, TOPICS
 from streams import checkpoint
 from streams.acks import Entry, InOrderAcks
 from streams.broadcast import Follower
@@ -145,9 +145,6 @@ class StateStore:
         self.floor.clear()
 
 
-
-#: Tie-break for records of equal event time: topic name order (as replay merges files).
-_TOPIC_RANK = {name: rank for rank, name in enumerate(sorted(CUSTOMER_TOPICS))}
 
 
 @dataclass
@@ -366,7 +363,8 @@ class Handler:
         item = Received(topic, partition, offset, key, key_text, value, timestamp, received,
                         event, message, entry)
         clock.arrivals += 1
-        heapq.heappush(clock.heap, (event_ms, _TOPIC_RANK[topic], offset, clock.arrivals, item))
+        # Equal event times (in ms) go in topic name order, as replay merges its files.
+        heapq.heappush(clock.heap, (event_ms, TOPIC_RANK[topic], offset, clock.arrivals, item))
         await self.release(partition)
 
     async def release(self, partition: int) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from schemas.errors import RiskwatchError
+from schemas.errors import ConfigError, RiskwatchError
 from streams.security import kafka_security_options
 
 app = typer.Typer(
@@ -40,6 +40,13 @@ BrokerOpt = Annotated[
 def _fail(exc: RiskwatchError) -> None:
     typer.secho(f"error: {exc}", fg="red", err=True)
     raise typer.Exit(2)
+
+
+def _path_error(exc: OSError) -> ConfigError:
+    """A file-system failure of a command (missing input, output path taken) as a
+    :class:`ConfigError` naming the path."""
+    where = str(exc.filename) if exc.filename is not None else "a file"
+    return ConfigError(f"{where}: {exc.strerror or exc}")
 
 
 def _kafka(broker: str | None, security: dict[str, Any] | None) -> Any:
@@ -147,8 +154,13 @@ def generate(
     """Generate a synthetic portfolio with ground truth (JSONL per topic)."""
     from streams.simulator import Portfolio, write_jsonl
 
-    config = Portfolio(customers=customers, days=days, seed=seed, poison_rate=poison_rate)
-    counts = write_jsonl(config, out_dir)
+    try:
+        config = Portfolio(customers=customers, days=days, seed=seed, poison_rate=poison_rate)
+        counts = write_jsonl(config, out_dir)
+    except RiskwatchError as exc:
+        _fail(exc)
+    except OSError as exc:
+        _fail(_path_error(exc))
     for topic, count in sorted(counts.items()):
         typer.echo(f"{topic:<22} {count}")
     if broker:
@@ -231,10 +243,12 @@ def replay(
             typer.echo(dumps(result).decode())
             return
         report = run_replay(resolved, out, candidate, partitions=partitions)
+        summary = report.as_dict()
+        (out / "summary.json").write_bytes(dumps(summary) + b"\n")
     except RiskwatchError as exc:
         _fail(exc)
-    summary = report.as_dict()
-    (out / "summary.json").write_bytes(dumps(summary) + b"\n")
+    except OSError as exc:
+        _fail(_path_error(exc))
     typer.echo(dumps(summary).decode())
 
 
@@ -319,6 +333,8 @@ def audit_verify(
             raise RiskwatchError("audit verify: give --broker or --file")
     except RiskwatchError as exc:
         _fail(exc)
+    except OSError as exc:
+        _fail(_path_error(exc))
     problems = verify_chain(records)
     for problem in problems:
         typer.secho(f"TAMPERED: {problem}", fg="red", err=True)
@@ -334,7 +350,10 @@ def schemas_export(
     """Write one JSON Schema per topic and a Markdown topic reference."""
     from schemas.export import export
 
-    paths = export(out_dir)
+    try:
+        paths = export(out_dir)
+    except OSError as exc:
+        _fail(_path_error(exc))
     typer.echo(f"wrote {len(paths)} files to {out_dir}")
 
 

@@ -3,7 +3,9 @@
 Input is JSONL, one file per topic, named ``<topic>.jsonl`` (or given as
 ``topic=path``); the files are merged by event time (each file must itself be
 in event-time order: a line earlier than its predecessor is processed in file
-order, as a broker partition would deliver it). Every line goes through the
+order, as a broker partition would deliver it). Like the worker, the merge
+compares event times to the millisecond and breaks ties by topic name
+(:data:`~schemas.topics.TOPIC_RANK`), whatever the order of the files given. Every line goes through the
 same codec and :class:`~alerts.engine.Engine` as the stream worker, so the
 outputs carry the same deterministic ids. Bad lines become dead letters, with
 partition ``-1`` and the line number as offset.
@@ -32,7 +34,7 @@ from alerts.policy import Policy
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.codec import decode, dumps, encode
 from schemas.errors import ConfigError, DecodeError
-from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS, TOPICS
+from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS, TOPIC_RANK, TOPICS
 
 _FAR_PAST = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
@@ -78,7 +80,8 @@ class ReplayReport:
 
 
 def resolve_inputs(paths: list[str]) -> list[tuple[str, Path]]:
-    """``topic=path`` or ``path/<topic>.jsonl`` (or a directory of them) as pairs."""
+    """``topic=path`` or ``path/<topic>.jsonl`` (or a directory of them) as pairs,
+    one file per topic (:class:`ConfigError` for a topic given twice)."""
     pairs: list[tuple[str, Path]] = []
     for item in paths:
         topic, sep, rest = item.partition("=")
@@ -95,19 +98,34 @@ def resolve_inputs(paths: list[str]) -> list[tuple[str, Path]]:
             topic = path.name.removesuffix(".jsonl")
         if topic not in TOPICS or TOPICS[topic].direction != "input":
             raise ConfigError(f"replay input {item!r}: {topic!r} is not an input topic")
-        if not path.exists():
-            raise ConfigError(f"replay input {item!r}: {path} does not exist")
+        if not path.is_file():
+            what = "is not a file" if path.exists() else "does not exist"
+            raise ConfigError(f"replay input {item!r}: {path} {what}")
         pairs.append((topic, path))
     if not pairs:
         raise ConfigError("replay: no input files")
+    # One file per topic: dead letters are identified by topic and line number.
+    seen: dict[str, Path] = {}
+    for topic, path in pairs:
+        if topic in seen:
+            raise ConfigError(f"replay: topic {topic!r} given twice ({seen[topic]} and {path}); "
+                              "give one file per topic")
+        seen[topic] = path
     return pairs
 
 
-def _lines(
-    topic: str, path: Path, file_index: int, now: dt.datetime
-) -> Iterator[tuple[dt.datetime, int, int, str, int, bytes, Any]]:
-    """(event_time, file_index, line_no, topic, line_no, raw, decoded | DecodeError)."""
+#: A :func:`_lines` record: (event_ms, topic rank, file_index, line_no, event_time,
+#: topic, line_no, raw, decoded | DecodeError); the first four are the merge order.
+_Line = tuple[int, int, int, int, dt.datetime, str, int, bytes, Any]
+
+
+def _lines(topic: str, path: Path, file_index: int, now: dt.datetime) -> Iterator[_Line]:
+    """The records of one file, keyed for the merge as the worker orders a partition:
+    event time in ms (computed as the worker does), then topic rank (not the order
+    of the files given), then file and line."""
+    rank = TOPIC_RANK[topic]
     last = _FAR_PAST
+    last_ms = int(last.timestamp() * 1000)
     with path.open("rb") as handle:
         for line_no, line in enumerate(handle, start=1):
             raw = line.rstrip(b"\r\n")
@@ -116,10 +134,12 @@ def _lines(
             try:
                 obj: Any = decode(topic, raw, now=now)
                 # A line earlier than its predecessor keeps its place in the file.
-                last = max(last, obj.event_time)
+                if obj.event_time > last:
+                    last = obj.event_time
+                    last_ms = int(last.timestamp() * 1000)
             except DecodeError as exc:
                 obj = exc
-            yield last, file_index, line_no, topic, line_no, raw, obj
+            yield last_ms, rank, file_index, line_no, last, topic, line_no, raw, obj
 
 
 def iter_merged(
@@ -130,13 +150,11 @@ def iter_merged(
     Yields (event_time, topic, line_no, raw, decoded or DecodeError); a bad line
     carries the event time of the good line before it in its file.
     """
-    for event_time, _, _, topic, line_no, raw, obj in _merged(inputs, now):
+    for _, _, _, _, event_time, topic, line_no, raw, obj in _merged(inputs, now):
         yield event_time, topic, line_no, raw, obj
 
 
-def _merged(
-    inputs: list[tuple[str, Path]], now: dt.datetime | None
-) -> Iterator[tuple[dt.datetime, int, int, str, int, bytes, Any]]:
+def _merged(inputs: list[tuple[str, Path]], now: dt.datetime | None) -> Iterator[_Line]:
     """:func:`iter_merged`'s records as :func:`_lines` gives them (one generator less)."""
     now = now or dt.datetime.now(dt.UTC)
     streams = [_lines(topic, path, i, now) for i, (topic, path) in enumerate(inputs)]
@@ -212,7 +230,7 @@ def replay(
 
     started = time.perf_counter()
     try:
-        for event_time, _, _, topic, line_no, raw, obj in _merged(inputs, now):
+        for _, _, _, _, event_time, topic, line_no, raw, obj in _merged(inputs, now):
             events[topic] += 1
             key = getattr(obj, "customer_id", None)
             part = partition_of(key, partitions) if key and partitions > 1 else 0

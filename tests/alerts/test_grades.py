@@ -142,6 +142,8 @@ def test_policy_validation_and_unknown_fields() -> None:
         msgspec.convert({"medium": ["reminder"], "urgent": []}, TierPolicy)
     with pytest.raises(msgspec.ValidationError):
         msgspec.convert({"lines": [{"indicator": "Max DPD", "line": 30}]}, EarlyWarningLines)
+    with pytest.raises(msgspec.ValidationError):  # Python's "$" alone would take it
+        msgspec.convert({"lines": [{"indicator": "max_dpd\n", "line": 30}]}, EarlyWarningLines)
     with pytest.raises(ValueError, match="one line"):
         EarlyWarningLines(lines=(EarlyWarningLine(indicator="score", line=700.0),) * 2)
     cfg = msgspec.convert({"lines": [{"indicator": "utilisation", "line": 0.8}],

@@ -17,6 +17,7 @@ from alerts.privacy import (
     MIN_KEY_BYTES,
     PseudonymKey,
     Secret,
+    check_key_version,
     describe_error,
     pseudonym,
     redact,
@@ -93,10 +94,18 @@ def test_pseudonym_known_answer():
     ("c", b"short", "v1"),
     ("c", b"k" * 16, "has:colon"),
     ("c", b"k" * 16, ""),
+    ("c", b"k" * 16, "v1\n"),  # "$" of re.match would let it through, into log lines
 ])
 def test_pseudonym_rejects_bad_input(customer, key, version):
     with pytest.raises((ValueError, ConfigError)):
         pseudonym(customer, key, version)
+
+
+def test_key_version_with_a_trailing_newline_is_rejected():
+    with pytest.raises(ConfigError):
+        check_key_version("v1\n")
+    with pytest.raises(ConfigError):
+        PseudonymKey(Secret(b"k" * 16), "v1\n")
 
 
 def test_pseudonym_key_from_env_and_file(tmp_path):
@@ -145,6 +154,17 @@ def test_redact_replaces_the_id_and_masks_card_numbers(customer, raw_key):
     assert customer not in out.replace(key(customer), "")
     assert "4111 1111 1111 1111" not in out and "4111111111111111" not in out
     assert "411111******1111" in out
+
+
+@pytest.mark.parametrize("customer", ["5500000000000004", "C1234567890123",
+                                      "1234567890123", "acct-4111-1111-1111-1111"])
+def test_redact_pseudonymises_an_id_that_looks_like_a_card_number(customer):
+    # Masked before it is replaced, such an id is found in its masked form.
+    key = PseudonymKey(Secret(b"0123456789abcdef"), "v1")
+    out = redact(f"no state for {customer!r}; card 4111111111111111 "
+                 "and 5555555555554444 and 12345678901234", customer, key)
+    assert out == (f"no state for '{key(customer)}'; card 411111******1111 "
+                   "and 555555******4444 and **************")
 
 
 def test_describe_error_keeps_the_type_and_redacts_the_message():

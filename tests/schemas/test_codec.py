@@ -193,6 +193,7 @@ POISON: list[tuple[str, str, bytes, str | None]] = [
     ),
     ("unknown_currency", TX, record(TX, currency="XXX"), "currency"),
     ("unknown_currency", TX, record(TX, currency="eur"), "currency"),
+    ("unknown_currency", TX, record(TX, currency="ZWL"), "currency"),  # withdrawn 2024
     (
         "unknown_currency",
         "limit-adjustments",
@@ -208,6 +209,28 @@ POISON: list[tuple[str, str, bytes, str | None]] = [
     ("invalid_value", TX, record(TX, channel="carrier_pigeon"), "channel"),
     ("invalid_value", TX, record(TX, mcc="54111"), "mcc"),
     ("invalid_value", TX, record(TX, event_id=""), "event_id"),
+    # Classified on msgspec's message, not on a quoted value in it or on the path.
+    ("invalid_value", TX, record(TX, channel="datetime"), "channel"),
+    ("invalid_value", TX, record(TX, channel="Expected `int`, got `null`"), "channel"),
+    ("invalid_value", "repayments", record("repayments", type="datetime"), "type"),
+    (
+        "missing_field",
+        "repayments",
+        record("repayments", type="plan_agreed", plan_id="p", installments=[{"amount_minor": 5}]),
+        "installments[0].due_date",
+    ),
+    (
+        "bad_timestamp",
+        "repayments",
+        record("repayments", type="plan_agreed", plan_id="p",
+               installments=[{"amount_minor": 5, "due_date": "2026-02-30"}]),
+        "installments[0].due_date",
+    ),
+    # Python's "$" matches before a final newline: the patterns must not.
+    ("invalid_value", TX, record(TX, customer_id="cust-000123\n"), "customer_id"),
+    ("invalid_value", TX, record(TX, merchant_id="m-1\n"), "merchant_id"),
+    ("invalid_value", TX, record(TX, country="DE\n"), "country"),
+    ("invalid_value", TX, record(TX, mcc="5411\n"), "mcc"),
     ("invalid_value", "repayments", record("repayments", type="gift"), "type"),
 ]
 
@@ -225,6 +248,11 @@ def test_poison_maps_to_reason(reason: str, topic: str, raw: bytes, field: str |
     if field is not None:
         assert error.field == field, str(error)
         assert f"field={field}" in str(error)
+
+
+@pytest.mark.parametrize("currency", ["VED", "XCG", "ZWG"])
+def test_recent_iso_4217_codes_are_accepted(currency: str) -> None:
+    assert decode(TX, record(TX, currency=currency), now=NOW).currency == currency
 
 
 def test_key_mismatch() -> None:

@@ -25,9 +25,9 @@ Two decoder leniencies make the schema stricter than the decoder, which is the
 safe direction for producers: msgspec also takes a space instead of ``T`` and an
 offset without a colon (``+0100``) in a date-time.
 
-Patterns are Python regular expressions on both sides here, where ``$`` also
-matches before a trailing newline, so ``"cust-1\\n"`` passes an ``Id`` pattern in
-both. An ECMA-262 validator would reject it: there the schema is stricter.
+Patterns are Python regular expressions on both sides here; they end in
+``(?!\\n)$``, since Python's ``$`` alone also matches before a trailing newline,
+so ``"cust-1\\n"`` fails an ``Id`` pattern in both, as in an ECMA-262 validator.
 """
 
 from __future__ import annotations

@@ -104,13 +104,30 @@ def _walk(node: Any, name: str | None = None) -> list[tuple[str | None, dict[str
     return out
 
 
+def test_patterns_reject_a_trailing_newline_in_python_and_mean_the_same_in_ecma_262() -> None:
+    """Every exported pattern ends in ``(?!\\n)$`` (Python's ``$`` alone also matches
+    before a final newline) and compiles as an ECMA-262 regular expression."""
+    regress = pytest.importorskip("regress")  # an ECMA-262 engine, where installed
+    patterns = {node["pattern"] for schema in SCHEMAS.values()
+                for _, node in _walk(schema) if "pattern" in node}
+    assert patterns
+    for pattern in patterns:
+        assert pattern.startswith("^") and pattern.endswith("(?!\\n)$"), pattern
+        ecma = regress.Regex(pattern)
+        assert ecma.find("\n") is None
+    ecma_id = regress.Regex(SCHEMAS["card-transactions"]["$defs"]["CardTransaction"]
+                            ["properties"]["customer_id"]["pattern"])
+    assert ecma_id.find("cust-1") is not None
+    assert ecma_id.find("cust-1\n") is None
+
+
 @pytest.mark.parametrize("topic", list(TOPICS))
 def test_schema_expresses_decoder_checks(topic: str) -> None:
     nodes = _walk(SCHEMAS[topic])
     for name, node in nodes:
         if name == "currency" and node.get("type") == "string":
             assert node["enum"] == sorted(ISO_4217)
-            assert node["pattern"] == "^[A-Z]{3}$"
+            assert node["pattern"] == "^[A-Z]{3}(?!\\n)$"
         if node.get("format") in ("date-time", "date"):
             assert "pattern" in node
         if node.get("type") == "object" and "properties" in node:

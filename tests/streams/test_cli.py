@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from typer.testing import CliRunner
 
 from schemas.codec import encode, loads
@@ -89,3 +90,35 @@ def test_replay_backtest_compares_policies(tmp_path):
     assert report["alerts_by_reason"]["large_transaction"] == [0, 1, 1]
     assert (out / "baseline" / "risk-alerts.jsonl").exists()
     assert (out / "candidate" / "risk-alerts.jsonl").exists()
+
+
+@pytest.mark.parametrize("case", ["replay topic=<directory>", "replay --out <file>",
+                                  "audit verify --file <missing>", "schemas export <file>",
+                                  "generate <file>", "generate --customers 0",
+                                  "generate --poison-rate 5"])
+def test_bad_paths_and_options_end_in_an_error_not_a_traceback(tmp_path, case):
+    good = tmp_path / "card-transactions.jsonl"
+    good.write_bytes(encode(_tx(0, 1)) + b"\n")
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    args = {
+        "replay topic=<directory>": ["replay", f"card-transactions={tmp_path}",
+                                     "--out", str(tmp_path / "o")],
+        "replay --out <file>": ["replay", str(good), "--out", str(taken)],
+        "audit verify --file <missing>": ["audit", "verify", "--file",
+                                          str(tmp_path / "nope.jsonl")],
+        "schemas export <file>": ["schemas", "export", str(taken)],
+        "generate <file>": ["generate", str(taken), "--customers", "2", "--days", "2"],
+        "generate --customers 0": ["generate", str(tmp_path / "g"), "--customers", "0"],
+        "generate --poison-rate 5": ["generate", str(tmp_path / "g"), "--poison-rate", "5"],
+    }[case]
+    result = runner.invoke(app, args)
+    assert result.exception is None or isinstance(result.exception, SystemExit), \
+        repr(result.exception)
+    assert result.exit_code == 2
+    assert "error:" in result.output
+    named = {"replay topic=<directory>": "is not a file", "replay --out <file>": str(taken),
+             "audit verify --file <missing>": "nope.jsonl", "schemas export <file>": str(taken),
+             "generate <file>": str(taken), "generate --customers 0": "customers",
+             "generate --poison-rate 5": "poison_rate"}[case]
+    assert named in result.output
