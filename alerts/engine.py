@@ -575,7 +575,7 @@ class Engine:
             utilisation=feats.get("utilisation"), on_time_cycles=_on_time_cycles(state),
             crisis_in_force=crisis, currency=profile.currency, policy=policy.limits,
             policy_version=policy.version, model_version=policy.model_version,
-            tightening=tightening)
+            tightening=tightening, days_past_due=feats.get("max_dpd", 0.0))
         if adjustment is None:
             return []
         return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]
