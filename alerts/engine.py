@@ -21,7 +21,13 @@ from msgspec import Struct
 
 from alerts import grades as grading
 from alerts import limits
-from alerts.actions import DueReminder, action_emit, plan_actions, plan_pre_due
+from alerts.actions import (
+    DueReminder,
+    action_emit,
+    plan_actions,
+    plan_pre_due,
+    plan_tier_actions,
+)
 from alerts.envelope import Emit
 from alerts.ids import event_fingerprint, output_id
 from alerts.limits import LimitState
@@ -541,22 +547,20 @@ class Engine:
 
     def _tier_actions(self, outcome: Any, state: CustomerState, customer_id: str,
                       trigger: str, when: dt.datetime) -> list[Emit]:
-        """Customer actions of the grade's tier (limits are proposed by the guardrails)."""
-        out = []
-        for response in outcome.responses:
-            tier_action = _TIER_ACTIONS.get(response)
-            if tier_action is None:
-                continue
-            action, channel = tier_action
-            record = m.CustomerAction(
-                action_id=output_id(f"tier-{response}", 1, trigger, customer_id),
-                customer_id=customer_id, trigger_event_id=trigger, event_time=when,
-                policy_version=self.policy.version, model_version=self.policy.model_version,
-                reason_codes=[f"grade_{outcome.grade}", f"tier_{response}"],
-                evidence=list(outcome.signal.evidence) if outcome.signal else [],
-                action=action, channel=channel)
-            out.append(Emit("customer-actions", customer_id, record.action_id, record))
-        return out
+        """Customer actions of the grade's tier (limits are proposed by the guardrails),
+        under the same quiet hours and frequency caps as every other action."""
+        wanted = [(response, *tier_action) for response in outcome.responses
+                  if (tier_action := _TIER_ACTIONS.get(response)) is not None]
+        if not wanted:
+            return []
+        policy = self.policy
+        actions, state.sent, _suppressed = plan_tier_actions(
+            wanted, customer_id=customer_id, grade=outcome.grade, trigger_event_id=trigger,
+            event_time=when, timezone=state.profile.timezone if state.profile else "UTC",
+            history=state.sent, policy=policy.actions, policy_version=policy.version,
+            model_version=policy.model_version,
+            evidence=outcome.signal.evidence if outcome.signal else ())
+        return [action_emit(a) for a in actions]
 
     def _limit(self, state: CustomerState, outcome: Any, score_value: int, feats: dict,
                customer_id: str, trigger: str, when: dt.datetime, tightening: Any) -> list[Emit]:

@@ -7,7 +7,7 @@ import datetime as dt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.actions import ActionPolicy, plan_actions
+from alerts.actions import ActionPolicy, plan_actions, plan_tier_actions
 from schemas.models import RiskAlert
 
 T = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
@@ -76,3 +76,29 @@ def test_frequency_cap_never_exceeded_in_any_window(hours, cap, window_days):
     window = dt.timedelta(days=window_days)
     for t in sent:
         assert sum(1 for u in sent if t - window < u <= t) <= cap
+
+
+def tier(wanted, when=T, history=(), policy=ActionPolicy(), trigger="e1"):
+    return plan_tier_actions(wanted, customer_id="c1", grade="high", trigger_event_id=trigger,
+                             event_time=when, timezone="Europe/Berlin", history=list(history),
+                             policy=policy, policy_version="p", model_version="m")
+
+
+def test_tier_actions_respect_quiet_hours_and_share_the_frequency_cap():
+    late = dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC)  # 23:30 in Berlin
+    acts, history, suppressed = tier([("call", "call", "call"),
+                                      ("collections_case", "collections_case", "internal")],
+                                     when=late)
+    assert [(a.action, a.not_before) for a in acts] == [
+        ("call", dt.datetime(2026, 3, 3, 7, tzinfo=dt.UTC)), ("collections_case", None)]
+    assert [c for c, _ in history] == [3] and not suppressed  # the call counts, internal not
+    # An SMS reminder from an alert fills the cap; the tier's SMS is then suppressed.
+    policy = ActionPolicy(cap_per_channel=1)
+    _, history, _ = plan_actions(alert(["delinquency_onset"]), "UTC", [], policy)
+    acts, history, suppressed = tier([("reminder", "reminder", "sms")], history=history,
+                                     policy=policy)
+    assert acts == [] and suppressed == ["reminder"] and len(history) == 1
+    # Ids: deterministic, by response, trigger and customer.
+    assert tier([("call", "call", "call")])[0] == tier([("call", "call", "call")])[0]
+    assert (tier([("call", "call", "call")])[0][0].action_id
+            != tier([("call", "call", "call")], trigger="e2")[0][0].action_id)

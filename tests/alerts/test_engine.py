@@ -144,3 +144,30 @@ def test_no_limit_raise_while_an_installment_is_past_due():
         country="DE"), state), t)
     assert raises  # the good record did earn a raise before the missed due
     assert all(when.date() <= due_date for when, _ in raises)
+
+
+def test_tier_actions_respect_quiet_hours_and_count_for_the_caps():
+    # Score 820 lands in high under these bands: the tier's call is sent on the sweep at
+    # 23:30 Berlin time, like the delinquency call in the same sweep: held until 08:00.
+    policy = load_policy_text("version: v1\ngrades: {medium: 350, high: 650, critical: 900}")
+    engine = Engine(policy)
+    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+    state = engine.process("customer-profiles", CustomerProfile(
+        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
+        segment="mass", timezone="Europe/Berlin"), None).state
+    state = engine.process("repayments", InstallmentDue(
+        event_id="d1", event_time=start, customer_id="c1", account_id="a1", due_id="i1",
+        due_date=dt.date(2026, 3, 5), amount_minor=20_000, currency="EUR"), state).state
+    tier = []
+    for k in range(1, 40):
+        as_of = dt.datetime(2026, 3, 5, 22, 30, tzinfo=dt.UTC) + dt.timedelta(days=k)
+        result = engine.advance("c1", state, as_of)
+        state = result.state or state
+        for e in result.emits:
+            if e.topic == "customer-actions" and e.record.reason_codes[-1].startswith("tier_"):
+                tier.append(e.record)
+                sent = decode_state(state).sent
+                assert (3, int(as_of.timestamp())) in sent  # counted for the caps
+    assert [(a.action, a.channel) for a in tier] == [("call", "call")]
+    assert tier[0].not_before is not None and tier[0].not_before.hour == 6  # 08:00 CEST
