@@ -42,7 +42,14 @@ from msgspec import Meta, Struct
 
 from alerts.envelope import Emit
 from alerts.ids import output_id
-from schemas.models import CustomerAction, Evidence, Grade, RiskAlert
+from schemas.models import (
+    ActionChannel,
+    ActionKind,
+    CustomerAction,
+    Evidence,
+    Grade,
+    RiskAlert,
+)
 
 _CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
 
@@ -92,6 +99,26 @@ class ActionPolicy(Struct, **_CFG):
     cap_per_channel: Annotated[int, Meta(ge=1)] = 3
     cap_window_days: Annotated[int, Meta(ge=1)] = 7
     pre_due_reminder: PreDueReminder = PreDueReminder()
+
+
+#: Tier responses (``alerts.grades.RESPONSES``) that become customer actions:
+#: response -> (action, channel), in the vocabulary of the other actions.
+TIER_ACTIONS: dict[str, tuple[ActionKind, ActionChannel]] = {
+    "review_queue": ("review_queue", "internal"),
+    "reminder": ("reminder", "sms"),
+    "sms": ("sms", "sms"),
+    "call": ("call", "call"),
+    "restructuring_offer": ("restructuring_offer", "letter"),
+    "collections_case": ("collections_case", "internal"),
+}
+
+#: Tier responses that are no customer action, and what stands for them instead.
+TIER_NON_ACTIONS: dict[str, str] = {
+    "monitoring": "the escalation alert and the risk-grades record only",
+    "limit_freeze": "proposed by the credit-limit guardrails (alerts.limits)",
+    "limit_cut": "proposed by the credit-limit guardrails (alerts.limits)",
+    "limit_restore": "proposed by the credit-limit guardrails (alerts.limits)",
+}
 
 
 #: History entry: (channel index, Unix seconds of the send).

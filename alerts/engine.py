@@ -22,6 +22,7 @@ from msgspec import Struct
 from alerts import grades as grading
 from alerts import limits
 from alerts.actions import (
+    TIER_ACTIONS,
     DueReminder,
     action_emit,
     plan_actions,
@@ -49,13 +50,6 @@ from schemas.topics import CUSTOMER_TOPICS
 SEEN_LIMIT = 48
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-#: Tier responses that become customer actions: response -> (action, channel).
-_TIER_ACTIONS: dict[str, tuple[m.ActionKind, m.ActionChannel]] = {
-    "review_queue": ("review_queue", "internal"),
-    "reminder": ("reminder", "sms"),
-    "call": ("call", "call"),
-    "collections_case": ("collections_case", "internal"),
-}
 
 
 def _grade_index(state: CustomerState) -> int:
@@ -547,10 +541,11 @@ class Engine:
 
     def _tier_actions(self, outcome: Any, state: CustomerState, customer_id: str,
                       trigger: str, when: dt.datetime) -> list[Emit]:
-        """Customer actions of the grade's tier (limits are proposed by the guardrails),
-        under the same quiet hours and frequency caps as every other action."""
+        """Customer actions of the grade's tier (``actions.TIER_ACTIONS``; limits are
+        proposed by the guardrails, see ``actions.TIER_NON_ACTIONS``), under the same
+        quiet hours and frequency caps as every other action."""
         wanted = [(response, *tier_action) for response in outcome.responses
-                  if (tier_action := _TIER_ACTIONS.get(response)) is not None]
+                  if (tier_action := TIER_ACTIONS.get(response)) is not None]
         if not wanted:
             return []
         policy = self.policy

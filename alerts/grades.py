@@ -147,7 +147,9 @@ def grade_for(
 # Tiered responses
 # --------------------------------------------------------------------------- #
 
-#: Responses a tier may list: customer actions and limit proposals.
+#: Responses a tier may list: customer actions (``alerts.actions.TIER_ACTIONS``) and
+#: responses that are none (``alerts.actions.TIER_NON_ACTIONS``: limit proposals, which
+#: the credit-limit guardrails make, and monitoring).
 RESPONSES: Final = frozenset(
     {
         "monitoring",

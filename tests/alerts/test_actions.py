@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import typing
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.actions import ActionPolicy, plan_actions, plan_tier_actions
-from schemas.models import RiskAlert
+from alerts.actions import (
+    TIER_ACTIONS,
+    TIER_NON_ACTIONS,
+    ActionPolicy,
+    plan_actions,
+    plan_tier_actions,
+)
+from alerts.grades import RESPONSES
+from schemas.models import ActionChannel, ActionKind, RiskAlert
 
 T = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
 
@@ -102,3 +110,13 @@ def test_tier_actions_respect_quiet_hours_and_share_the_frequency_cap():
     assert tier([("call", "call", "call")])[0] == tier([("call", "call", "call")])[0]
     assert (tier([("call", "call", "call")])[0][0].action_id
             != tier([("call", "call", "call")], trigger="e2")[0][0].action_id)
+
+
+def test_every_tier_response_is_an_action_or_documented_as_none():
+    assert set(TIER_ACTIONS) | set(TIER_NON_ACTIONS) == RESPONSES
+    assert not set(TIER_ACTIONS) & set(TIER_NON_ACTIONS)
+    for action, channel in TIER_ACTIONS.values():
+        assert action in typing.get_args(ActionKind)
+        assert channel in typing.get_args(ActionChannel)
+    assert TIER_ACTIONS["sms"] == ("sms", "sms")
+    assert TIER_ACTIONS["restructuring_offer"] == ("restructuring_offer", "letter")

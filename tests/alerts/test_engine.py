@@ -171,3 +171,29 @@ def test_tier_actions_respect_quiet_hours_and_count_for_the_caps():
                 assert (3, int(as_of.timestamp())) in sent  # counted for the caps
     assert [(a.action, a.channel) for a in tier] == [("call", "call")]
     assert tier[0].not_before is not None and tier[0].not_before.hour == 6  # 08:00 CEST
+
+
+def test_configured_sms_and_restructuring_offer_tier_responses_are_sent():
+    policy = load_policy_text(
+        "version: v1\ntiers: {critical: [sms, restructuring_offer, collections_case]}")
+    engine = Engine(policy)
+    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+    state = engine.process("customer-profiles", CustomerProfile(
+        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
+        segment="mass", timezone="UTC"), None).state
+    state = engine.process("repayments", InstallmentDue(
+        event_id="d1", event_time=start, customer_id="c1", account_id="a1", due_id="i1",
+        due_date=dt.date(2026, 3, 5), amount_minor=20_000, currency="EUR"), state).state
+    tier = []
+    for k in range(1, 40):
+        result = engine.advance("c1", state,
+                                dt.datetime(2026, 3, 5, 12, tzinfo=dt.UTC) + dt.timedelta(days=k))
+        state = result.state or state
+        tier.extend((e.record.reason_codes[-1], e.record.action, e.record.channel)
+                    for e in result.emits if e.topic == "customer-actions"
+                    and e.record.reason_codes[-1].startswith("tier_")
+                    and e.record.reason_codes[0] == "grade_critical")
+    assert tier == [("tier_sms", "sms", "sms"),
+                    ("tier_restructuring_offer", "restructuring_offer", "letter"),
+                    ("tier_collections_case", "collections_case", "internal")]
