@@ -57,6 +57,9 @@ _CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields"
 CHANNELS = ("sms", "email", "push", "call", "letter", "internal")
 
 
+#: Highest ``cap_per_channel`` a policy may set (bounds the per-customer send history).
+MAX_CAP_PER_CHANNEL = 16
+
 #: Channels a pre-due reminder may use.
 ReminderChannel = Literal["sms", "email", "push", "letter"]
 
@@ -95,8 +98,9 @@ class ActionPolicy(Struct, **_CFG):
     collections_at_dpd: Annotated[int, Meta(ge=1)] = 30
     quiet_start_hour: Annotated[int, Meta(ge=0, le=23)] = 21
     quiet_end_hour: Annotated[int, Meta(ge=0, le=23)] = 8
-    #: At most this many messages per channel within ``cap_window_days``.
-    cap_per_channel: Annotated[int, Meta(ge=1)] = 3
+    #: At most this many messages per channel within ``cap_window_days`` (the send
+    #: history keeps this many per channel, hence the bound).
+    cap_per_channel: Annotated[int, Meta(ge=1, le=MAX_CAP_PER_CHANNEL)] = 3
     cap_window_days: Annotated[int, Meta(ge=1)] = 7
     pre_due_reminder: PreDueReminder = PreDueReminder()
 
@@ -159,8 +163,25 @@ def _recent(at: dt.datetime, history: list[Sent], policy: ActionPolicy) -> list[
 
 
 def _keep(recent: list[Sent], policy: ActionPolicy) -> list[Sent]:
-    """The send history to store, bounded."""
-    return recent[-16:]
+    """The send history to store: the sends inside the cap window (``recent``), at most
+    the newest ``cap_per_channel`` per channel, all the cap needs (``_take`` never lets
+    more into a window; a lowered cap trims here). Bounded by ``MAX_CAP_PER_CHANNEL``
+    times the customer-facing channels.
+
+    >>> _keep([(0, 1), (3, 2), (0, 3), (0, 4)], ActionPolicy(cap_per_channel=2))
+    [(3, 2), (0, 3), (0, 4)]
+    """
+    cap = policy.cap_per_channel
+    if len(recent) <= cap:
+        return recent
+    counts = [0] * len(CHANNELS)
+    kept: list[Sent] = []
+    for entry in reversed(recent):
+        if counts[entry[0]] < cap:
+            counts[entry[0]] += 1
+            kept.append(entry)
+    kept.reverse()
+    return kept
 
 
 def _take(channel: str, at: dt.datetime, recent: list[Sent], policy: ActionPolicy) -> bool:

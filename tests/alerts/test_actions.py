@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import typing
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,7 +13,9 @@ from alerts.actions import (
     TIER_ACTIONS,
     TIER_NON_ACTIONS,
     ActionPolicy,
+    DueReminder,
     plan_actions,
+    plan_pre_due,
     plan_tier_actions,
 )
 from alerts.grades import RESPONSES
@@ -69,7 +72,7 @@ def test_action_ids_are_deterministic_and_derive_from_the_alert():
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=30 * 24), min_size=1, max_size=40),
-       st.integers(min_value=1, max_value=5), st.integers(min_value=1, max_value=10))
+       st.integers(min_value=1, max_value=16), st.integers(min_value=1, max_value=10))
 def test_frequency_cap_never_exceeded_in_any_window(hours, cap, window_days):
     policy = ActionPolicy(cap_per_channel=cap, cap_window_days=window_days,
                           quiet_start_hour=0, quiet_end_hour=0)
@@ -120,3 +123,42 @@ def test_every_tier_response_is_an_action_or_documented_as_none():
         assert channel in typing.get_args(ActionChannel)
     assert TIER_ACTIONS["sms"] == ("sms", "sms")
     assert TIER_ACTIONS["restructuring_offer"] == ("restructuring_offer", "letter")
+
+
+def test_frequency_cap_holds_above_sixteen_sends_and_across_channels():
+    # cap 16 on one channel: the 17th within the window is suppressed.
+    policy = ActionPolicy(cap_per_channel=16, cap_window_days=7)
+    history: list = []
+    sent = 0
+    for i in range(40):
+        due = DueReminder(customer_id="c1", account_id="a1", due_id=f"i{i}",
+                          due_date=dt.date(2026, 3, 5), unpaid_minor=100, days_to_due=3,
+                          grade="high")
+        action, history = plan_pre_due(due, trigger_event_id=f"e{i}",
+                                       event_time=T + dt.timedelta(minutes=i), timezone="UTC",
+                                       history=history, policy=policy, policy_version="p",
+                                       model_version="m")
+        sent += action is not None
+    assert sent == 16 and len(history) == 16
+    # cap 10 on three channels: 30 sends in the window, each channel still capped at 10
+    # (a history of 16 sends in all let each channel go on past its cap).
+    policy = ActionPolicy(cap_per_channel=10)
+    history = []
+    counts = {"sms": 0, "call": 0, "letter": 0}
+    for i in range(30):
+        for codes in (["delinquency_onset"], ["broken_promise"], ["payment_ratio_falling"]):
+            actions, history, _ = plan_actions(
+                alert(codes, when=T + dt.timedelta(minutes=i), alert_id=f"a{i}-{codes[0]}"),
+                "UTC", history, policy)
+            for a in actions:
+                counts[a.channel] += 1
+    assert counts == {"sms": 10, "call": 10, "letter": 10} and len(history) == 30
+
+
+def test_cap_per_channel_is_bounded_in_the_policy():
+    from alerts.policy import load_policy_text
+    from schemas.errors import PolicyError
+
+    assert load_policy_text("actions: {cap_per_channel: 16}").actions.cap_per_channel == 16
+    with pytest.raises(PolicyError, match=r"\$\.actions\.cap_per_channel"):
+        load_policy_text("actions: {cap_per_channel: 17}")
