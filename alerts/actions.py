@@ -41,7 +41,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from msgspec import Meta, Struct
 
 from alerts.envelope import Emit
-from alerts.ids import output_id
+from alerts.ids import output_id, subject
 from schemas.models import (
     ActionChannel,
     ActionKind,
@@ -299,7 +299,7 @@ def plan_pre_due(
     date = due.due_date.isoformat()
     action = CustomerAction(
         action_id=output_id("pre-due-reminder", rule.rule_version,
-                            f"{due.customer_id}/{due.account_id}", due.due_id),
+                            subject(due.customer_id, due.account_id), due.due_id),
         customer_id=due.customer_id,
         account_id=due.account_id,
         trigger_event_id=trigger_event_id,

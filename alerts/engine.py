@@ -30,7 +30,7 @@ from alerts.actions import (
     plan_tier_actions,
 )
 from alerts.envelope import Emit
-from alerts.ids import event_fingerprint, output_id
+from alerts.ids import event_fingerprint, output_id, subject
 from alerts.limits import LimitState
 from alerts.policy import Policy
 from detectors import behaviour, delinquency, scoring
@@ -675,8 +675,9 @@ class Engine:
 
     def _alert(self, signal: Signal, customer_id: str, trigger: str, when: dt.datetime) -> Emit:
         if signal.kind in _STANDING_KINDS:
-            subject = f"{customer_id}/{signal.account_id or ''}"
-            alert_id = output_id(signal.rule_id, signal.rule_version, subject,
+            # Customer and account length-prefixed: both may contain '/'.
+            alert_id = output_id(signal.rule_id, signal.rule_version,
+                                 subject(customer_id, signal.account_id or ""),
                                  signal.discriminator)
         else:
             alert_id = output_id(signal.rule_id, signal.rule_version, trigger,

@@ -162,3 +162,17 @@ def test_cap_per_channel_is_bounded_in_the_policy():
     assert load_policy_text("actions: {cap_per_channel: 16}").actions.cap_per_channel == 16
     with pytest.raises(PolicyError, match=r"\$\.actions\.cap_per_channel"):
         load_policy_text("actions: {cap_per_channel: 17}")
+
+
+def test_pre_due_reminder_ids_do_not_collide_across_customers_with_slashes():
+    def reminder(customer, account):
+        due = DueReminder(customer_id=customer, account_id=account, due_id="i1",
+                          due_date=dt.date(2026, 3, 5), unpaid_minor=100, days_to_due=3,
+                          grade="high")
+        action, _ = plan_pre_due(due, trigger_event_id="e1", event_time=T, timezone="UTC",
+                                 history=[], policy=ActionPolicy(), policy_version="p",
+                                 model_version="m")
+        return action.action_id
+
+    assert reminder("x/y", "z") != reminder("x", "y/z")
+    assert reminder("x/y", "z") == reminder("x/y", "z")

@@ -197,3 +197,31 @@ def test_configured_sms_and_restructuring_offer_tier_responses_are_sent():
     assert tier == [("tier_sms", "sms", "sms"),
                     ("tier_restructuring_offer", "restructuring_offer", "letter"),
                     ("tier_collections_case", "collections_case", "internal")]
+
+
+def test_standing_alert_and_action_ids_do_not_collide_across_customers_with_slashes():
+    policy = load_policy_text(
+        "version: v1\nactions: {pre_due_reminder: {grades: [low, medium, high, critical]}}")
+    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+
+    def run_customer(customer, account):
+        engine = Engine(policy)
+        state = engine.process("customer-profiles", CustomerProfile(
+            event_id=f"p-{account}", event_time=start, customer_id=customer,
+            credit_limit_minor=500_000, currency="EUR", products=["credit_card"],
+            sector="retail", region="de-be", segment="mass", timezone="UTC"), None).state
+        result = engine.process("repayments", InstallmentDue(
+            event_id=f"d-{account}", event_time=start, customer_id=customer,
+            account_id=account, due_id="i1", due_date=dt.date(2026, 3, 5),
+            amount_minor=20_000, currency="EUR"), state)
+        state, emits = result.state, list(result.emits)
+        for k in range(-4, 3):
+            result = engine.advance(customer, state, dt.datetime(2026, 3, 5, 12, tzinfo=dt.UTC)
+                                    + dt.timedelta(days=k))
+            state = result.state or state
+            emits.extend(result.emits)
+        return {e.id for e in emits if e.topic in ("risk-alerts", "customer-actions")}
+
+    first, second = run_customer("x/y", "z"), run_customer("x", "y/z")
+    assert first and second  # a reminder, the onset alert and its SMS each
+    assert not first & second
