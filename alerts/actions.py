@@ -10,9 +10,11 @@ What a collections and customer-care team does, as policy:
   repeated late-but-cured) -> restructuring offer by letter;
 * a due date coming up for a customer whose current risk grade the policy marks
   (``pre_due_reminder``) -> a reminder ``days_before`` the due date, unless the
-  amount is already paid (:func:`plan_pre_due`; the engine finds the dues).
+  amount is already paid (:func:`plan_pre_due`; the engine finds the dues);
+* a grade escalation -> the customer actions of the grade's tier
+  (:func:`plan_tier_actions`; the policy's ``tiers``).
 
-Messages to the customer respect quiet hours in the customer's own time zone
+All of them share one send history: messages to the customer respect quiet hours in the customer's own time zone
 (``not_before`` is set to the end of the quiet period) and frequency caps per
 channel over a rolling window; a capped action is not sent and is reported as
 suppressed. Action ids derive from the alert id, so replays deduplicate.
@@ -32,20 +34,31 @@ suppressed. Action ids derive from the alert id, so replays deduplicate.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from msgspec import Meta, Struct
 
 from alerts.envelope import Emit
-from alerts.ids import output_id
-from schemas.models import CustomerAction, Evidence, Grade, RiskAlert
+from alerts.ids import output_id, subject
+from schemas.models import (
+    ActionChannel,
+    ActionKind,
+    CustomerAction,
+    Evidence,
+    Grade,
+    RiskAlert,
+)
 
 _CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
 
 #: Channel codes kept in the per-customer send history (compact).
 CHANNELS = ("sms", "email", "push", "call", "letter", "internal")
 
+
+#: Highest ``cap_per_channel`` a policy may set (bounds the per-customer send history).
+MAX_CAP_PER_CHANNEL = 16
 
 #: Channels a pre-due reminder may use.
 ReminderChannel = Literal["sms", "email", "push", "letter"]
@@ -85,10 +98,31 @@ class ActionPolicy(Struct, **_CFG):
     collections_at_dpd: Annotated[int, Meta(ge=1)] = 30
     quiet_start_hour: Annotated[int, Meta(ge=0, le=23)] = 21
     quiet_end_hour: Annotated[int, Meta(ge=0, le=23)] = 8
-    #: At most this many messages per channel within ``cap_window_days``.
-    cap_per_channel: Annotated[int, Meta(ge=1)] = 3
+    #: At most this many messages per channel within ``cap_window_days`` (the send
+    #: history keeps this many per channel, hence the bound).
+    cap_per_channel: Annotated[int, Meta(ge=1, le=MAX_CAP_PER_CHANNEL)] = 3
     cap_window_days: Annotated[int, Meta(ge=1)] = 7
     pre_due_reminder: PreDueReminder = PreDueReminder()
+
+
+#: Tier responses (``alerts.grades.RESPONSES``) that become customer actions:
+#: response -> (action, channel), in the vocabulary of the other actions.
+TIER_ACTIONS: dict[str, tuple[ActionKind, ActionChannel]] = {
+    "review_queue": ("review_queue", "internal"),
+    "reminder": ("reminder", "sms"),
+    "sms": ("sms", "sms"),
+    "call": ("call", "call"),
+    "restructuring_offer": ("restructuring_offer", "letter"),
+    "collections_case": ("collections_case", "internal"),
+}
+
+#: Tier responses that are no customer action, and what stands for them instead.
+TIER_NON_ACTIONS: dict[str, str] = {
+    "monitoring": "the escalation alert and the risk-grades record only",
+    "limit_freeze": "proposed by the credit-limit guardrails (alerts.limits)",
+    "limit_cut": "proposed by the credit-limit guardrails (alerts.limits)",
+    "limit_restore": "proposed by the credit-limit guardrails (alerts.limits)",
+}
 
 
 #: History entry: (channel index, Unix seconds of the send).
@@ -126,6 +160,28 @@ def _recent(at: dt.datetime, history: list[Sent], policy: ActionPolicy) -> list[
     now_s = int(at.timestamp())
     window_s = policy.cap_window_days * 86_400
     return [h for h in history if now_s - h[1] < window_s]
+
+
+def _keep(recent: list[Sent], policy: ActionPolicy) -> list[Sent]:
+    """The send history to store: the sends inside the cap window (``recent``), at most
+    the newest ``cap_per_channel`` per channel, all the cap needs (``_take`` never lets
+    more into a window; a lowered cap trims here). Bounded by ``MAX_CAP_PER_CHANNEL``
+    times the customer-facing channels.
+
+    >>> _keep([(0, 1), (3, 2), (0, 3), (0, 4)], ActionPolicy(cap_per_channel=2))
+    [(3, 2), (0, 3), (0, 4)]
+    """
+    cap = policy.cap_per_channel
+    if len(recent) <= cap:
+        return recent
+    counts = [0] * len(CHANNELS)
+    kept: list[Sent] = []
+    for entry in reversed(recent):
+        if counts[entry[0]] < cap:
+            counts[entry[0]] += 1
+            kept.append(entry)
+    kept.reverse()
+    return kept
 
 
 def _take(channel: str, at: dt.datetime, recent: list[Sent], policy: ActionPolicy) -> bool:
@@ -196,7 +252,7 @@ def plan_actions(
             channel=channel,  # type: ignore[arg-type]
             not_before=not_before,
         ))
-    return actions, recent[-16:], suppressed
+    return actions, _keep(recent, policy), suppressed
 
 
 class DueReminder(Struct, frozen=True, kw_only=True):
@@ -239,11 +295,11 @@ def plan_pre_due(
     rule = policy.pre_due_reminder
     recent = _recent(event_time, history, policy)
     if not _take(rule.channel, event_time, recent, policy):
-        return None, recent[-16:]
+        return None, _keep(recent, policy)
     date = due.due_date.isoformat()
     action = CustomerAction(
         action_id=output_id("pre-due-reminder", rule.rule_version,
-                            f"{due.customer_id}/{due.account_id}", due.due_id),
+                            subject(due.customer_id, due.account_id), due.due_id),
         customer_id=due.customer_id,
         account_id=due.account_id,
         trigger_event_id=trigger_event_id,
@@ -264,7 +320,62 @@ def plan_pre_due(
         channel=rule.channel,
         not_before=_not_before(rule.channel, event_time, timezone, policy),
     )
-    return action, recent[-16:]
+    return action, _keep(recent, policy)
+
+
+def plan_tier_actions(
+    wanted: Sequence[tuple[str, str, str]],
+    *,
+    customer_id: str,
+    grade: str,
+    trigger_event_id: str,
+    event_time: dt.datetime,
+    timezone: str,
+    history: list[Sent],
+    policy: ActionPolicy,
+    policy_version: str,
+    model_version: str,
+    evidence: Sequence[Evidence] = (),
+) -> tuple[list[CustomerAction], list[Sent], list[str]]:
+    """The customer actions of a grade's tier; the updated send history; the responses
+    suppressed by frequency caps.
+
+    ``wanted`` holds ``(response, action, channel)`` in the tier's order. Like every
+    other action, they respect the channel's frequency cap and the quiet hours in the
+    customer's time zone, and count in the send history. The id depends on the
+    response, the trigger and the customer only (replays deduplicate).
+
+    >>> acts, history, suppressed = plan_tier_actions(
+    ...     [("call", "call", "call"), ("review_queue", "review_queue", "internal")],
+    ...     customer_id="c1", grade="high", trigger_event_id="e1",
+    ...     event_time=dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC), timezone="Europe/Berlin",
+    ...     history=[], policy=ActionPolicy(), policy_version="p", model_version="m")
+    >>> [(a.action, a.channel, a.not_before and a.not_before.isoformat()) for a in acts]
+    [('call', 'call', '2026-03-03T07:00:00+00:00'), ('review_queue', 'internal', None)]
+    >>> acts[0].reason_codes, len(history), suppressed
+    (['grade_high', 'tier_call'], 1, [])
+    """
+    recent = _recent(event_time, history, policy)
+    actions: list[CustomerAction] = []
+    suppressed: list[str] = []
+    for response, action, channel in wanted:
+        if not _take(channel, event_time, recent, policy):
+            suppressed.append(response)
+            continue
+        actions.append(CustomerAction(
+            action_id=output_id(f"tier-{response}", 1, trigger_event_id, customer_id),
+            customer_id=customer_id,
+            trigger_event_id=trigger_event_id,
+            event_time=event_time,
+            policy_version=policy_version,
+            model_version=model_version,
+            reason_codes=[f"grade_{grade}", f"tier_{response}"],
+            evidence=list(evidence),
+            action=action,  # type: ignore[arg-type]
+            channel=channel,  # type: ignore[arg-type]
+            not_before=_not_before(channel, event_time, timezone, policy),
+        ))
+    return actions, _keep(recent, policy), suppressed
 
 
 def action_emit(action: CustomerAction) -> Emit:

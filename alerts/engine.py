@@ -21,9 +21,16 @@ from msgspec import Struct
 
 from alerts import grades as grading
 from alerts import limits
-from alerts.actions import DueReminder, action_emit, plan_actions, plan_pre_due
+from alerts.actions import (
+    TIER_ACTIONS,
+    DueReminder,
+    action_emit,
+    plan_actions,
+    plan_pre_due,
+    plan_tier_actions,
+)
 from alerts.envelope import Emit
-from alerts.ids import event_fingerprint, output_id
+from alerts.ids import event_fingerprint, output_id, subject
 from alerts.limits import LimitState
 from alerts.policy import Policy
 from detectors import behaviour, delinquency, scoring
@@ -43,13 +50,6 @@ from schemas.topics import CUSTOMER_TOPICS
 SEEN_LIMIT = 48
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
-#: Tier responses that become customer actions: response -> (action, channel).
-_TIER_ACTIONS: dict[str, tuple[m.ActionKind, m.ActionChannel]] = {
-    "review_queue": ("review_queue", "internal"),
-    "reminder": ("reminder", "sms"),
-    "call": ("call", "call"),
-    "collections_case": ("collections_case", "internal"),
-}
 
 
 def _grade_index(state: CustomerState) -> int:
@@ -541,22 +541,21 @@ class Engine:
 
     def _tier_actions(self, outcome: Any, state: CustomerState, customer_id: str,
                       trigger: str, when: dt.datetime) -> list[Emit]:
-        """Customer actions of the grade's tier (limits are proposed by the guardrails)."""
-        out = []
-        for response in outcome.responses:
-            tier_action = _TIER_ACTIONS.get(response)
-            if tier_action is None:
-                continue
-            action, channel = tier_action
-            record = m.CustomerAction(
-                action_id=output_id(f"tier-{response}", 1, trigger, customer_id),
-                customer_id=customer_id, trigger_event_id=trigger, event_time=when,
-                policy_version=self.policy.version, model_version=self.policy.model_version,
-                reason_codes=[f"grade_{outcome.grade}", f"tier_{response}"],
-                evidence=list(outcome.signal.evidence) if outcome.signal else [],
-                action=action, channel=channel)
-            out.append(Emit("customer-actions", customer_id, record.action_id, record))
-        return out
+        """Customer actions of the grade's tier (``actions.TIER_ACTIONS``; limits are
+        proposed by the guardrails, see ``actions.TIER_NON_ACTIONS``), under the same
+        quiet hours and frequency caps as every other action."""
+        wanted = [(response, *tier_action) for response in outcome.responses
+                  if (tier_action := TIER_ACTIONS.get(response)) is not None]
+        if not wanted:
+            return []
+        policy = self.policy
+        actions, state.sent, _suppressed = plan_tier_actions(
+            wanted, customer_id=customer_id, grade=outcome.grade, trigger_event_id=trigger,
+            event_time=when, timezone=state.profile.timezone if state.profile else "UTC",
+            history=state.sent, policy=policy.actions, policy_version=policy.version,
+            model_version=policy.model_version,
+            evidence=outcome.signal.evidence if outcome.signal else ())
+        return [action_emit(a) for a in actions]
 
     def _limit(self, state: CustomerState, outcome: Any, score_value: int, feats: dict,
                customer_id: str, trigger: str, when: dt.datetime, tightening: Any) -> list[Emit]:
@@ -575,7 +574,7 @@ class Engine:
             utilisation=feats.get("utilisation"), on_time_cycles=_on_time_cycles(state),
             crisis_in_force=crisis, currency=profile.currency, policy=policy.limits,
             policy_version=policy.version, model_version=policy.model_version,
-            tightening=tightening)
+            tightening=tightening, days_past_due=feats.get("max_dpd", 0.0))
         if adjustment is None:
             return []
         return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]
@@ -676,8 +675,9 @@ class Engine:
 
     def _alert(self, signal: Signal, customer_id: str, trigger: str, when: dt.datetime) -> Emit:
         if signal.kind in _STANDING_KINDS:
-            subject = f"{customer_id}/{signal.account_id or ''}"
-            alert_id = output_id(signal.rule_id, signal.rule_version, subject,
+            # Customer and account length-prefixed: both may contain '/'.
+            alert_id = output_id(signal.rule_id, signal.rule_version,
+                                 subject(customer_id, signal.account_id or ""),
                                  signal.discriminator)
         else:
             alert_id = output_id(signal.rule_id, signal.rule_version, trigger,

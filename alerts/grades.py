@@ -34,7 +34,7 @@ from typing import Annotated, Any, Final, NamedTuple, get_args
 import msgspec
 from msgspec import Meta, Struct
 
-from alerts.ids import output_id
+from alerts.ids import event_fingerprint, output_id
 from detectors.base import Evidence, Signal
 from detectors.scoring import ScoreResult, ScoreState
 from schemas.models import Grade, RiskGrade, Severity
@@ -147,7 +147,9 @@ def grade_for(
 # Tiered responses
 # --------------------------------------------------------------------------- #
 
-#: Responses a tier may list: customer actions and limit proposals.
+#: Responses a tier may list: customer actions (``alerts.actions.TIER_ACTIONS``) and
+#: responses that are none (``alerts.actions.TIER_NON_ACTIONS``: limit proposals, which
+#: the credit-limit guardrails make, and monitoring).
 RESPONSES: Final = frozenset(
     {
         "monitoring",
@@ -523,16 +525,52 @@ class LineState(Struct, frozen=True, array_like=True, gc=False):
 
     ``points[i]`` is line ``i``'s flat ``(day, value in hundredths, ...)``
     history, oldest first, one point per day; ``flags[i]`` what was last
-    announced (0 clear, 1 warning, 2 breached). A change in the number of
-    configured lines resets it.
+    announced (0 clear, 1 warning, 2 breached); ``keys[i]`` a 32-bit
+    fingerprint of line ``i``'s indicator. A policy that reorders, adds or
+    drops lines carries each indicator's history and flag over by its key
+    (a new indicator starts clear). A state without keys (kept before they
+    were) is taken by position when the number of lines matches, else reset.
 
     >>> import msgspec
     >>> len(msgspec.msgpack.encode(LineState()))
-    3
+    4
     """
 
     points: tuple[tuple[int, ...], ...] = ()
     flags: tuple[int, ...] = ()
+    keys: tuple[int, ...] = ()
+
+
+#: Indicator keys of the last lines seen: (lines, keys).
+_KEYS_CACHE: list[Any] = [None, ()]
+
+
+def _line_keys(lines: EarlyWarningLines) -> tuple[int, ...]:
+    """The 32-bit fingerprints of the lines' indicators, in line order."""
+    if _KEYS_CACHE[0] is not lines:
+        _KEYS_CACHE[1] = tuple(event_fingerprint(line.indicator) & 0xFFFF_FFFF
+                               for line in lines.lines)
+        _KEYS_CACHE[0] = lines
+    keys: tuple[int, ...] = _KEYS_CACHE[1]
+    return keys
+
+
+def _rekeyed(state: LineState | None, keys: tuple[int, ...]) -> LineState:
+    """``state`` laid out for lines with ``keys`` (by indicator, see :class:`LineState`)."""
+    n = len(keys)
+    if state is None:
+        return LineState(points=((),) * n, flags=(0,) * n, keys=keys)
+    if not state.keys or len(state.keys) != len(state.flags):
+        if len(state.flags) == n and len(state.points) == n:
+            return LineState(points=state.points, flags=state.flags, keys=keys)
+        return LineState(points=((),) * n, flags=(0,) * n, keys=keys)
+    where = {k: j for j, k in enumerate(state.keys)}
+    old = [where.get(k) for k in keys]
+    return LineState(
+        points=tuple(() if j is None else state.points[j] for j in old),
+        flags=tuple(0 if j is None else state.flags[j] for j in old),
+        keys=keys,
+    )
 
 
 def update_lines(
@@ -557,11 +595,11 @@ def update_lines(
     >>> out
     [[], [], ['approaching'], [], ['breached'], [], [], [], ['approaching']]
     """
-    n = len(lines.lines)
-    if state is None or len(state.flags) != n or len(state.points) != n:
-        state = LineState(points=((),) * n, flags=(0,) * n)
-    points = list(state.points)
-    flags = list(state.flags)
+    keys = _line_keys(lines)
+    laid = (state if state is not None and state.keys == keys and len(state.flags) == len(keys)
+            else _rekeyed(state, keys))
+    points = list(laid.points)
+    flags = list(laid.flags)
     signals: list[Signal] = []
     keep = 2 * lines.trend_points
     for i, line in enumerate(lines.lines):
@@ -581,5 +619,5 @@ def update_lines(
             history = [(flat[j], flat[j + 1] / _Q) for j in range(0, len(flat), 2)]
             signals.append(_line_signal(line, status, history, lines))
         flags[i] = _BREACH if was == _BREACH and status == _WARN else status
-    new = LineState(points=tuple(points), flags=tuple(flags))
-    return (state if new == state else new), signals
+    new = LineState(points=tuple(points), flags=tuple(flags), keys=keys)
+    return (state if state is not None and new == state else new), signals

@@ -26,6 +26,16 @@ def output_id(rule_id: str, rule_version: int, trigger_event_id: str, discrimina
     return str(uuid.uuid5(NAMESPACE, f"{rule_id}|{rule_version}|{trigger_event_id}|{discriminator}"))
 
 
+def subject(*parts: str) -> str:
+    """Parts joined unambiguously (each prefixed by its length), for an output id's
+    trigger part: ids may contain any separator, ``/`` and ``:`` included.
+
+    >>> subject("x/y", "z"), subject("x", "y/z")
+    ('3:x/y1:z', '1:x3:y/z')
+    """
+    return "".join(f"{len(part)}:{part}" for part in parts)
+
+
 def event_fingerprint(event_id: str) -> int:
     """A stable 63-bit fingerprint of an event id (for bounded dedupe sets).
 

@@ -452,12 +452,13 @@ def _restore(
 
 def _raise(
     state: LimitState, grade: str, previous: str | None, score: int,
-    utilisation: float | None, on_time_cycles: int, currency: str, policy: LimitPolicy,
-    tightening: Tightening,
+    utilisation: float | None, on_time_cycles: int, days_past_due: float, currency: str,
+    policy: LimitPolicy, tightening: Tightening,
 ) -> _Plan | None:
     """A raise for sustained good behaviour, if every condition holds."""
     if (
-        tightening.limit_raise_suspended
+        days_past_due > 0
+        or tightening.limit_raise_suspended
         or grade not in policy.raise_grades
         or previous != grade
         or on_time_cycles < policy.raise_min_on_time_cycles
@@ -506,13 +507,16 @@ def propose(
     policy_version: str,
     model_version: str,
     tightening: Tightening | None = None,
+    days_past_due: float = 0,
 ) -> tuple[LimitState, LimitAdjustment | None]:
     """The account's new limit state and at most one proposal for this trigger.
 
     ``utilisation`` is a fraction (0.12 for 12 %; ``None`` if unknown: no
     raise); ``balance_minor`` the outstanding balance (negative counts as 0);
-    ``tightening`` the customer's segment tightening (default: none). See the
-    module docstring for the rules.
+    ``tightening`` the customer's segment tightening (default: none);
+    ``days_past_due`` the customer's current days past due, max over accounts
+    (any: no raise; cuts, freezes and restores are unaffected). See the module
+    docstring for the rules.
 
     >>> import datetime as dt
     >>> kw = dict(customer_id="c1", account_id=None, trigger_event_id="e7",
@@ -554,7 +558,7 @@ def propose(
         plan = _restore(state, day, grade, score, currency, policy)
     else:
         plan = _raise(state, grade, previous_grade, score, utilisation, on_time_cycles,
-                      currency, policy, tight)
+                      days_past_due, currency, policy, tight)
     if plan is None:
         return state, None
     current = state.limit_minor

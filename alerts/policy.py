@@ -38,12 +38,25 @@ _EPOCH_ORDINAL = dt.date(1970, 1, 1).toordinal()
 _CFG: dict[str, Any] = {"kw_only": True, "frozen": True, "forbid_unknown_fields": True}
 
 
+#: A policy datetime: with a UTC offset (event times are aware; a naive one is refused).
+AwareDatetime = Annotated[dt.datetime, Meta(tz=True)]
+
+
 class CrisisMode(Struct, **_CFG):
-    """Crisis mode: payment deferral for everyone and no limit cuts, in a window."""
+    """Crisis mode: payment deferral for everyone and no limit cuts, in a window.
+
+    ``start`` and ``end`` need a UTC offset (``2026-03-01T00:00:00Z``): event times
+    are compared with them.
+
+    >>> load_policy_text("crisis: {active: true, start: 2026-03-01T00:00:00}")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.PolicyError: policy <text>: Expected `datetime` with a timezone component - at `$.crisis.start`
+    """
 
     active: bool = False
-    start: dt.datetime | None = None
-    end: dt.datetime | None = None
+    start: AwareDatetime | None = None
+    end: AwareDatetime | None = None
     defer_payments: bool = True
     suspend_limit_cuts: bool = True
 

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import datetime as dt
+import typing
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from alerts.actions import ActionPolicy, plan_actions
-from schemas.models import RiskAlert
+from alerts.actions import (
+    TIER_ACTIONS,
+    TIER_NON_ACTIONS,
+    ActionPolicy,
+    DueReminder,
+    plan_actions,
+    plan_pre_due,
+    plan_tier_actions,
+)
+from alerts.grades import RESPONSES
+from schemas.models import ActionChannel, ActionKind, RiskAlert
 
 T = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
 
@@ -61,7 +72,7 @@ def test_action_ids_are_deterministic_and_derive_from_the_alert():
 
 @settings(max_examples=80, deadline=None)
 @given(st.lists(st.integers(min_value=0, max_value=30 * 24), min_size=1, max_size=40),
-       st.integers(min_value=1, max_value=5), st.integers(min_value=1, max_value=10))
+       st.integers(min_value=1, max_value=16), st.integers(min_value=1, max_value=10))
 def test_frequency_cap_never_exceeded_in_any_window(hours, cap, window_days):
     policy = ActionPolicy(cap_per_channel=cap, cap_window_days=window_days,
                           quiet_start_hour=0, quiet_end_hour=0)
@@ -76,3 +87,92 @@ def test_frequency_cap_never_exceeded_in_any_window(hours, cap, window_days):
     window = dt.timedelta(days=window_days)
     for t in sent:
         assert sum(1 for u in sent if t - window < u <= t) <= cap
+
+
+def tier(wanted, when=T, history=(), policy=ActionPolicy(), trigger="e1"):
+    return plan_tier_actions(wanted, customer_id="c1", grade="high", trigger_event_id=trigger,
+                             event_time=when, timezone="Europe/Berlin", history=list(history),
+                             policy=policy, policy_version="p", model_version="m")
+
+
+def test_tier_actions_respect_quiet_hours_and_share_the_frequency_cap():
+    late = dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC)  # 23:30 in Berlin
+    acts, history, suppressed = tier([("call", "call", "call"),
+                                      ("collections_case", "collections_case", "internal")],
+                                     when=late)
+    assert [(a.action, a.not_before) for a in acts] == [
+        ("call", dt.datetime(2026, 3, 3, 7, tzinfo=dt.UTC)), ("collections_case", None)]
+    assert [c for c, _ in history] == [3] and not suppressed  # the call counts, internal not
+    # An SMS reminder from an alert fills the cap; the tier's SMS is then suppressed.
+    policy = ActionPolicy(cap_per_channel=1)
+    _, history, _ = plan_actions(alert(["delinquency_onset"]), "UTC", [], policy)
+    acts, history, suppressed = tier([("reminder", "reminder", "sms")], history=history,
+                                     policy=policy)
+    assert acts == [] and suppressed == ["reminder"] and len(history) == 1
+    # Ids: deterministic, by response, trigger and customer.
+    assert tier([("call", "call", "call")])[0] == tier([("call", "call", "call")])[0]
+    assert (tier([("call", "call", "call")])[0][0].action_id
+            != tier([("call", "call", "call")], trigger="e2")[0][0].action_id)
+
+
+def test_every_tier_response_is_an_action_or_documented_as_none():
+    assert set(TIER_ACTIONS) | set(TIER_NON_ACTIONS) == RESPONSES
+    assert not set(TIER_ACTIONS) & set(TIER_NON_ACTIONS)
+    for action, channel in TIER_ACTIONS.values():
+        assert action in typing.get_args(ActionKind)
+        assert channel in typing.get_args(ActionChannel)
+    assert TIER_ACTIONS["sms"] == ("sms", "sms")
+    assert TIER_ACTIONS["restructuring_offer"] == ("restructuring_offer", "letter")
+
+
+def test_frequency_cap_holds_above_sixteen_sends_and_across_channels():
+    # cap 16 on one channel: the 17th within the window is suppressed.
+    policy = ActionPolicy(cap_per_channel=16, cap_window_days=7)
+    history: list = []
+    sent = 0
+    for i in range(40):
+        due = DueReminder(customer_id="c1", account_id="a1", due_id=f"i{i}",
+                          due_date=dt.date(2026, 3, 5), unpaid_minor=100, days_to_due=3,
+                          grade="high")
+        action, history = plan_pre_due(due, trigger_event_id=f"e{i}",
+                                       event_time=T + dt.timedelta(minutes=i), timezone="UTC",
+                                       history=history, policy=policy, policy_version="p",
+                                       model_version="m")
+        sent += action is not None
+    assert sent == 16 and len(history) == 16
+    # cap 10 on three channels: 30 sends in the window, each channel still capped at 10
+    # (a history of 16 sends in all let each channel go on past its cap).
+    policy = ActionPolicy(cap_per_channel=10)
+    history = []
+    counts = {"sms": 0, "call": 0, "letter": 0}
+    for i in range(30):
+        for codes in (["delinquency_onset"], ["broken_promise"], ["payment_ratio_falling"]):
+            actions, history, _ = plan_actions(
+                alert(codes, when=T + dt.timedelta(minutes=i), alert_id=f"a{i}-{codes[0]}"),
+                "UTC", history, policy)
+            for a in actions:
+                counts[a.channel] += 1
+    assert counts == {"sms": 10, "call": 10, "letter": 10} and len(history) == 30
+
+
+def test_cap_per_channel_is_bounded_in_the_policy():
+    from alerts.policy import load_policy_text
+    from schemas.errors import PolicyError
+
+    assert load_policy_text("actions: {cap_per_channel: 16}").actions.cap_per_channel == 16
+    with pytest.raises(PolicyError, match=r"\$\.actions\.cap_per_channel"):
+        load_policy_text("actions: {cap_per_channel: 17}")
+
+
+def test_pre_due_reminder_ids_do_not_collide_across_customers_with_slashes():
+    def reminder(customer, account):
+        due = DueReminder(customer_id=customer, account_id=account, due_id="i1",
+                          due_date=dt.date(2026, 3, 5), unpaid_minor=100, days_to_due=3,
+                          grade="high")
+        action, _ = plan_pre_due(due, trigger_event_id="e1", event_time=T, timezone="UTC",
+                                 history=[], policy=ActionPolicy(), policy_version="p",
+                                 model_version="m")
+        return action.action_id
+
+    assert reminder("x/y", "z") != reminder("x", "y/z")
+    assert reminder("x/y", "z") == reminder("x/y", "z")

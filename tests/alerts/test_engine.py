@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from alerts.engine import SEEN_LIMIT, Engine, decode_state
 from alerts.policy import DEFAULT_POLICY, load_policy_text
 from schemas.errors import DecodeError
-from schemas.models import CardTransaction, CustomerProfile
+from schemas.models import CardTransaction, CustomerProfile, InstallmentDue, PaymentReceived
 
 T0 = dt.datetime(2026, 2, 1, tzinfo=dt.UTC)
 
@@ -101,3 +101,127 @@ def test_redelivery_of_any_recent_event_is_idempotent(amounts, data):
     # Same input, same output ids, whatever the run.
     _, again_outputs = run(Engine(DEFAULT_POLICY), events)
     assert [e.id for e in outputs] == [e.id for e in again_outputs]
+
+
+def test_no_limit_raise_while_an_installment_is_past_due():
+    """Six installments paid on time, the seventh missed: while it is a few days past
+    due (its cycle not yet closed, so the on-time streak still reads 6) no raise."""
+    engine = Engine(DEFAULT_POLICY)
+    utc = dt.UTC
+    start = dt.datetime(2025, 6, 1, 10, tzinfo=utc)
+    state = engine.process("customer-profiles", CustomerProfile(
+        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
+        segment="mass", timezone="UTC"), None).state
+    raises = []
+
+    def collect(result, when):
+        nonlocal state
+        state = result.state or state
+        raises.extend((when, e.record) for e in result.emits
+                      if e.topic == "limit-adjustments" and e.record.direction == "raise")
+
+    due_date = start.date()
+    for i in range(7):
+        due_date = dt.date(2025 + (5 + i) // 12, (5 + i) % 12 + 1, 10)
+        issued = dt.datetime.combine(due_date - dt.timedelta(days=20), dt.time(9), utc)
+        collect(engine.process("repayments", InstallmentDue(
+            event_id=f"d{i}", event_time=issued, customer_id="c1", account_id="a1",
+            due_id=f"i{i}", due_date=due_date, amount_minor=20_000, currency="EUR"), state),
+            issued)
+        if i < 6:
+            paid = dt.datetime.combine(due_date - dt.timedelta(days=2), dt.time(9), utc)
+            collect(engine.process("repayments", PaymentReceived(
+                event_id=f"pay{i}", event_time=paid, customer_id="c1", account_id="a1",
+                amount_minor=20_000, currency="EUR"), state), paid)
+        for k in range(4 if i == 6 else 30):
+            t = dt.datetime.combine(due_date + dt.timedelta(days=k), dt.time(12), utc)
+            collect(engine.advance("c1", state, t), t)
+    t = dt.datetime.combine(due_date + dt.timedelta(days=4), dt.time(13), utc)
+    collect(engine.process("card-transactions", CardTransaction(
+        event_id="tx1", event_time=t, customer_id="c1", account_id="a1", type="purchase",
+        amount_minor=1_500, currency="EUR", mcc="5411", merchant_id="m1", channel="pos",
+        country="DE"), state), t)
+    assert raises  # the good record did earn a raise before the missed due
+    assert all(when.date() <= due_date for when, _ in raises)
+
+
+def test_tier_actions_respect_quiet_hours_and_count_for_the_caps():
+    # Score 820 lands in high under these bands: the tier's call is sent on the sweep at
+    # 23:30 Berlin time, like the delinquency call in the same sweep: held until 08:00.
+    policy = load_policy_text("version: v1\ngrades: {medium: 350, high: 650, critical: 900}")
+    engine = Engine(policy)
+    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+    state = engine.process("customer-profiles", CustomerProfile(
+        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
+        segment="mass", timezone="Europe/Berlin"), None).state
+    state = engine.process("repayments", InstallmentDue(
+        event_id="d1", event_time=start, customer_id="c1", account_id="a1", due_id="i1",
+        due_date=dt.date(2026, 3, 5), amount_minor=20_000, currency="EUR"), state).state
+    tier = []
+    for k in range(1, 40):
+        as_of = dt.datetime(2026, 3, 5, 22, 30, tzinfo=dt.UTC) + dt.timedelta(days=k)
+        result = engine.advance("c1", state, as_of)
+        state = result.state or state
+        for e in result.emits:
+            if e.topic == "customer-actions" and e.record.reason_codes[-1].startswith("tier_"):
+                tier.append(e.record)
+                sent = decode_state(state).sent
+                assert (3, int(as_of.timestamp())) in sent  # counted for the caps
+    assert [(a.action, a.channel) for a in tier] == [("call", "call")]
+    assert tier[0].not_before is not None and tier[0].not_before.hour == 6  # 08:00 CEST
+
+
+def test_configured_sms_and_restructuring_offer_tier_responses_are_sent():
+    policy = load_policy_text(
+        "version: v1\ntiers: {critical: [sms, restructuring_offer, collections_case]}")
+    engine = Engine(policy)
+    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+    state = engine.process("customer-profiles", CustomerProfile(
+        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
+        segment="mass", timezone="UTC"), None).state
+    state = engine.process("repayments", InstallmentDue(
+        event_id="d1", event_time=start, customer_id="c1", account_id="a1", due_id="i1",
+        due_date=dt.date(2026, 3, 5), amount_minor=20_000, currency="EUR"), state).state
+    tier = []
+    for k in range(1, 40):
+        result = engine.advance("c1", state,
+                                dt.datetime(2026, 3, 5, 12, tzinfo=dt.UTC) + dt.timedelta(days=k))
+        state = result.state or state
+        tier.extend((e.record.reason_codes[-1], e.record.action, e.record.channel)
+                    for e in result.emits if e.topic == "customer-actions"
+                    and e.record.reason_codes[-1].startswith("tier_")
+                    and e.record.reason_codes[0] == "grade_critical")
+    assert tier == [("tier_sms", "sms", "sms"),
+                    ("tier_restructuring_offer", "restructuring_offer", "letter"),
+                    ("tier_collections_case", "collections_case", "internal")]
+
+
+def test_standing_alert_and_action_ids_do_not_collide_across_customers_with_slashes():
+    policy = load_policy_text(
+        "version: v1\nactions: {pre_due_reminder: {grades: [low, medium, high, critical]}}")
+    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+
+    def run_customer(customer, account):
+        engine = Engine(policy)
+        state = engine.process("customer-profiles", CustomerProfile(
+            event_id=f"p-{account}", event_time=start, customer_id=customer,
+            credit_limit_minor=500_000, currency="EUR", products=["credit_card"],
+            sector="retail", region="de-be", segment="mass", timezone="UTC"), None).state
+        result = engine.process("repayments", InstallmentDue(
+            event_id=f"d-{account}", event_time=start, customer_id=customer,
+            account_id=account, due_id="i1", due_date=dt.date(2026, 3, 5),
+            amount_minor=20_000, currency="EUR"), state)
+        state, emits = result.state, list(result.emits)
+        for k in range(-4, 3):
+            result = engine.advance(customer, state, dt.datetime(2026, 3, 5, 12, tzinfo=dt.UTC)
+                                    + dt.timedelta(days=k))
+            state = result.state or state
+            emits.extend(result.emits)
+        return {e.id for e in emits if e.topic in ("risk-alerts", "customer-actions")}
+
+    first, second = run_customer("x/y", "z"), run_customer("x", "y/z")
+    assert first and second  # a reminder, the onset alert and its SMS each
+    assert not first & second

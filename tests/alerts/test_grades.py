@@ -366,3 +366,36 @@ def test_line_signals_are_valid_alert_material() -> None:
         for e in s.evidence:
             msgspec.json.decode(msgspec.json.encode(e), type=m.Evidence)
             assert not (isinstance(e.value, float) and not math.isfinite(e.value))
+
+
+def test_line_state_follows_the_indicator_when_a_policy_reorders_or_changes_lines() -> None:
+    dpd = EarlyWarningLine(indicator="max_dpd", line=30.0)
+    util = EarlyWarningLine(indicator="utilisation", line=0.9)
+    score = EarlyWarningLine(indicator="score", line=750.0)
+    old = EarlyWarningLines(lines=(dpd, util))
+    state, sigs = update_lines(None, {"max_dpd": 45.0, "utilisation": 0.2}, DAY, old)
+    assert [s.reason_codes for s in sigs] == [["line_breached_max_dpd"]]
+    # Reordered: the utilisation breach is new (it does not inherit max_dpd's flag), and
+    # max_dpd's breach is not announced again.
+    state, sigs = update_lines(state, {"max_dpd": 45.0, "utilisation": 0.95}, DAY + 1,
+                               EarlyWarningLines(lines=(util, dpd)))
+    assert [s.reason_codes for s in sigs] == [["line_breached_utilisation"]]
+    # A line added in front, one dropped: the kept indicators keep their flags and points.
+    state, sigs = update_lines(state, {"max_dpd": 45.0, "utilisation": 0.95, "score": 800.0},
+                               DAY + 2, EarlyWarningLines(lines=(score, util)))
+    assert [s.reason_codes for s in sigs] == [["line_breached_score"]]
+    assert state.points[1][-4:] == (DAY + 1, 95, DAY + 2, 95)
+    again, sigs = update_lines(state, {"utilisation": 0.95}, DAY + 2,
+                               EarlyWarningLines(lines=(score, util)))
+    assert again is state and sigs == []  # nothing changed: the very same state
+
+
+def test_line_state_kept_before_keys_is_taken_by_position() -> None:
+    # A state stored before LineState had keys (a two-element msgpack array).
+    old = msgspec.msgpack.encode([[[DAY, 4500], [DAY, 20]], [2, 0]])
+    state = msgspec.msgpack.decode(old, type=LineState)
+    assert state.keys == ()
+    lines = EarlyWarningLines(lines=(EarlyWarningLine(indicator="max_dpd", line=30.0),
+                                     EarlyWarningLine(indicator="utilisation", line=0.9)))
+    state, sigs = update_lines(state, {"max_dpd": 46.0, "utilisation": 0.2}, DAY + 1, lines)
+    assert sigs == [] and state.flags == (2, 0) and len(state.keys) == 2

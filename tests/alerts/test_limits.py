@@ -248,9 +248,20 @@ def test_raise_for_sustained_good_behaviour() -> None:
     {"grade": "medium", "previous_grade": "medium"},
     {"previous_grade": "medium"},
     {"previous_grade": None},
+    {"days_past_due": 1},
 ])
 def test_no_raise_unless_every_condition_holds(change: dict[str, Any]) -> None:
     assert call(new_state(LIMIT), **(GOOD | change))[1] is None
+
+
+def test_no_raise_while_past_due_but_cuts_and_freezes_unchanged() -> None:
+    # A missed due inside its grace window does not break the (closed-cycle) on-time
+    # streak; the current days past due alone refuse the raise.
+    assert call(new_state(LIMIT), days_past_due=3, **GOOD)[1] is None
+    assert call(new_state(LIMIT), days_past_due=0, **GOOD)[1] is not None
+    for grade, direction in (("high", "freeze"), ("critical", "cut")):
+        kw = {"grade": grade, "previous_grade": "medium", "score": 800}
+        assert call(new_state(LIMIT), days_past_due=40, **kw)[1].direction == direction
 
 
 def test_raise_respects_the_ceiling_and_rounding() -> None:

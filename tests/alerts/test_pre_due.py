@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from alerts.engine import Engine, decode_state, encode_state
-from alerts.ids import output_id
+from alerts.ids import output_id, subject
 from alerts.policy import DEFAULT_POLICY, load_policy_text
 from detectors.delinquency import DueIndex, epoch_day
 from schemas.errors import PolicyError
@@ -77,7 +77,7 @@ def test_marked_customer_is_reminded_on_the_pre_due_day_by_the_sweep():
     assert early.state is None and early.emits == [] and early.next_check == D - 3
     result = engine.advance("c1", state, at(D - 3))
     [action] = reminders(result.emits)
-    assert action.action_id == output_id("pre-due-reminder", 1, "c1/a1", "i1")
+    assert action.action_id == output_id("pre-due-reminder", 1, subject("c1", "a1"), "i1")
     assert (action.action, action.channel, action.account_id) == ("reminder", "sms", "a1")
     assert action.reason_codes == ["pre_due_reminder", "grade_low"]
     facts = {e.code: e.value for e in action.evidence}
@@ -157,7 +157,7 @@ def test_statement_reminder_is_for_the_unpaid_minimum():
     state, _ = feed(engine, [("repayments", stmt)])
     [action] = reminders(engine.advance("c1", state, at(D - 3)).emits)
     assert {e.code: e.value for e in action.evidence}["amount_due"] == 4_000
-    assert action.action_id == output_id("pre-due-reminder", 1, "c1/card", "st-3")
+    assert action.action_id == output_id("pre-due-reminder", 1, subject("c1", "card"), "st-3")
 
 
 def test_due_issued_inside_the_window_is_reminded_by_its_own_event():
@@ -168,7 +168,7 @@ def test_due_issued_inside_the_window_is_reminded_by_its_own_event():
     assert action.trigger_event_id == "d1"
     assert {e.code: e.value for e in action.evidence}["days_to_due"] == 2
     # Same id as a sweep would have given it: consumers deduplicate across paths.
-    assert action.action_id == output_id("pre-due-reminder", 1, "c1/a1", "i1")
+    assert action.action_id == output_id("pre-due-reminder", 1, subject("c1", "a1"), "i1")
     # No reminder on the due date itself or afterwards.
     on_the_day, emits = feed(Engine(EVERYONE), [("repayments", due(when=at(D, hour=1)))])
     assert reminders(emits) == []
