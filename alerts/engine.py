@@ -188,15 +188,18 @@ class Engine:
     def set_policy(self, policy: Policy) -> None:
         """Switch to a newly published policy (takes effect on the next event).
 
-        The global anomaly model keeps what it learned unless its features change.
+        The global anomaly model keeps what it learned unless its features change;
+        the segment monitor keeps its KPI windows and indicator series under a new
+        ``segments`` section (:meth:`SegmentMonitor.reconfigured`). All or nothing:
+        everything is built before anything is switched, so a failure leaves the
+        engine on the old policy.
         """
+        anomaly, segments = self.anomaly, self.segments
         if policy.behaviour != self.policy.behaviour or policy.anomaly != self.policy.anomaly:
-            self.anomaly = self._anomaly_model(policy)
+            anomaly = self._anomaly_model(policy)
         if policy.segments != self.policy.segments:
-            fresh = SegmentMonitor(policy.segments)
-            fresh.merge(self.segments)
-            self.segments = fresh
-        self.policy = policy
+            segments = self.segments.reconfigured(policy.segments)
+        self.anomaly, self.segments, self.policy = anomaly, segments, policy
 
     def on_sector_indicator(self, event: m.SectorIndicator) -> list[Emit]:
         """Record a (broadcast) sector indicator; alert when a segment's tightening

@@ -101,3 +101,31 @@ def test_redelivery_of_any_recent_event_is_idempotent(amounts, data):
     # Same input, same output ids, whatever the run.
     _, again_outputs = run(Engine(DEFAULT_POLICY), events)
     assert [e.id for e in outputs] == [e.id for e in again_outputs]
+
+
+def test_a_new_segments_section_keeps_the_segment_monitors_observations():
+    engine = Engine(DEFAULT_POLICY)
+    key = ("retail", "credit_card", "north")
+    engine.segments.observe_account(key, 20_514, True, True)
+    engine.segments.observe_indicator("retail", "prosperity_index", 100.0, 20_500)
+    engine.set_policy(load_policy_text("version: v2\nsegments: {min_accounts: 10}"))
+    assert engine.policy.version == "v2"
+    assert engine.segments.config.min_accounts == 10
+    assert engine.segments.kpis(20_514)[key]["accounts"] == 1
+    assert ("retail", "prosperity_index") in engine.segments._series
+
+
+def test_set_policy_is_all_or_nothing(monkeypatch):
+    engine = Engine(DEFAULT_POLICY)
+    anomaly, segments = engine.anomaly, engine.segments
+
+    def fail(self, config):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(type(engine.segments), "reconfigured", fail)
+    new = load_policy_text("version: v3\nsegments: {min_accounts: 10}\n"
+                           "anomaly: {quantile: 0.9}")
+    with pytest.raises(RuntimeError):
+        engine.set_policy(new)
+    assert engine.policy is DEFAULT_POLICY
+    assert engine.anomaly is anomaly and engine.segments is segments
