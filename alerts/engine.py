@@ -253,7 +253,9 @@ class Engine:
         """Process one decoded event of a customer-keyed topic.
 
         ``learn=False`` scores with the global models without teaching them (for
-        events they learned before a restart).
+        events they learned before a restart): neither the anomaly model nor the
+        risk model and its quality metrics learn; the customer's state changes
+        as with ``learn=True``.
         """
         self._learn = learn
         state = decode_state(raw_state)
@@ -295,11 +297,15 @@ class Engine:
             state.next_check = self._next_check(state, day)
         return Result(encode_state(state), emits, next_check=state.next_check)
 
-    def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
+    def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime, *,
+                learn: bool = True) -> Result:
         """Let event time pass to ``as_of`` for one customer (the watermark sweep).
 
         Detects missed due dates with no further event from the customer.
+        ``learn`` as for :meth:`process` (the risk model learns the labels and
+        expired snapshots the sweep finds).
         """
+        self._learn = learn
         state = decode_state(raw_state)
         day = delinquency.epoch_day(as_of)
         if state.next_check is None or state.next_check > day:
@@ -476,7 +482,8 @@ class Engine:
             label = scoring.label_from_outcome(event.label, day)
             if label is not None:
                 state.score = scoring.on_label(state.score, label[0], label[1], self.risk_model,
-                                               self.quality, self.policy.scoring)
+                                               self.quality, self.policy.scoring,
+                                               learn=self._learn)
         # A card transaction that raised nothing re-scores the customer once a day. The
         # global anomaly model's verdict does not count: it depends on arrival order
         # across partitions and on which worker scored the event (replay, another worker,
@@ -495,11 +502,13 @@ class Engine:
         if signals:
             for positive, label_day in scoring.labels_from_signals(signals):
                 state.score = scoring.on_label(state.score, positive, label_day,
-                                               self.risk_model, self.quality, cfg)
+                                               self.risk_model, self.quality, cfg,
+                                               learn=self._learn)
         if not always and state.scored_day == day:
             return []
         state.scored_day = day
-        state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg)
+        state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
+                                     learn=self._learn)
         profile = state.profile
         pauses = policy.pauses()
         feats = scoring.features(

@@ -129,3 +129,25 @@ def test_set_policy_is_all_or_nothing(monkeypatch):
         engine.set_policy(new)
     assert engine.policy is DEFAULT_POLICY
     assert engine.anomaly is anomaly and engine.segments is segments
+
+
+def test_learn_false_teaches_neither_the_risk_model_nor_its_metrics():
+    # A snapshot on day 0; on day 95 its 90-day horizon has passed: a negative label.
+    events = [tx(0), tx(1, hours=95 * 24)]
+
+    def feed(engine, learn):
+        state, emits = None, []
+        for e in events:
+            r = engine.process("card-transactions", e, state, learn=learn)
+            state = r.state or state
+            emits.extend(r.emits)
+        return state, emits
+
+    engine = Engine(DEFAULT_POLICY)
+    first = feed(engine, True)
+    learnt = (engine.risk_model.n_learned, engine.quality.n, engine.anomaly.n_learnt)
+    assert learnt[:2] == (1, 1)
+    replay = feed(engine, False)  # a replay after a restart: already learnt
+    assert (engine.risk_model.n_learned, engine.quality.n, engine.anomaly.n_learnt) == learnt
+    # The customer's state and outputs are those of the learning run.
+    assert replay == first
