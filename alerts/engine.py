@@ -156,6 +156,10 @@ SEGMENT_SUBJECT = "segments"
 _STANDING_KINDS = frozenset({"delinquency", "warning"})
 
 
+#: Ledger products whose payments move behaviour's card balance ("": not known yet).
+_CARD_OR_UNKNOWN = frozenset({"credit_card", ""})
+
+
 def _ms(t: dt.datetime) -> int:
     if t.tzinfo is not None:  # an aware datetime's timestamp() is that very total_seconds()
         return int(t.timestamp() * 1000)
@@ -593,15 +597,20 @@ class Engine:
         return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]
 
     def _on_repayment(self, event: Any, state: CustomerState) -> list[Signal]:
-        if isinstance(event, m.PaymentReceived):
-            state.behaviour = behaviour.on_payment(
-                state.behaviour, event.amount_minor, self.policy.behaviour)
-        elif isinstance(event, m.PaymentReversed):
-            state.behaviour = behaviour.on_payment(
-                state.behaviour, -event.amount_minor, self.policy.behaviour)
+        ledger = state.ledgers.get(event.account_id)
+        # Only card payments move behaviour's approximate card balance (built from card
+        # spend). A loan or plan account is known by its ledger's product (set by its
+        # first due); an account whose product is not known yet (no due seen: no
+        # ledger, or a ledger of payments only) counts as the card, as it always did.
+        if ledger is None or ledger.product in _CARD_OR_UNKNOWN:
+            if isinstance(event, m.PaymentReceived):
+                state.behaviour = behaviour.on_payment(
+                    state.behaviour, event.amount_minor, self.policy.behaviour)
+            elif isinstance(event, m.PaymentReversed):
+                state.behaviour = behaviour.on_payment(
+                    state.behaviour, -event.amount_minor, self.policy.behaviour)
         product = ("credit_card" if isinstance(event, m.StatementDue)
                    else event.product if isinstance(event, m.InstallmentDue) else None)
-        ledger = state.ledgers.get(event.account_id)
         new, signals = delinquency.apply(ledger, event, self.policy.delinquency,
                                          pauses=self.policy.pauses(), product=product)
         if new is not ledger:  # the next check day is recomputed once the event is done

@@ -151,3 +151,30 @@ def test_learn_false_teaches_neither_the_risk_model_nor_its_metrics():
     assert (engine.risk_model.n_learned, engine.quality.n, engine.anomaly.n_learnt) == learnt
     # The customer's state and outputs are those of the learning run.
     assert replay == first
+
+
+def test_only_card_payments_move_the_card_balance():
+    from schemas.models import InstallmentDue, PaymentReceived, PaymentReversed, StatementDue
+
+    def repay(cls, i, account, amount, **kw):
+        return cls(event_id=f"r{i}", event_time=T0 + dt.timedelta(days=1, hours=i),
+                   customer_id="c1", account_id=account, amount_minor=amount, currency="EUR",
+                   **kw)
+
+    engine = Engine(DEFAULT_POLICY)
+    state, _ = run(engine, [tx(0, 400_000)])
+    due = {"due_date": dt.date(2026, 2, 20)}
+    balances = []
+    for i, event in enumerate([
+        repay(InstallmentDue, 1, "loan", 300_000, due_id="L1", product="personal_loan", **due),
+        repay(PaymentReceived, 2, "loan", 300_000),     # a loan: the card balance stays
+        repay(PaymentReversed, 3, "loan", 300_000, reversed_event_id="r2"),
+        repay(StatementDue, 4, "card", 400_000, due_id="S1", minimum_minor=10_000, **due),
+        repay(PaymentReceived, 5, "card", 100_000),     # the card: lowers it
+        repay(PaymentReceived, 6, "new", 50_000),       # unknown account: as the card
+    ]):
+        state = engine.process("repayments", event, state).state
+        b = decode_state(state).behaviour
+        balances.append((i, b.balance, b.n_payments))
+    assert balances == [(0, 400_000, 0), (1, 400_000, 0), (2, 400_000, 0), (3, 400_000, 0),
+                        (4, 300_000, 1), (5, 250_000, 2)]
