@@ -84,6 +84,8 @@ import msgspec
 from msgspec import Struct
 
 from detectors.base import Evidence, Severity, Signal
+from detectors.money import major as _major
+from detectors.money import money as _money
 from detectors.online import (
     AnomalyModel,
     ConformanceSpec,
@@ -522,33 +524,6 @@ def decode_state(data: bytes) -> BehaviourState:
 # --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
-
-_ZERO_DECIMALS = frozenset(
-    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW"}
-    | {"PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
-)
-_THREE_DECIMALS = frozenset(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"))
-
-
-def _decimals(currency: str) -> int:
-    if currency in _ZERO_DECIMALS:
-        return 0
-    return 3 if currency in _THREE_DECIMALS else 2
-
-
-def _major(amount_minor: float, currency: str) -> float:
-    """Minor units to major units of ``currency``."""
-    return amount_minor / 10 ** _decimals(currency)
-
-
-def _money(amount_minor: float, currency: str) -> str:
-    """Plain-terms amount: ``1,234.56 EUR``.
-
-    >>> _money(123456, "EUR"), _money(1234, "JPY")
-    ('1,234.56 EUR', '1,234 JPY')
-    """
-    d = _decimals(currency)
-    return f"{amount_minor / 10**d:,.{d}f} {currency}"
 
 
 @lru_cache(maxsize=256)
