@@ -491,7 +491,7 @@ class BehaviourState(Struct, frozen=True, array_like=True, gc=False):
     night_raw: float = 0.0
     foreign_raw: float = 0.0
     cnp_raw: float = 0.0
-    # installment conversions: recent event times, newest last
+    # installment conversions: recent event times (one per conversion), newest last
     conversions: tuple[int, ...] = ()
     # utilisation
     balance: int = 0
@@ -842,7 +842,9 @@ def on_transaction_row(
                     )
                 )
                 new_fired[_F_INST] = epoch
-            kept = sorted({*conversions, epoch})[-cfg.installment_count :]
+            # A list, not a set: two conversions in the same second are two conversions
+            # (a redelivered event never gets here: the engine drops it by event id).
+            kept = sorted((*conversions, epoch))[-cfg.installment_count :]
             conversions = tuple(c for c in kept if c > epoch - win)
         new = msgspec.structs.replace(
             s,

@@ -442,6 +442,23 @@ def test_installment_velocity() -> None:
     assert_valid_signal(found[0][1])
 
 
+def test_installment_conversions_in_the_same_second_each_count() -> None:
+    at = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
+
+    def texts(times: list[dt.datetime]) -> list[str]:
+        s, out = None, []
+        for when in times:
+            tx = make_tx(when, 50_000, "5732", "installment_conversion")
+            s, sigs, _ = on_transaction(s, tx, LIMIT, HOME)
+            out += [g.evidence[0].text for g in sigs]
+        return out
+
+    day = dt.timedelta(days=1)
+    same = texts([at, at, at + day])
+    assert same == ["3 purchases converted to installments within 30 days"]
+    assert same == texts([at, at + dt.timedelta(seconds=1), at + day])
+
+
 def test_refunds_and_conversions_return_no_features() -> None:
     r, day = with_history(days=10)
     state = r.state
