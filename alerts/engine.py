@@ -108,7 +108,8 @@ class CustomerState(Struct, array_like=True, gc=False):
     next_check: int | None = None
     #: Recent messages to the customer: (channel index, Unix seconds), for frequency caps.
     sent: list[tuple[int, int]] = []
-    #: Last segment window this customer's accounts were counted in (segment KPIs).
+    #: Last segment window this customer's accounts were counted in (segment KPIs; in
+    #: states before ``segment_accounts``, the one window the customer was counted in).
     segment_window: int = -1
     #: Risk score, pending feature snapshots for delayed labels, grade.
     score: ScoreState | None = None
@@ -121,6 +122,9 @@ class CustomerState(Struct, array_like=True, gc=False):
     #: Fingerprints of ``account/due`` pairs already reminded before their due date
     #: (only dues still in a ledger are kept).
     reminded: list[int] = []
+    #: Segment KPIs: per account, the last window it was counted in and how
+    #: (``window << 2 | overdue << 1 | newly_delinquent``); one entry per ledger.
+    segment_accounts: dict[str, int] = {}
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -155,6 +159,9 @@ SEGMENT_SUBJECT = "segments"
 #: same id whether an event or a watermark sweep detects it first.
 _STANDING_KINDS = frozenset({"delinquency", "warning"})
 
+
+#: Flags of ``CustomerState.segment_accounts`` entries.
+_SEG_OVERDUE, _SEG_NEW = 2, 1
 
 #: Ledger products whose payments move behaviour's card balance ("": not known yet).
 _CARD_OR_UNKNOWN = frozenset({"credit_card", ""})
@@ -326,6 +333,8 @@ class Engine:
                 ledgers[account_id], found = delinquency.advance(ledger, day, config,
                                                                  pauses=pauses)
                 signals.extend(found)
+                if any(s.rule_id == "delinquency-onset" for s in found):
+                    self._count_segment(state, ledgers[account_id], found)
             state.ledgers = ledgers
             emits.extend(self._emits(signals, state, customer_id, trigger, as_of))
             emits.extend(self._assess_at(state, signals, customer_id, trigger, as_of, day,
@@ -620,22 +629,37 @@ class Engine:
 
     def _count_segment(self, state: CustomerState, ledger: AccountLedger,
                        signals: list[Signal]) -> None:
-        """Count the account in its segment's window KPIs (once per window)."""
+        """Count the account in its segment's window KPIs: once per account per window,
+        on its first ledger change in the window, and again (as newly delinquent, not as
+        another account) when a delinquency onset follows in the same window."""
         profile = state.profile
         if profile is None:
             return
         day = ledger.clock
         self.latest_day = max(self.latest_day, day)
         window = day // self.policy.segments.window_days
-        if window == state.segment_window:
-            return
-        state.segment_window = window
+        counted = state.segment_accounts
+        if not counted and window == state.segment_window:
+            return  # a state from before segment_accounts: counted once for the customer
+        onset = any(s.rule_id == "delinquency-onset" for s in signals)
+        seen = counted.get(ledger.account_id, -1)
+        if seen >= 0 and seen >> 2 == window:
+            if not onset or seen & _SEG_NEW:
+                return
+            flags = seen | _SEG_OVERDUE | _SEG_NEW
+        else:
+            dpd = delinquency.days_past_due(ledger, day, self.policy.delinquency,
+                                            pauses=self.policy.pauses())
+            flags = window << 2 | (_SEG_OVERDUE if dpd > 0 else 0) | (_SEG_NEW if onset else 0)
+            seen = -1
         product = ledger.product or (profile.products[0] if profile.products else "other")
         key = self.segments.key(profile.sector, product, profile.region)
-        dpd = delinquency.days_past_due(ledger, day, self.policy.delinquency,
-                                        pauses=self.policy.pauses())
-        onset = any(s.rule_id == "delinquency-onset" for s in signals)
-        self.segments.observe_account(key, day, dpd > 0, onset)
+        if seen < 0:
+            self.segments.observe_account(key, day, bool(flags & _SEG_OVERDUE), onset)
+        else:
+            self.segments.observe_onset(key, day, newly_overdue=not seen & _SEG_OVERDUE)
+        state.segment_accounts = {**counted, ledger.account_id: flags}
+        state.segment_window = window
 
     def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
         policy = self.policy

@@ -77,7 +77,8 @@ The integrator must report each account at most once per window
 (:meth:`SegmentMonitor.observe_account` counts observations, not distinct
 accounts: memory stays bounded because no account id is kept), e.g. on its first
 event in a window, with ``newly_delinquent=True`` when it entered delinquency
-in that window.
+in that window; an onset later in the same window is reported with
+:meth:`SegmentMonitor.observe_onset`.
 
 >>> mon = SegmentMonitor(SegmentConfig(min_accounts=1))
 >>> for day, value in [(0, 100.0), (30, 101.0), (60, 99.5), (90, 88.0)]:
@@ -531,6 +532,23 @@ class SegmentMonitor:
             counters[_ACC] += 1
             counters[_OVD] += bool(overdue)
             counters[_NEW] += bool(newly_delinquent)
+
+    def observe_onset(self, segment_key: SegmentKey, day: int, newly_overdue: bool) -> None:
+        """An account already observed in the window of ``day`` entered delinquency later
+        in that window: count it newly delinquent (and overdue if it was observed not
+        overdue), not as another account.
+
+        >>> mon = SegmentMonitor()
+        >>> mon.observe_account(("s", "credit_card", "r"), 0, False, False)
+        >>> mon.observe_onset(("s", "credit_card", "r"), 3, newly_overdue=True)
+        >>> k = mon.kpis(0)[("s", "credit_card", "r")]
+        >>> k["accounts"], k["overdue"], k["newly_delinquent"]
+        (1, 1, 1)
+        """
+        counters = self._counters(segment_key, day)
+        if counters is not None:
+            counters[_NEW] += 1
+            counters[_OVD] += bool(newly_overdue)
 
     def observe_alert(self, segment_key: SegmentKey, day: int, severity: str) -> None:
         """Count one alert about a customer of the segment."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -178,3 +179,97 @@ def test_only_card_payments_move_the_card_balance():
         balances.append((i, b.balance, b.n_payments))
     assert balances == [(0, 400_000, 0), (1, 400_000, 0), (2, 400_000, 0), (3, 400_000, 0),
                         (4, 300_000, 1), (5, 250_000, 2)]
+
+
+D0 = dt.date(2026, 2, 27)  # epoch day 20511, early in segment window 2930 (days 20510-20516)
+
+
+def _segment_kpis(engine, day_offset=0):
+    day = (D0 - dt.date(1970, 1, 1)).days + day_offset
+    return {k: (v["accounts"], v["overdue"], v["newly_delinquent"])
+            for k, v in engine.segments.kpis(day).items()}
+
+
+def _segment_customer(engine):
+    from schemas.models import StatementDue
+
+    profile = CustomerProfile(
+        event_id="p", event_time=T0, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card", "personal_loan"], sector="retail",
+        region="north", segment="mass")
+    state = engine.process("customer-profiles", profile, None).state
+    statement = StatementDue(
+        event_id="s1", event_time=dt.datetime.combine(D0, dt.time(12), tzinfo=dt.UTC),
+        customer_id="c1", account_id="card", due_id="d1", due_date=D0 + dt.timedelta(days=1),
+        amount_minor=10_000, minimum_minor=1_000, currency="EUR")
+    return engine.process("repayments", statement, state).state
+
+
+def _at(days):
+    return dt.datetime.combine(D0 + dt.timedelta(days=days), dt.time(12), tzinfo=dt.UTC)
+
+
+CARD_SEGMENT, LOAN_SEGMENT = ("retail", "credit_card", "north"), ("retail", "personal_loan",
+                                                                   "north")
+
+
+def test_segment_kpis_count_every_account_once_per_window():
+    from schemas.models import InstallmentDue, PaymentReceived
+
+    engine = Engine(DEFAULT_POLICY)
+    state = _segment_customer(engine)
+    loan_due = InstallmentDue(  # due 20 days ago and unpaid: overdue, a delinquency onset
+        event_id="i1", event_time=_at(1), customer_id="c1", account_id="loan", due_id="L1",
+        due_date=D0 - dt.timedelta(days=20), amount_minor=30_000, currency="EUR",
+        product="personal_loan")
+    state = engine.process("repayments", loan_due, state).state
+    state = engine.process("repayments", PaymentReceived(
+        event_id="pay", event_time=_at(1), customer_id="c1", account_id="card",
+        amount_minor=10_000, currency="EUR"), state).state  # the card again: not recounted
+    assert _segment_kpis(engine) == {CARD_SEGMENT: (1, 0, 0), LOAN_SEGMENT: (1, 1, 1)}
+    # The next window counts both again.
+    state = engine.process("repayments", PaymentReceived(
+        event_id="pay2", event_time=_at(7), customer_id="c1", account_id="loan",
+        amount_minor=100, currency="EUR"), state).state
+    assert _segment_kpis(engine, 7) == {LOAN_SEGMENT: (1, 1, 0)}
+
+
+@pytest.mark.parametrize("path", ["event", "sweep"])
+def test_a_delinquency_onset_later_in_the_window_is_counted_newly_delinquent(path):
+    from schemas.models import PaymentReceived
+
+    engine = Engine(DEFAULT_POLICY)
+    state = _segment_customer(engine)  # counted on day 0, due on day 1, not yet overdue
+    assert _segment_kpis(engine) == {CARD_SEGMENT: (1, 0, 0)}
+    if path == "event":
+        result = engine.process("repayments", PaymentReceived(
+            event_id="pay", event_time=_at(5), customer_id="c1", account_id="card",
+            amount_minor=100, currency="EUR"), state)
+    else:
+        result = engine.advance("c1", state, _at(5))
+    assert "delinquency-onset" in [e.record.rule_id for e in result.emits
+                                   if e.topic == "risk-alerts"]
+    assert _segment_kpis(engine, 5) == {CARD_SEGMENT: (1, 1, 1)}  # one account, now new
+    state = result.state
+    for i, hours in enumerate((3, 8)):  # more in the window: nothing recounted
+        state = engine.process("repayments", PaymentReceived(
+            event_id=f"more{i}", event_time=_at(5) + dt.timedelta(hours=hours),
+            customer_id="c1", account_id="card", amount_minor=100, currency="EUR"),
+            state).state
+        state = engine.advance("c1", state, _at(5) + dt.timedelta(hours=hours + 1)).state or state
+    assert _segment_kpis(engine, 5) == {CARD_SEGMENT: (1, 1, 1)}
+    assert decode_state(state).segment_accounts == {"card": 2930 << 2 | 3}
+
+
+def test_a_state_counted_before_per_account_counts_is_not_recounted_in_that_window():
+    from alerts.engine import encode_state
+    from schemas.models import PaymentReceived
+
+    engine = Engine(DEFAULT_POLICY)
+    state = decode_state(_segment_customer(engine))
+    old = encode_state(msgspec.structs.replace(state, segment_accounts={}))  # as before
+    assert state.segment_window == 2930
+    engine.process("repayments", PaymentReceived(
+        event_id="pay", event_time=_at(2), customer_id="c1", account_id="loan",
+        amount_minor=100, currency="EUR"), old)
+    assert _segment_kpis(engine) == {CARD_SEGMENT: (1, 0, 0)}

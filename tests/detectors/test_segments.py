@@ -76,6 +76,19 @@ def test_old_windows_are_dropped_and_late_observations_counted() -> None:
     assert mon.dropped_late == 1 and mon.kpis(8)[KEY]["accounts"] == 2
 
 
+def test_an_onset_later_in_the_window_counts_new_not_another_account() -> None:
+    mon = SegmentMonitor(SegmentConfig(window_days=7, keep_windows=2))
+    mon.observe_account(KEY, 7, overdue=False, newly_delinquent=False)
+    mon.observe_account(KEY, 8, overdue=True, newly_delinquent=False)
+    mon.observe_onset(KEY, 10, newly_overdue=True)
+    mon.observe_onset(KEY, 12, newly_overdue=False)
+    k = mon.kpis(7)[KEY]
+    assert (k["accounts"], k["overdue"], k["newly_delinquent"]) == (2, 2, 2)
+    mon.observe_account(KEY, 30, False, False)  # window 4: window 1 leaves the retention
+    mon.observe_onset(KEY, 8, newly_overdue=True)
+    assert mon.dropped_late == 1 and mon.kpis(8) == {}
+
+
 def test_kpi_rates_and_averages() -> None:
     mon = SegmentMonitor()
     observe(mon, KEY, 0, 8, overdue=2, new=1)
