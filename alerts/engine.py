@@ -108,7 +108,8 @@ class CustomerState(Struct, array_like=True, gc=False):
     next_check: int | None = None
     #: Recent messages to the customer: (channel index, Unix seconds), for frequency caps.
     sent: list[tuple[int, int]] = []
-    #: Last segment window this customer's accounts were counted in (segment KPIs).
+    #: Last segment window this customer's accounts were counted in (segment KPIs; in
+    #: states before ``segment_accounts``, the one window the customer was counted in).
     segment_window: int = -1
     #: Risk score, pending feature snapshots for delayed labels, grade.
     score: ScoreState | None = None
@@ -121,6 +122,9 @@ class CustomerState(Struct, array_like=True, gc=False):
     #: Fingerprints of ``account/due`` pairs already reminded before their due date
     #: (only dues still in a ledger are kept).
     reminded: list[int] = []
+    #: Segment KPIs: per account, the last window it was counted in and how
+    #: (``window << 2 | overdue << 1 | newly_delinquent``); one entry per ledger.
+    segment_accounts: dict[str, int] = {}
 
 
 _STATE_ENCODER = msgspec.msgpack.Encoder()
@@ -156,6 +160,13 @@ SEGMENT_SUBJECT = "segments"
 _STANDING_KINDS = frozenset({"delinquency", "warning"})
 
 
+#: Flags of ``CustomerState.segment_accounts`` entries.
+_SEG_OVERDUE, _SEG_NEW = 2, 1
+
+#: Ledger products whose payments move behaviour's card balance ("": not known yet).
+_CARD_OR_UNKNOWN = frozenset({"credit_card", ""})
+
+
 def _ms(t: dt.datetime) -> int:
     if t.tzinfo is not None:  # an aware datetime's timestamp() is that very total_seconds()
         return int(t.timestamp() * 1000)
@@ -188,15 +199,18 @@ class Engine:
     def set_policy(self, policy: Policy) -> None:
         """Switch to a newly published policy (takes effect on the next event).
 
-        The global anomaly model keeps what it learned unless its features change.
+        The global anomaly model keeps what it learned unless its features change;
+        the segment monitor keeps its KPI windows and indicator series under a new
+        ``segments`` section (:meth:`SegmentMonitor.reconfigured`). All or nothing:
+        everything is built before anything is switched, so a failure leaves the
+        engine on the old policy.
         """
+        anomaly, segments = self.anomaly, self.segments
         if policy.behaviour != self.policy.behaviour or policy.anomaly != self.policy.anomaly:
-            self.anomaly = self._anomaly_model(policy)
+            anomaly = self._anomaly_model(policy)
         if policy.segments != self.policy.segments:
-            fresh = SegmentMonitor(policy.segments)
-            fresh.merge(self.segments)
-            self.segments = fresh
-        self.policy = policy
+            segments = self.segments.reconfigured(policy.segments)
+        self.anomaly, self.segments, self.policy = anomaly, segments, policy
 
     def on_sector_indicator(self, event: m.SectorIndicator) -> list[Emit]:
         """Record a (broadcast) sector indicator; alert when a segment's tightening
@@ -250,7 +264,9 @@ class Engine:
         """Process one decoded event of a customer-keyed topic.
 
         ``learn=False`` scores with the global models without teaching them (for
-        events they learned before a restart).
+        events they learned before a restart): neither the anomaly model nor the
+        risk model and its quality metrics learn; the customer's state changes
+        as with ``learn=True``.
         """
         self._learn = learn
         state = decode_state(raw_state)
@@ -292,11 +308,15 @@ class Engine:
             state.next_check = self._next_check(state, day)
         return Result(encode_state(state), emits, next_check=state.next_check)
 
-    def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
+    def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime, *,
+                learn: bool = True) -> Result:
         """Let event time pass to ``as_of`` for one customer (the watermark sweep).
 
         Detects missed due dates with no further event from the customer.
+        ``learn`` as for :meth:`process` (the risk model learns the labels and
+        expired snapshots the sweep finds).
         """
+        self._learn = learn
         state = decode_state(raw_state)
         day = delinquency.epoch_day(as_of)
         if state.next_check is None or state.next_check > day:
@@ -313,6 +333,8 @@ class Engine:
                 ledgers[account_id], found = delinquency.advance(ledger, day, config,
                                                                  pauses=pauses)
                 signals.extend(found)
+                if any(s.rule_id == "delinquency-onset" for s in found):
+                    self._count_segment(state, ledgers[account_id], found)
             state.ledgers = ledgers
             emits.extend(self._emits(signals, state, customer_id, trigger, as_of))
             emits.extend(self._assess_at(state, signals, customer_id, trigger, as_of, day,
@@ -473,7 +495,8 @@ class Engine:
             label = scoring.label_from_outcome(event.label, day)
             if label is not None:
                 state.score = scoring.on_label(state.score, label[0], label[1], self.risk_model,
-                                               self.quality, self.policy.scoring)
+                                               self.quality, self.policy.scoring,
+                                               learn=self._learn)
         # A card transaction that raised nothing re-scores the customer once a day. The
         # global anomaly model's verdict does not count: it depends on arrival order
         # across partitions and on which worker scored the event (replay, another worker,
@@ -492,11 +515,13 @@ class Engine:
         if signals:
             for positive, label_day in scoring.labels_from_signals(signals):
                 state.score = scoring.on_label(state.score, positive, label_day,
-                                               self.risk_model, self.quality, cfg)
+                                               self.risk_model, self.quality, cfg,
+                                               learn=self._learn)
         if not always and state.scored_day == day:
             return []
         state.scored_day = day
-        state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg)
+        state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
+                                     learn=self._learn)
         profile = state.profile
         pauses = policy.pauses()
         feats = scoring.features(
@@ -580,15 +605,20 @@ class Engine:
         return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]
 
     def _on_repayment(self, event: Any, state: CustomerState) -> list[Signal]:
-        if isinstance(event, m.PaymentReceived):
-            state.behaviour = behaviour.on_payment(
-                state.behaviour, event.amount_minor, self.policy.behaviour)
-        elif isinstance(event, m.PaymentReversed):
-            state.behaviour = behaviour.on_payment(
-                state.behaviour, -event.amount_minor, self.policy.behaviour)
+        ledger = state.ledgers.get(event.account_id)
+        # Only card payments move behaviour's approximate card balance (built from card
+        # spend). A loan or plan account is known by its ledger's product (set by its
+        # first due); an account whose product is not known yet (no due seen: no
+        # ledger, or a ledger of payments only) counts as the card, as it always did.
+        if ledger is None or ledger.product in _CARD_OR_UNKNOWN:
+            if isinstance(event, m.PaymentReceived):
+                state.behaviour = behaviour.on_payment(
+                    state.behaviour, event.amount_minor, self.policy.behaviour)
+            elif isinstance(event, m.PaymentReversed):
+                state.behaviour = behaviour.on_payment(
+                    state.behaviour, -event.amount_minor, self.policy.behaviour)
         product = ("credit_card" if isinstance(event, m.StatementDue)
                    else event.product if isinstance(event, m.InstallmentDue) else None)
-        ledger = state.ledgers.get(event.account_id)
         new, signals = delinquency.apply(ledger, event, self.policy.delinquency,
                                          pauses=self.policy.pauses(), product=product)
         if new is not ledger:  # the next check day is recomputed once the event is done
@@ -598,22 +628,37 @@ class Engine:
 
     def _count_segment(self, state: CustomerState, ledger: AccountLedger,
                        signals: list[Signal]) -> None:
-        """Count the account in its segment's window KPIs (once per window)."""
+        """Count the account in its segment's window KPIs: once per account per window,
+        on its first ledger change in the window, and again (as newly delinquent, not as
+        another account) when a delinquency onset follows in the same window."""
         profile = state.profile
         if profile is None:
             return
         day = ledger.clock
         self.latest_day = max(self.latest_day, day)
         window = day // self.policy.segments.window_days
-        if window == state.segment_window:
-            return
-        state.segment_window = window
+        counted = state.segment_accounts
+        if not counted and window == state.segment_window:
+            return  # a state from before segment_accounts: counted once for the customer
+        onset = any(s.rule_id == "delinquency-onset" for s in signals)
+        seen = counted.get(ledger.account_id, -1)
+        if seen >= 0 and seen >> 2 == window:
+            if not onset or seen & _SEG_NEW:
+                return
+            flags = seen | _SEG_OVERDUE | _SEG_NEW
+        else:
+            dpd = delinquency.days_past_due(ledger, day, self.policy.delinquency,
+                                            pauses=self.policy.pauses())
+            flags = window << 2 | (_SEG_OVERDUE if dpd > 0 else 0) | (_SEG_NEW if onset else 0)
+            seen = -1
         product = ledger.product or (profile.products[0] if profile.products else "other")
         key = self.segments.key(profile.sector, product, profile.region)
-        dpd = delinquency.days_past_due(ledger, day, self.policy.delinquency,
-                                        pauses=self.policy.pauses())
-        onset = any(s.rule_id == "delinquency-onset" for s in signals)
-        self.segments.observe_account(key, day, dpd > 0, onset)
+        if seen < 0:
+            self.segments.observe_account(key, day, bool(flags & _SEG_OVERDUE), onset)
+        else:
+            self.segments.observe_onset(key, day, newly_overdue=not seen & _SEG_OVERDUE)
+        state.segment_accounts = {**counted, ledger.account_id: flags}
+        state.segment_window = window
 
     def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
         policy = self.policy

@@ -47,9 +47,12 @@ What the state keeps, and the rule each part feeds (reason codes):
 * when each rule last fired, so a persisting condition raises one signal per
   cooldown rather than one per event.
 
-Buckets follow event time in the customer's timezone. A late event from a
-day (hour) that is already closed updates amounts, mix, shares and balance
-but not the closed day's (hour's) counters; it is never compared with them.
+Buckets follow event time in the customer's timezone. Days (and the night
+flag) follow the local clock; hours are elapsed hours, starting on the local
+clock's hour boundaries, so the hour a fall-back DST change repeats is two
+hour buckets (two real hours), not one. A late event from a day (hour) that
+is already closed updates amounts, mix, shares and balance but not the closed
+day's (hour's) counters; it is never compared with them.
 
 Amounts are integer minor units, assumed to be in the account's billing
 currency.
@@ -81,6 +84,8 @@ import msgspec
 from msgspec import Struct
 
 from detectors.base import Evidence, Severity, Signal
+from detectors.money import major as _major
+from detectors.money import money as _money
 from detectors.online import (
     AnomalyModel,
     ConformanceSpec,
@@ -448,14 +453,16 @@ class BehaviourState(Struct, frozen=True, array_like=True, gc=False):
 
     EWMAs named ``*_raw`` start at zero and are bias-corrected when read,
     using the number of observations behind them. Times are Unix seconds of
-    event time; ``day`` and ``hour`` are local-time bucket numbers.
+    event time; ``day`` is a local-time day number, ``hour`` an elapsed-hour
+    number (:func:`_hour_bucket`; ``v`` 1: a local-time hour number, converted
+    on the next transaction).
 
     >>> import msgspec
     >>> len(msgspec.msgpack.encode(BehaviourState()))
     160
     """
 
-    v: int = 1
+    v: int = 2
     n_tx: int = 0  # spend transactions (purchases and cash advances) learnt
     last_epoch: int = -1  # latest event time of a card transaction
     # log amount
@@ -474,7 +481,7 @@ class BehaviourState(Struct, frozen=True, array_like=True, gc=False):
     spend_long_raw: float = 0.0
     cash_long_raw: float = 0.0
     count_raw: float = 0.0
-    # hours (local)
+    # hours (elapsed, on local hour boundaries)
     hour: int = -1
     hour_count: int = 0
     # categories
@@ -484,7 +491,7 @@ class BehaviourState(Struct, frozen=True, array_like=True, gc=False):
     night_raw: float = 0.0
     foreign_raw: float = 0.0
     cnp_raw: float = 0.0
-    # installment conversions: recent event times, newest last
+    # installment conversions: recent event times (one per conversion), newest last
     conversions: tuple[int, ...] = ()
     # utilisation
     balance: int = 0
@@ -517,33 +524,6 @@ def decode_state(data: bytes) -> BehaviourState:
 # --------------------------------------------------------------------------- #
 # Helpers
 # --------------------------------------------------------------------------- #
-
-_ZERO_DECIMALS = frozenset(
-    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW"}
-    | {"PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
-)
-_THREE_DECIMALS = frozenset(("BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"))
-
-
-def _decimals(currency: str) -> int:
-    if currency in _ZERO_DECIMALS:
-        return 0
-    return 3 if currency in _THREE_DECIMALS else 2
-
-
-def _major(amount_minor: float, currency: str) -> float:
-    """Minor units to major units of ``currency``."""
-    return amount_minor / 10 ** _decimals(currency)
-
-
-def _money(amount_minor: float, currency: str) -> str:
-    """Plain-terms amount: ``1,234.56 EUR``.
-
-    >>> _money(123456, "EUR"), _money(1234, "JPY")
-    ('1,234.56 EUR', '1,234 JPY')
-    """
-    d = _decimals(currency)
-    return f"{amount_minor / 10**d:,.{d}f} {currency}"
 
 
 @lru_cache(maxsize=256)
@@ -640,6 +620,43 @@ def _hour_label(hour: int) -> str:
     return f"{_day_label(hour // 24)}T{hour % 24:02d}"
 
 
+def _hour_bucket(epoch: int, local: int) -> int:
+    """The elapsed-hour bucket of an instant (Unix seconds ``epoch``, local seconds ``local``).
+
+    Hours of real time that start on the local clock's hour boundaries (the
+    zone's sub-hour offset is kept): the hour a fall-back change repeats on the
+    local clock is two buckets, one per real hour.
+
+    >>> t = dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC)  # Berlin: 02:30 CEST
+    >>> [_hour_bucket(*_local_epoch(t + dt.timedelta(hours=h), "Europe/Berlin")) -
+    ...  int(t.timestamp()) // 3600 for h in (0, 1)]  # 02:30 CEST, 02:30 CET
+    [0, 1]
+    >>> t = dt.datetime(2026, 3, 2, 12, 10, tzinfo=dt.UTC)  # Kolkata +05:30: 17:40
+    >>> _hour_bucket(*_local_epoch(t, "Asia/Kolkata")) - _hour_bucket(*_local_epoch(
+    ...     t + dt.timedelta(minutes=25), "Asia/Kolkata"))  # 18:05: the next local hour
+    -1
+    """
+    return (epoch + (local - epoch) % 3_600) // 3_600
+
+
+def _hour_discriminator(t: dt.datetime, epoch: int, local: int, tz: str) -> str:
+    """``hour:<local date>T<local hour>`` of the hour bucket holding the instant; the second
+    of two real hours with the same local label (a fall-back change) gets its UTC offset.
+
+    >>> t = dt.datetime(2026, 10, 25, 0, 30, tzinfo=dt.UTC)  # Berlin: 02:30 CEST
+    >>> [_hour_discriminator(x, *_local_epoch(x, "Europe/Berlin"), "Europe/Berlin")
+    ...  for x in (t, t + dt.timedelta(hours=1), t + dt.timedelta(hours=2))]
+    ['hour:2026-10-25T02', 'hour:2026-10-25T02+01:00', 'hour:2026-10-25T03']
+    """
+    label = f"hour:{_hour_label(local // 3_600)}"
+    _, before = _local_epoch(t - dt.timedelta(hours=1), tz)
+    if before // 3_600 < local // 3_600:
+        return label
+    off = local - epoch
+    sign, off = ("+", off) if off >= 0 else ("-", -off)
+    return f"{label}{sign}{off // 3_600:02d}:{off % 3_600 // 60:02d}"
+
+
 def _cooled(fired: tuple[int, ...], slot: int, epoch: int, cooldown_s: int) -> bool:
     last = fired[slot]
     return last < 0 or epoch - last >= cooldown_s
@@ -734,9 +751,10 @@ def on_transaction_row(
     cfg = config
     t = _tables(cfg)
     s = _EMPTY if state is None else state
-    epoch, local = _local_epoch(tx.event_time, timezone or cfg.timezone)
+    zone_name = timezone or cfg.timezone
+    epoch, local = _local_epoch(tx.event_time, zone_name)
     day_b = local // 86_400
-    hour_b = local // 3_600
+    hour_b = (epoch + (local - epoch) % 3_600) // 3_600  # _hour_bucket, inlined
     kind = tx.type
     amount = tx.amount_minor
     spend = kind in ("purchase", "cash_advance")
@@ -769,6 +787,8 @@ def on_transaction_row(
         day, day_spend, day_cash, day_count = day_b, 0, 0, 0
     late_day = day_b < day
     hour, hour_count = s.hour, s.hour_count
+    if s.v < 2 and hour >= 0:  # a local-time hour number: to elapsed hours
+        hour -= (local - epoch - (local - epoch) % 3_600) // 3_600
     if hour_b > hour:
         hour, hour_count = hour_b, 0
     late_hour = hour_b < hour
@@ -822,7 +842,9 @@ def on_transaction_row(
                     )
                 )
                 new_fired[_F_INST] = epoch
-            kept = sorted({*conversions, epoch})[-cfg.installment_count :]
+            # A list, not a set: two conversions in the same second are two conversions
+            # (a redelivered event never gets here: the engine drops it by event id).
+            kept = sorted((*conversions, epoch))[-cfg.installment_count :]
             conversions = tuple(c for c in kept if c > epoch - win)
         new = msgspec.structs.replace(
             s,
@@ -838,6 +860,7 @@ def on_transaction_row(
             count_raw=cnt,
             hour=hour,
             hour_count=hour_count,
+            v=2,
             balance=balance,
             conversions=conversions,
             fired=tuple(new_fired),
@@ -884,7 +907,7 @@ def on_transaction_row(
                         unit="tx/h",
                     )
                 ],
-                f"hour:{_hour_label(hour)}",
+                _hour_discriminator(tx.event_time, epoch, local, zone_name),
                 account,
             )
         )
@@ -1113,6 +1136,7 @@ def on_transaction_row(
         count_raw=cnt,
         hour=hour,
         hour_count=hour_count,
+        v=2,
         seen_mask=s.seen_mask | bit,
         mix_raw=mix,
         night_raw=(1 - sh) * s.night_raw + (sh if night else 0.0),

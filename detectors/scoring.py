@@ -1181,6 +1181,8 @@ def expire(
     model: RiskModel,
     progress: ProgressiveMetrics | None,
     config: ScoreConfig,
+    *,
+    learn: bool = True,
 ) -> ScoreState:
     """Learn, as negatives, the snapshots whose horizon has passed by ``day``.
 
@@ -1188,12 +1190,18 @@ def expire(
     with no positive label. Each is first scored into ``progress`` (if given).
     Returns the input state object itself when nothing expired.
 
+    ``learn=False`` (an event the model learned before a restart) drops the
+    expired snapshots from the state all the same, but neither ``model`` nor
+    ``progress`` learns them.
+
     >>> cfg, m = ScoreConfig(), RiskModel()
     >>> st = ScoreState(pending=((100, *[0] * len(FEATURES)), (150, *[0] * len(FEATURES))))
     >>> [snap[0] for snap in expire(st, 190, m, None, cfg).pending], m.n_learned, m.n_positive
     ([150], 1, 0)
     >>> expire(st, 100, m, None, cfg) is st
     True
+    >>> [snap[0] for snap in expire(st, 250, m, None, cfg, learn=False).pending], m.n_learned
+    ([], 1)
     """
     s = _current(state)
     pending = s.pending
@@ -1204,9 +1212,10 @@ def expire(
         due += 1
     if not due:
         return s
-    for snap in pending[:due]:
-        if len(snap) == _N_FEATURES + 1:
-            _learn(snap, False, model, progress, day)
+    if learn:
+        for snap in pending[:due]:
+            if len(snap) == _N_FEATURES + 1:
+                _learn(snap, False, model, progress, day)
     return msgspec.structs.replace(s, pending=pending[due:])
 
 
@@ -1217,6 +1226,8 @@ def on_label(
     model: RiskModel,
     progress: ProgressiveMetrics | None,
     config: ScoreConfig,
+    *,
+    learn: bool = True,
 ) -> ScoreState:
     """Learn the pending snapshots from a label that arrived about day ``day``.
 
@@ -1231,6 +1242,9 @@ def on_label(
     every pending snapshot is learnt as negative. Each learnt snapshot is
     first scored into ``progress`` (predict, then learn) and learnt once.
 
+    ``learn=False`` (an event the model learned before a restart) changes the
+    state exactly the same way, but neither ``model`` nor ``progress`` learns.
+
     >>> cfg, m = ScoreConfig(), RiskModel()
     >>> zeros = [0] * len(FEATURES)
     >>> st = ScoreState(pending=((10, *zeros), (40, *zeros), (120, *zeros)))
@@ -1239,20 +1253,24 @@ def on_label(
     ((), 110, 2, 1)
     >>> on_label(new, True, 130, m, None, cfg).reached_day, m.n_learned
     (110, 2)
+    >>> on_label(st, True, 110, m, None, cfg, learn=False) == new, m.n_learned
+    (True, 2)
     """
     s = _current(state)
     if not positive:
         if not s.pending:
             return s
-        for snap in s.pending:
-            if len(snap) == _N_FEATURES + 1:
-                _learn(snap, False, model, progress, day)
+        if learn:
+            for snap in s.pending:
+                if len(snap) == _N_FEATURES + 1:
+                    _learn(snap, False, model, progress, day)
         return msgspec.structs.replace(s, pending=())
-    for snap in s.pending:
-        age = day - snap[0]
-        if age < 0 or len(snap) != _N_FEATURES + 1:
-            continue  # taken after the event: not a prediction of it
-        _learn(snap, age < config.horizon_days, model, progress, day)
+    if learn:
+        for snap in s.pending:
+            age = day - snap[0]
+            if age < 0 or len(snap) != _N_FEATURES + 1:
+                continue  # taken after the event: not a prediction of it
+            _learn(snap, age < config.horizon_days, model, progress, day)
     reached = day if s.reached_day < 0 else min(s.reached_day, day)
     if not s.pending and reached == s.reached_day:
         return s

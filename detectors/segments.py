@@ -77,7 +77,8 @@ The integrator must report each account at most once per window
 (:meth:`SegmentMonitor.observe_account` counts observations, not distinct
 accounts: memory stays bounded because no account id is kept), e.g. on its first
 event in a window, with ``newly_delinquent=True`` when it entered delinquency
-in that window.
+in that window; an onset later in the same window is reported with
+:meth:`SegmentMonitor.observe_onset`.
 
 >>> mon = SegmentMonitor(SegmentConfig(min_accounts=1))
 >>> for day, value in [(0, 100.0), (30, 101.0), (60, 99.5), (90, 88.0)]:
@@ -532,6 +533,23 @@ class SegmentMonitor:
             counters[_OVD] += bool(overdue)
             counters[_NEW] += bool(newly_delinquent)
 
+    def observe_onset(self, segment_key: SegmentKey, day: int, newly_overdue: bool) -> None:
+        """An account already observed in the window of ``day`` entered delinquency later
+        in that window: count it newly delinquent (and overdue if it was observed not
+        overdue), not as another account.
+
+        >>> mon = SegmentMonitor()
+        >>> mon.observe_account(("s", "credit_card", "r"), 0, False, False)
+        >>> mon.observe_onset(("s", "credit_card", "r"), 3, newly_overdue=True)
+        >>> k = mon.kpis(0)[("s", "credit_card", "r")]
+        >>> k["accounts"], k["overdue"], k["newly_delinquent"]
+        (1, 1, 1)
+        """
+        counters = self._counters(segment_key, day)
+        if counters is not None:
+            counters[_NEW] += 1
+            counters[_OVD] += bool(newly_overdue)
+
     def observe_alert(self, segment_key: SegmentKey, day: int, severity: str) -> None:
         """Count one alert about a customer of the segment."""
         counters = self._counters(segment_key, day)
@@ -851,6 +869,77 @@ class SegmentMonitor:
         out._reported = dict(self._reported)
         out.dropped_late = self.dropped_late + other.dropped_late
         out.ignored_indicators = self.ignored_indicators + other.ignored_indicators
+        return out
+
+    # -- a new configuration -----------------------------------------------------
+
+    def reconfigured(self, config: SegmentConfig) -> SegmentMonitor:
+        """A new monitor under ``config`` carrying over what this one observed
+        (this one is not changed), e.g. when a newly published policy changes the
+        ``segments`` section.
+
+        * **KPI windows** are kept (the ones ``config.keep_windows`` retains up to
+          the newest) when ``window_days`` is unchanged; segments are re-keyed
+          under the new allow-lists and bounds (values no longer admitted fall into
+          ``"other"``, whose counters are summed; values already folded into
+          ``"other"`` stay there). A different ``window_days`` drops the windows:
+          counters of one window length cannot be split into another's.
+        * **Admitted values** (first-come dimensions) are re-admitted in sorted
+          order up to the new bounds.
+        * **Indicator series** are kept for the indicators ``config`` still
+          watches and the sectors it still admits, trimmed to
+          ``config.indicator_history`` (values that leave are folded into the
+          checkpoint with the new rule). The retained values are judged with the
+          new rules; a checkpoint folded under an old rule stays as it was.
+        * **Announcements** are kept, so :meth:`changes` reports the subjects the
+          new configuration no longer tightens as stopped (and new ones as started).
+
+        >>> mon = SegmentMonitor(SegmentConfig(min_accounts=1))
+        >>> mon.observe_account(("retail", "credit_card", "north"), 14, True, False)
+        >>> mon.observe_indicator("retail", "prosperity_index", 100.0, 14)
+        >>> new = mon.reconfigured(SegmentConfig(min_accounts=10, regions=("south",)))
+        >>> new.config.min_accounts, list(new.kpis(14))
+        (10, [('retail', 'credit_card', 'other')])
+        >>> sorted(new._series), mon.config.min_accounts
+        ([('retail', 'prosperity_index')], 1)
+        """
+        out = SegmentMonitor(config)
+        old = self.config
+
+        def canon(dim: int, value: str) -> str:
+            return OTHER if value == OTHER else out._canon(dim, value, True)
+
+        for dim in range(3):
+            for value in sorted(self._admitted[dim]):
+                canon(dim, value)
+        if config.window_days == old.window_days and self._newest is not None:
+            oldest = self._newest - config.keep_windows + 1
+            for w in sorted(self._windows):
+                if w < oldest:
+                    continue
+                target = out._windows.setdefault(w, {})
+                for key, counters in sorted(self._windows[w].items()):
+                    new_key = (canon(0, key[0]), canon(1, key[1]), canon(2, key[2]))
+                    have = target.get(new_key)
+                    target[new_key] = (
+                        list(counters) if have is None
+                        else [x + y for x, y in zip(have, counters, strict=True)]
+                    )
+            out._newest = self._newest
+        for (sector, indicator), series in sorted(self._series.items()):
+            rule = config.indicators.get(indicator)
+            if rule is None or (canon(0, sector) == OTHER and sector != OTHER):
+                continue
+            kept = _Series()
+            kept.base = series.base
+            kept.values = list(series.values)
+            while len(kept.values) > config.indicator_history:
+                d, v = kept.values.pop(0)
+                kept.base = _step(kept.base, d, v, rule)
+            out._series[(sector, indicator)] = kept
+        out._reported = dict(self._reported)
+        out.dropped_late = self.dropped_late
+        out.ignored_indicators = self.ignored_indicators
         return out
 
     @classmethod

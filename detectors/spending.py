@@ -24,6 +24,7 @@ import math
 from msgspec import Struct
 
 from detectors.base import Evidence, Signal
+from detectors.money import money as _money
 
 RULE_ID = "large-transaction"
 RULE_VERSION = 1
@@ -34,10 +35,6 @@ class SpendState(Struct, array_like=True, frozen=True, gc=False):
 
     n: int = 0
     mean: float = 0.0
-
-
-def _money(minor: float, currency: str) -> str:
-    return f"{minor / 100:,.2f} {currency}"
 
 
 def large_transaction(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -225,3 +226,174 @@ def test_standing_alert_and_action_ids_do_not_collide_across_customers_with_slas
     first, second = run_customer("x/y", "z"), run_customer("x", "y/z")
     assert first and second  # a reminder, the onset alert and its SMS each
     assert not first & second
+
+
+def test_a_new_segments_section_keeps_the_segment_monitors_observations():
+    engine = Engine(DEFAULT_POLICY)
+    key = ("retail", "credit_card", "north")
+    engine.segments.observe_account(key, 20_514, True, True)
+    engine.segments.observe_indicator("retail", "prosperity_index", 100.0, 20_500)
+    engine.set_policy(load_policy_text("version: v2\nsegments: {min_accounts: 10}"))
+    assert engine.policy.version == "v2"
+    assert engine.segments.config.min_accounts == 10
+    assert engine.segments.kpis(20_514)[key]["accounts"] == 1
+    assert ("retail", "prosperity_index") in engine.segments._series
+
+
+def test_set_policy_is_all_or_nothing(monkeypatch):
+    engine = Engine(DEFAULT_POLICY)
+    anomaly, segments = engine.anomaly, engine.segments
+
+    def fail(self, config):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(type(engine.segments), "reconfigured", fail)
+    new = load_policy_text("version: v3\nsegments: {min_accounts: 10}\n"
+                           "anomaly: {quantile: 0.9}")
+    with pytest.raises(RuntimeError):
+        engine.set_policy(new)
+    assert engine.policy is DEFAULT_POLICY
+    assert engine.anomaly is anomaly and engine.segments is segments
+
+
+def test_learn_false_teaches_neither_the_risk_model_nor_its_metrics():
+    # A snapshot on day 0; on day 95 its 90-day horizon has passed: a negative label.
+    events = [tx(0), tx(1, hours=95 * 24)]
+
+    def feed(engine, learn):
+        state, emits = None, []
+        for e in events:
+            r = engine.process("card-transactions", e, state, learn=learn)
+            state = r.state or state
+            emits.extend(r.emits)
+        return state, emits
+
+    engine = Engine(DEFAULT_POLICY)
+    first = feed(engine, True)
+    learnt = (engine.risk_model.n_learned, engine.quality.n, engine.anomaly.n_learnt)
+    assert learnt[:2] == (1, 1)
+    replay = feed(engine, False)  # a replay after a restart: already learnt
+    assert (engine.risk_model.n_learned, engine.quality.n, engine.anomaly.n_learnt) == learnt
+    # The customer's state and outputs are those of the learning run.
+    assert replay == first
+
+
+def test_only_card_payments_move_the_card_balance():
+    from schemas.models import InstallmentDue, PaymentReceived, PaymentReversed, StatementDue
+
+    def repay(cls, i, account, amount, **kw):
+        return cls(event_id=f"r{i}", event_time=T0 + dt.timedelta(days=1, hours=i),
+                   customer_id="c1", account_id=account, amount_minor=amount, currency="EUR",
+                   **kw)
+
+    engine = Engine(DEFAULT_POLICY)
+    state, _ = run(engine, [tx(0, 400_000)])
+    due = {"due_date": dt.date(2026, 2, 20)}
+    balances = []
+    for i, event in enumerate([
+        repay(InstallmentDue, 1, "loan", 300_000, due_id="L1", product="personal_loan", **due),
+        repay(PaymentReceived, 2, "loan", 300_000),     # a loan: the card balance stays
+        repay(PaymentReversed, 3, "loan", 300_000, reversed_event_id="r2"),
+        repay(StatementDue, 4, "card", 400_000, due_id="S1", minimum_minor=10_000, **due),
+        repay(PaymentReceived, 5, "card", 100_000),     # the card: lowers it
+        repay(PaymentReceived, 6, "new", 50_000),       # unknown account: as the card
+    ]):
+        state = engine.process("repayments", event, state).state
+        b = decode_state(state).behaviour
+        balances.append((i, b.balance, b.n_payments))
+    assert balances == [(0, 400_000, 0), (1, 400_000, 0), (2, 400_000, 0), (3, 400_000, 0),
+                        (4, 300_000, 1), (5, 250_000, 2)]
+
+
+D0 = dt.date(2026, 2, 27)  # epoch day 20511, early in segment window 2930 (days 20510-20516)
+
+
+def _segment_kpis(engine, day_offset=0):
+    day = (D0 - dt.date(1970, 1, 1)).days + day_offset
+    return {k: (v["accounts"], v["overdue"], v["newly_delinquent"])
+            for k, v in engine.segments.kpis(day).items()}
+
+
+def _segment_customer(engine):
+    from schemas.models import StatementDue
+
+    profile = CustomerProfile(
+        event_id="p", event_time=T0, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card", "personal_loan"], sector="retail",
+        region="north", segment="mass")
+    state = engine.process("customer-profiles", profile, None).state
+    statement = StatementDue(
+        event_id="s1", event_time=dt.datetime.combine(D0, dt.time(12), tzinfo=dt.UTC),
+        customer_id="c1", account_id="card", due_id="d1", due_date=D0 + dt.timedelta(days=1),
+        amount_minor=10_000, minimum_minor=1_000, currency="EUR")
+    return engine.process("repayments", statement, state).state
+
+
+def _at(days):
+    return dt.datetime.combine(D0 + dt.timedelta(days=days), dt.time(12), tzinfo=dt.UTC)
+
+
+CARD_SEGMENT, LOAN_SEGMENT = ("retail", "credit_card", "north"), ("retail", "personal_loan",
+                                                                   "north")
+
+
+def test_segment_kpis_count_every_account_once_per_window():
+    from schemas.models import InstallmentDue, PaymentReceived
+
+    engine = Engine(DEFAULT_POLICY)
+    state = _segment_customer(engine)
+    loan_due = InstallmentDue(  # due 20 days ago and unpaid: overdue, a delinquency onset
+        event_id="i1", event_time=_at(1), customer_id="c1", account_id="loan", due_id="L1",
+        due_date=D0 - dt.timedelta(days=20), amount_minor=30_000, currency="EUR",
+        product="personal_loan")
+    state = engine.process("repayments", loan_due, state).state
+    state = engine.process("repayments", PaymentReceived(
+        event_id="pay", event_time=_at(1), customer_id="c1", account_id="card",
+        amount_minor=10_000, currency="EUR"), state).state  # the card again: not recounted
+    assert _segment_kpis(engine) == {CARD_SEGMENT: (1, 0, 0), LOAN_SEGMENT: (1, 1, 1)}
+    # The next window counts both again.
+    state = engine.process("repayments", PaymentReceived(
+        event_id="pay2", event_time=_at(7), customer_id="c1", account_id="loan",
+        amount_minor=100, currency="EUR"), state).state
+    assert _segment_kpis(engine, 7) == {LOAN_SEGMENT: (1, 1, 0)}
+
+
+@pytest.mark.parametrize("path", ["event", "sweep"])
+def test_a_delinquency_onset_later_in_the_window_is_counted_newly_delinquent(path):
+    from schemas.models import PaymentReceived
+
+    engine = Engine(DEFAULT_POLICY)
+    state = _segment_customer(engine)  # counted on day 0, due on day 1, not yet overdue
+    assert _segment_kpis(engine) == {CARD_SEGMENT: (1, 0, 0)}
+    if path == "event":
+        result = engine.process("repayments", PaymentReceived(
+            event_id="pay", event_time=_at(5), customer_id="c1", account_id="card",
+            amount_minor=100, currency="EUR"), state)
+    else:
+        result = engine.advance("c1", state, _at(5))
+    assert "delinquency-onset" in [e.record.rule_id for e in result.emits
+                                   if e.topic == "risk-alerts"]
+    assert _segment_kpis(engine, 5) == {CARD_SEGMENT: (1, 1, 1)}  # one account, now new
+    state = result.state
+    for i, hours in enumerate((3, 8)):  # more in the window: nothing recounted
+        state = engine.process("repayments", PaymentReceived(
+            event_id=f"more{i}", event_time=_at(5) + dt.timedelta(hours=hours),
+            customer_id="c1", account_id="card", amount_minor=100, currency="EUR"),
+            state).state
+        state = engine.advance("c1", state, _at(5) + dt.timedelta(hours=hours + 1)).state or state
+    assert _segment_kpis(engine, 5) == {CARD_SEGMENT: (1, 1, 1)}
+    assert decode_state(state).segment_accounts == {"card": 2930 << 2 | 3}
+
+
+def test_a_state_counted_before_per_account_counts_is_not_recounted_in_that_window():
+    from alerts.engine import encode_state
+    from schemas.models import PaymentReceived
+
+    engine = Engine(DEFAULT_POLICY)
+    state = decode_state(_segment_customer(engine))
+    old = encode_state(msgspec.structs.replace(state, segment_accounts={}))  # as before
+    assert state.segment_window == 2930
+    engine.process("repayments", PaymentReceived(
+        event_id="pay", event_time=_at(2), customer_id="c1", account_id="loan",
+        amount_minor=100, currency="EUR"), old)
+    assert _segment_kpis(engine) == {CARD_SEGMENT: (1, 0, 0)}

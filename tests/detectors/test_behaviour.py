@@ -442,6 +442,23 @@ def test_installment_velocity() -> None:
     assert_valid_signal(found[0][1])
 
 
+def test_installment_conversions_in_the_same_second_each_count() -> None:
+    at = dt.datetime(2026, 3, 2, 12, tzinfo=dt.UTC)
+
+    def texts(times: list[dt.datetime]) -> list[str]:
+        s, out = None, []
+        for when in times:
+            tx = make_tx(when, 50_000, "5732", "installment_conversion")
+            s, sigs, _ = on_transaction(s, tx, LIMIT, HOME)
+            out += [g.evidence[0].text for g in sigs]
+        return out
+
+    day = dt.timedelta(days=1)
+    same = texts([at, at, at + day])
+    assert same == ["3 purchases converted to installments within 30 days"]
+    assert same == texts([at, at + dt.timedelta(seconds=1), at + day])
+
+
 def test_refunds_and_conversions_return_no_features() -> None:
     r, day = with_history(days=10)
     state = r.state
@@ -523,6 +540,52 @@ def test_timezone_buckets_by_local_day_and_night() -> None:
     assert on_transaction(None, at_night, LIMIT, HOME, timezone="Asia/Tokyo")[2]["night"] == 1.0
     # an unknown zone falls back to UTC instead of failing every event
     assert on_transaction(None, tx, LIMIT, HOME, timezone="Mars/Olympus")[0].day == s_utc.day
+
+
+def _bursts(start: dt.datetime, tz: str, minutes: list[float]) -> list[tuple[int, str]]:
+    """(index, discriminator) of the velocity_burst-per-hour signals of a burst stream."""
+    s, out = None, []
+    for i, m in enumerate(minutes):
+        tx = make_tx(start + dt.timedelta(minutes=m), 2_000)
+        s, sigs, _ = on_transaction(s, tx, LIMIT, HOME, DEFAULT_CONFIG, timezone=tz)
+        out += [(i, g.discriminator) for g in sigs if "velocity_burst" in g.reason_codes
+                and g.evidence[0].unit == "tx/h"]
+    return out
+
+
+def test_hour_buckets_are_real_hours_across_a_dst_change() -> None:
+    # 2026-10-25 in Berlin: 02:00-03:00 twice (00:00-01:00 UTC in CEST, 01:00-02:00 in CET).
+    fall = dt.datetime(2026, 10, 25, 0, 5, tzinfo=dt.UTC)
+    spread = [16.0 * i for i in range(8)]  # 8 transactions over 1 h 52 min
+    assert _bursts(fall, "Europe/Berlin", spread) == []
+    assert _bursts(fall, "UTC", spread) == []
+    # A burst in each real hour is its own bucket, with its own discriminator.
+    both = [5.0 * i for i in range(8)] + [60.0 + 5.0 * i for i in range(8)]
+    assert _bursts(fall, "Europe/Berlin", both) == [
+        (7, "hour:2026-10-25T02"), (15, "hour:2026-10-25T02+01:00")]
+    # Discriminators name the local hour, also in a zone with a sub-hour offset.
+    kolkata = dt.datetime(2026, 3, 2, 11, 30, tzinfo=dt.UTC)  # 17:00 +05:30
+    assert _bursts(kolkata, "Asia/Kolkata", [5.0 * i for i in range(8)]) == [
+        (7, "hour:2026-03-02T17")]
+    assert _bursts(kolkata, "Asia/Kolkata", [25.0 + 5.0 * i for i in range(8)]) == []
+    spring = dt.datetime(2026, 3, 29, 1, 0, tzinfo=dt.UTC)  # 03:00 CEST (02:00 skipped)
+    assert _bursts(spring, "Europe/Berlin", [5.0 * i for i in range(8)]) == [
+        (7, "hour:2026-03-29T03")]
+
+
+def test_a_state_with_local_hour_numbers_is_converted() -> None:
+    # A version-1 state counted hours by local hour number (UTC + 1 in Berlin in March).
+    at = dt.datetime(2026, 3, 2, 12, 5, tzinfo=dt.UTC)  # 13:05 in Berlin
+    s = None
+    for i in range(7):
+        s = on_transaction(s, make_tx(at + dt.timedelta(minutes=i), 2_000), LIMIT, HOME,
+                           timezone="Europe/Berlin")[0]
+    assert s is not None and s.v == 2 and s.hour_count == 7
+    old = msgspec.structs.replace(s, v=1, hour=s.hour + 1)
+    new, sigs, _ = on_transaction(old, make_tx(at + dt.timedelta(minutes=8), 2_000), LIMIT,
+                                  HOME, timezone="Europe/Berlin")
+    assert (new.v, new.hour, new.hour_count) == (2, s.hour, 8)
+    assert [g.discriminator for g in sigs] == ["hour:2026-03-02T13"]
 
 
 def test_late_event_does_not_touch_closed_buckets() -> None:

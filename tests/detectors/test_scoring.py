@@ -421,6 +421,21 @@ def test_on_label_negative_and_expire() -> None:
     assert model.first_negative_day == DAY0 + 90  # dates the warm-up
 
 
+def test_learn_false_updates_the_state_but_teaches_nothing() -> None:
+    st_ = ScoreState(pending=(snap(DAY0, 1), snap(DAY0 + 50, 2), snap(DAY0 + 100, 3)))
+    for call in (
+        lambda model, metrics, **kw: on_label(st_, True, DAY0 + 95, model, metrics, CFG, **kw),
+        lambda model, metrics, **kw: on_label(st_, False, DAY0 + 95, model, metrics, CFG, **kw),
+        lambda model, metrics, **kw: expire(st_, DAY0 + 140, model, metrics, CFG, **kw),
+    ):
+        metrics, quiet_metrics = Recording(), Recording()
+        model, quiet = TaggedModel(metrics), TaggedModel(quiet_metrics)
+        learnt = call(model, metrics)
+        assert model.learnt and metrics.n  # learn=True (the default) teaches both
+        assert call(quiet, quiet_metrics, learn=False) == learnt  # the same state ...
+        assert quiet.learnt == [] and quiet.n_learned == 0 and quiet_metrics.n == 0  # ... only
+
+
 def test_snapshots_of_another_feature_layout_are_dropped() -> None:
     stale = ScoreState(v=0, pending=((DAY0, 1, 2),), last_score=10)
     model = RiskModel()

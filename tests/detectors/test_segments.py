@@ -76,6 +76,19 @@ def test_old_windows_are_dropped_and_late_observations_counted() -> None:
     assert mon.dropped_late == 1 and mon.kpis(8)[KEY]["accounts"] == 2
 
 
+def test_an_onset_later_in_the_window_counts_new_not_another_account() -> None:
+    mon = SegmentMonitor(SegmentConfig(window_days=7, keep_windows=2))
+    mon.observe_account(KEY, 7, overdue=False, newly_delinquent=False)
+    mon.observe_account(KEY, 8, overdue=True, newly_delinquent=False)
+    mon.observe_onset(KEY, 10, newly_overdue=True)
+    mon.observe_onset(KEY, 12, newly_overdue=False)
+    k = mon.kpis(7)[KEY]
+    assert (k["accounts"], k["overdue"], k["newly_delinquent"]) == (2, 2, 2)
+    mon.observe_account(KEY, 30, False, False)  # window 4: window 1 leaves the retention
+    mon.observe_onset(KEY, 8, newly_overdue=True)
+    assert mon.dropped_late == 1 and mon.kpis(8) == {}
+
+
 def test_kpi_rates_and_averages() -> None:
     mon = SegmentMonitor()
     observe(mon, KEY, 0, 8, overdue=2, new=1)
@@ -470,6 +483,61 @@ def test_merge_refuses_different_configs() -> None:
         SegmentMonitor().merge(SegmentMonitor(SegmentConfig(window_days=1)))
     with pytest.raises(ValueError, match="nothing to merge"):
         SegmentMonitor.merge_all([])
+
+
+def test_reconfigured_carries_windows_and_series_into_the_new_config() -> None:
+    mon = busy_monitor(2)
+    mon.changes(60)
+    before = copy.deepcopy(mon)
+    config = SegmentConfig(min_accounts=50, regions=("n",), keep_windows=3,
+                           indicator_history=4)
+    new = mon.reconfigured(config)
+    assert mon == before  # the old monitor is not changed
+    assert new.config == config and new._reported == mon._reported
+    assert sorted(new._windows) == [7, 8, 9]  # the newest three windows
+    for day in (49, 56, 63, 69):
+        old_k, new_k = mon.kpis(day), new.kpis(day)
+        assert set(new_k) <= {(s, "credit_card", r) for s in ("retail", "energy")
+                              for r in ("n", OTHER)}
+        for sector in ("retail", "energy"):
+            merged = [old_k[(sector, "credit_card", r)]["accounts"] for r in ("n", "s")
+                      if (sector, "credit_card", r) in old_k]
+            assert new_k[(sector, "credit_card", "n")]["accounts"] + new_k[
+                (sector, "credit_card", OTHER)]["accounts"] == sum(merged)
+        assert new_k[("retail", "credit_card", "n")] == old_k[("retail", "credit_card", "n")]
+    # The series is trimmed to the new history; the retained values give the answer
+    # the full history would under the new configuration.
+    assert len(new._series[("retail", PI)].values) == 4
+    full = SegmentMonitor(SegmentConfig(**{**msgspec.structs.asdict(config),
+                                           "indicator_history": 12}))
+    for day in range(0, 70, 10):
+        full.observe_indicator("retail", PI, 100.0 - day / 5, day)
+    for day in (60, 65, 69, 90):
+        assert new._indicator_state("retail", PI, day) == full._indicator_state(
+            "retail", PI, day)
+    # The new monitor goes on counting in the retained windows.
+    new.observe_account(("retail", "credit_card", "s"), 69, True, False)
+    assert new.kpis(69)[("retail", "credit_card", OTHER)]["accounts"] == (
+        mon.kpis(69)[("retail", "credit_card", "s")]["accounts"] + 1)
+
+
+def test_reconfigured_drops_what_the_new_config_cannot_hold() -> None:
+    mon = busy_monitor(3)
+    mon.observe_indicator("energy", "unwatched", 1.0, 60)
+    # Another window length: the counters cannot be re-bucketed.
+    other_windows = mon.reconfigured(SegmentConfig(window_days=14))
+    assert other_windows._windows == {} and other_windows._newest is None
+    assert sorted(other_windows._series) == [("retail", PI)]
+    other_windows.observe_account(KEY, 69, True, False)
+    assert other_windows.kpis(69)[KEY]["accounts"] == 1
+    # An indicator no longer watched, a sector no longer admitted.
+    rule = {"other_index": IndicatorRule()}
+    assert mon.reconfigured(SegmentConfig(indicators=rule))._series == {}
+    assert mon.reconfigured(SegmentConfig(sectors=("energy",)))._series == {}
+    # First-come bounds: re-admitted in sorted order up to the new bound.
+    one = mon.reconfigured(SegmentConfig(max_sectors=1))
+    assert one._admitted[0] == {"energy"}
+    assert {k[0] for k in one.kpis(63)} == {"energy", OTHER}
 
 
 def test_memory_is_bounded() -> None:
