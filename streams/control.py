@@ -235,10 +235,21 @@ class PolicyWatcher:
         except DecodeError as exc:
             await self.reject(value, exc, partition, offset)
             return
-        if self._newer(record):
-            self.current = record
+        if not self._newer(record):
+            return
+        try:
             self.apply(policy, record)
-            log.warning("policy %s applied (published by %s)", record.version, record.actor)
+        except Exception as exc:  # a bug: keep following the topic on the policy in force
+            log.error("policy %s at risk-policy[%d]@%d could not be applied: %s: %s",
+                      record.version, partition, offset, type(exc).__name__, exc)
+            await self.reject(value, DecodeError(
+                "processing_error", f"policy {record.version!r} not applied: "
+                f"{type(exc).__name__}: {exc}", topic="risk-policy", field="document"),
+                partition, offset)
+            return
+        # Only an applied policy is current (a later valid version is still applied).
+        self.current = record
+        log.warning("policy %s applied (published by %s)", record.version, record.actor)
 
     async def run(self) -> None:
         """Consume forever (cancel to stop)."""
