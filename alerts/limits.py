@@ -93,6 +93,7 @@ from msgspec import Meta, Struct
 from msgspec.structs import replace
 
 from alerts.ids import event_fingerprint, output_id
+from detectors.money import money
 from detectors.segments import NO_TIGHTENING, Tightening
 from schemas.models import MAX_MINOR, Evidence, Grade, LimitAdjustment
 
@@ -263,21 +264,6 @@ def sync_limit(state: LimitState, limit_minor: int) -> LimitState:
 # Helpers
 # --------------------------------------------------------------------------- #
 
-_ZERO_DECIMALS: Final = frozenset(
-    {"BIF", "CLP", "DJF", "GNF", "ISK", "JPY", "KMF", "KRW"}
-    | {"PYG", "RWF", "UGX", "VND", "VUV", "XAF", "XOF", "XPF"}
-)
-_THREE_DECIMALS: Final = frozenset({"BHD", "IQD", "JOD", "KWD", "LYD", "OMR", "TND"})
-
-
-def _money(amount_minor: int, currency: str) -> str:
-    """Plain-terms amount.
-
-    >>> _money(123_400, "EUR"), _money(1_234, "JPY"), _money(1_234_567, "KWD")
-    ('1,234.00 EUR', '1,234 JPY', '1,234.567 KWD')
-    """
-    d = 0 if currency in _ZERO_DECIMALS else 3 if currency in _THREE_DECIMALS else 2
-    return f"{amount_minor / 10**d:,.{d}f} {currency}"
 
 
 def _epoch_day(t: dt.datetime) -> int:
@@ -312,7 +298,7 @@ def _change(current: int, proposed: int, currency: str) -> Evidence:
     pct = f" ({100.0 * delta / current:+.1f}%)" if current else ""
     return Evidence(
         code="limit_change",
-        text=f"limit {_money(current, currency)} to {_money(proposed, currency)}{pct}",
+        text=f"limit {money(current, currency)} to {money(proposed, currency)}{pct}",
         value=delta,
         unit="minor",
     )
@@ -357,7 +343,7 @@ def _adverse(
                         unit="score")
     pre = current if state.pre_limit_minor is None else state.pre_limit_minor
     codes = [f"grade_{grade}"]
-    freeze_ev = Evidence(code="freeze", text=f"limit held at {_money(current, currency)}",
+    freeze_ev = Evidence(code="freeze", text=f"limit held at {money(current, currency)}",
                          value=current, unit="minor")
     if base_pct == 0:
         if state.frozen:
@@ -384,8 +370,8 @@ def _adverse(
     target = min(current, _round_up(max(target, floor), policy.round_minor))
     balance_ev = Evidence(
         code="balance_floor" if floored else "balance",
-        text=f"outstanding balance {_money(balance, currency)} "
-        + ("sets the floor" if floored else f"(floor {_money(floor, currency)})"),
+        text=f"outstanding balance {money(balance, currency)} "
+        + ("sets the floor" if floored else f"(floor {money(floor, currency)})"),
         value=balance,
         unit="minor",
     )
@@ -436,7 +422,7 @@ def _restore(
                  f"{day - state.adverse_day} days after the last cut or freeze", value=score,
                  unit="score"),
         Evidence(code="pre_cut_limit", text=f"limit before the cut or freeze "
-                 f"{_money(pre, currency)}", value=pre, unit="minor"),
+                 f"{money(pre, currency)}", value=pre, unit="minor"),
         _change(current, target, currency),
     ]
     if not done:
@@ -570,8 +556,8 @@ def propose(
     if approval:
         evidence.append(Evidence(
             code="approval",
-            text=f"change of {_money(delta, currency)} is above the approval line "
-            f"({_money(policy.approval_above_minor, currency)} or {policy.approval_above_pct}%)",
+            text=f"change of {money(delta, currency)} is above the approval line "
+            f"({money(policy.approval_above_minor, currency)} or {policy.approval_above_pct}%)",
             value=delta, unit="minor"))
     keep = max(policy.period_days, policy.cooldown_days)
     entry = (day, _DIR_INDEX[plan.direction])
