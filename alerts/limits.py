@@ -32,7 +32,8 @@ What is proposed
   episode, at most ``max_step_pct`` up per step (the rest on later events,
   still within the window). A restore after a freeze alone unfreezes
   (``proposed == current``). After the window the episode is closed and only
-  raises can lift the limit.
+  raises can lift the limit; a freeze still in place is then lifted by an unfreeze
+  at the current limit (never dropped without a proposal).
 * **Raise** by ``raise_pct`` (within ``max_step_pct`` and ``max_limit_minor``)
   for sustained good behaviour: at least ``raise_min_on_time_cycles`` on-time
   cycles, utilisation below ``raise_max_utilisation_pct`` %, score below
@@ -531,8 +532,13 @@ def propose(
         and state.pre_limit_minor is not None
         and day - state.adverse_day > policy.restore_window_days
     ):
-        # The restore window has passed: the episode is over, the limit stays.
-        state = replace(state, pre_limit_minor=None, acted=0, frozen=False)
+        # The restore window has passed: the episode is over, the limit stays. A freeze
+        # is still lifted by a proposal (the limit system holds it until told), never
+        # just forgotten: an unfreeze at the current limit (a cut stays taken).
+        if not state.frozen:
+            state = replace(state, pre_limit_minor=None, acted=0, frozen=False)
+        elif state.pre_limit_minor != state.limit_minor or state.acted:
+            state = replace(state, pre_limit_minor=state.limit_minor, acted=0)
     if _blocked(state, day, policy):
         return state, None
     balance = max(0, balance_minor)
