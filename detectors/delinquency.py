@@ -1760,10 +1760,32 @@ def _warnings(
     return flags, sigs
 
 
+def _plan_due_missed(after: int, clock: int, merged: Sequence[tuple[int, int | None]]) -> bool:
+    """Whether an installment due (with grace) up to day ``after`` is missed by ``clock``:
+    its first unpaused day after ``after`` has come.
+
+    >>> _plan_due_missed(10, 11, []), _plan_due_missed(10, 10, [])
+    (True, False)
+    >>> _plan_due_missed(10, 12, [(9, 14)]), _plan_due_missed(10, 14, [(9, 14)])
+    (False, True)
+    >>> _plan_due_missed(10, 99, [(9, None)])
+    False
+    """
+    if not merged:
+        return after < clock
+    day = _kth_unpaused(after, 1, merged)
+    return day is not None and day <= clock
+
+
 def _plan_signals(
-    led: AccountLedger, cfg: DelinquencyConfig, base_ev: Callable[[], list[Evidence]]
+    led: AccountLedger, cfg: DelinquencyConfig, base_ev: Callable[[], list[Evidence]],
+    merged: Sequence[tuple[int, int | None]] = (),
 ) -> tuple[Plan | None, list[Signal]]:
     """Broken promise (a plan installment missed) and plan completed, once per plan.
+
+    An installment is missed on the first unpaused day after its due date and grace
+    (``merged`` pauses: the account's deferrals and crisis-wide pauses), the day its
+    days past due would reach 1: a payment holiday defers the promise too.
 
     >>> led = AccountLedger("a", 50, plan=Plan("p", 0, 1),
     ...                     dues=[Due("p#0", 40, 500, kind=PLAN_INSTALLMENT, paid=500)])
@@ -1779,7 +1801,8 @@ def _plan_signals(
     sigs: list[Signal] = []
     pflags = plan.flags
     if not pflags & _P_BROKEN:
-        missed = [d for d in mine if d.day + g < led.clock and _unpaid(d, plan) > tol]
+        missed = [d for d in mine if _plan_due_missed(d.day + g, led.clock, merged)
+                  and _unpaid(d, plan) > tol]
         if missed:
             pflags |= _P_BROKEN
             d = missed[0]
@@ -1920,7 +1943,7 @@ def _evaluate(
                     str(day),
                 )
             )
-    plan, plan_sigs = _plan_signals(led, cfg, ev)
+    plan, plan_sigs = _plan_signals(led, cfg, ev, merged)
     out = replace(led, bucket=idx, history=history, flags=flags, plan=plan, moves=moves)
     flags, warn_sigs = _warnings(out, cfg, ev)
     if (idx, history, flags, plan) != (led.bucket, led.history, led.flags, led.plan):
@@ -2087,11 +2110,16 @@ def next_check_day(
             day = _kth_unpaused(start, nxt, merged)
             cands.append(c + config.paused_recheck_days if day is None else day)
     plan = ledger.plan
+    plan_merged: Sequence[tuple[int, int | None]] | None = None
     for d in ledger.dues:
         if not d.flags & _CLOSED:
             cands.append(d.day + g + config.lateness_days + 1)
         if d.kind == PLAN_INSTALLMENT and _unpaid(d, plan) > config.tolerance_minor:
-            cands.append(d.day + g + 1)
+            # Missed on its first unpaused day after the grace (_plan_signals).
+            if plan_merged is None:
+                plan_merged = _pauses(ledger, pauses)
+            missed = _kth_unpaused(d.day + g, 1, plan_merged) if plan_merged else d.day + g + 1
+            cands.append(c + config.paused_recheck_days if missed is None else missed)
     live = {it.h for it in ledger.items if it.target == 0}
     for it in ledger.items:
         if it.target and it.target not in live:

@@ -424,6 +424,34 @@ def test_repeated_late_but_cured_warning() -> None:
     assert allr.count("delinquency-onset") == 3 and allr.count("delinquency-cured") == 3
 
 
+def test_a_plan_installment_inside_a_pause_is_broken_only_after_the_pause() -> None:
+    """A payment holiday (or a crisis-wide pause) defers the promise as it stops the
+    days-past-due clock: broken on the first unpaused day after the grace, with the
+    onset, and the sweep is scheduled for that day."""
+    g = DEFAULT_CONFIG.grace_days
+    sched = [(30, 10_000), (60, 10_000), (90, 10_000)]
+    events = [plan("pl", 0, "plan-1", sched), pay("p0", 28, 10_000)]
+    for label, evs, pauses in (
+        ("deferral", [*events, dstart("d1", 50, "def-1", until=80)], ()),
+        ("crisis", events, ((D0 + 50, D0 + 81),)),
+    ):
+        led, sigs = run(evs, pauses=pauses)
+        for day in range(led.clock + 1, D0 + 81):
+            led, more = advance(led, day, pauses=pauses)
+            sigs += more
+        assert "plan-broken-promise" not in rules(sigs), label
+        assert days_past_due(led, led.clock, pauses=pauses) == 0, label
+        # Due on day 60 inside the pause (days 50 to 80): missed on day 81, the first
+        # day after it (its grace ran out inside the pause).
+        assert next_check_day(led, pauses=pauses) == D0 + 81, label
+        led, more = advance(led, D0 + 81, pauses=pauses)
+        assert rules(more) == ["delinquency-onset", "plan-broken-promise"], label
+    # Without the pause the same installment is broken right after its grace.
+    led, sigs = run(events)
+    led, more = advance(led, D0 + 60 + g + 1)
+    assert "plan-broken-promise" in rules(sigs + more)
+
+
 def test_broken_plan_and_completed_plan() -> None:
     sched = [(40, 5000), (70, 5000), (100, 5000)]
     led, _ = run([inst("d1", 0, 10, 15000), plan("pl", 30, "plan-1", sched)])
