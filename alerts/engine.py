@@ -86,6 +86,8 @@ class Profile(Struct, array_like=True, frozen=True, gc=False):
     region: str
     segment: str
     timezone: str
+    #: Home country (ISO 3166-1 alpha-2), if the profile gives one.
+    country: str | None = None
 
 
 #: Topics the engine processes; their index keys the per-topic watermarks.
@@ -482,6 +484,7 @@ class Engine:
                 region=event.region,
                 segment=event.segment,
                 timezone=event.timezone,
+                country=event.country,
             )
             return []
         return []
@@ -667,7 +670,7 @@ class Engine:
             state.behaviour,
             tx,
             profile.limit_minor if profile else None,
-            None,
+            profile.country if profile else None,
             policy.behaviour,
             timezone=profile.timezone if profile else None,
         )

@@ -214,6 +214,9 @@ class CustomerProfile(CustomerInput, **_CFG):
     region: Label
     segment: Label
     timezone: Annotated[str, Meta(min_length=1, max_length=64)] = "UTC"
+    #: Home country (ISO 3166-1 alpha-2): card transactions elsewhere count as foreign
+    #: (the policy's ``behaviour.home_country`` when absent).
+    country: Country | None = None
 
 
 class CreditApplication(CustomerInput, **_CFG):

@@ -788,7 +788,7 @@ class Simulator:
         self._at(confirm, rng.randrange(9 * _HOUR, 17 * _HOUR), c, "fraud_end")
 
     def _emit_profile(self, c: _Customer, segment: str, products: list[Any]) -> None:
-        label, tz, _country = _REGIONS[c.region]
+        label, tz, country = _REGIONS[c.region]
         profile = m.CustomerProfile(
             event_id=f"cp-{c.cid}-0",
             event_time=self._t0,
@@ -800,6 +800,7 @@ class Simulator:
             region=label,
             segment=segment,
             timezone=tz,
+            country=country,
         )
         self._emit(0, 0, T_PROFILE, c.cid, profile)
 

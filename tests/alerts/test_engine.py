@@ -397,3 +397,24 @@ def test_a_state_counted_before_per_account_counts_is_not_recounted_in_that_wind
         event_id="pay", event_time=_at(2), customer_id="c1", account_id="loan",
         amount_minor=100, currency="EUR"), old)
     assert _segment_kpis(engine) == {CARD_SEGMENT: (1, 0, 0)}
+
+
+def test_transactions_outside_the_profiles_home_country_count_as_foreign():
+    """The profile's country is the customer's home: spend elsewhere feeds the behaviour
+    profile's foreign share (and the anomaly model's ``foreign`` feature); with no
+    country on the profile nor in the policy, nothing is foreign."""
+    def foreign_share(country: str | None) -> float:
+        engine = Engine(DEFAULT_POLICY)
+        state = engine.process("customer-profiles", CustomerProfile(
+            event_id="p1", event_time=T0, customer_id="c1", credit_limit_minor=500_000,
+            currency="EUR", products=["credit_card"], sector="retail", region="north",
+            segment="mass", country=country), None).state
+        for i in range(6):
+            abroad = msgspec.structs.replace(tx(i + 1), country="FR" if i % 2 else "DE")
+            state = engine.process("card-transactions", abroad, state).state
+        decoded = decode_state(state)
+        assert decoded.profile is not None and decoded.profile.country == country
+        return decoded.behaviour.foreign_raw
+
+    assert foreign_share("DE") > 0.0
+    assert foreign_share(None) == 0.0
