@@ -101,7 +101,13 @@ Limits (documented, tested where stated):
   leave slightly different superseded history. A newer plan replaces the
   older one's remaining schedule.
 * A correction of a due (same due id, newer event) after the due was retired
-  is ignored.
+  is ignored. A due retires on the first settle of a day on which it is paid by
+  final money and its cycle is recorded -- a sweep to that day or any event of
+  it, the correction itself included (it is applied after the settle, as after
+  a sweep) --, so a correction dated that day or later is ignored in any order.
+  One dated before that day but arriving after it (within the lateness) is
+  ignored too, although it counts in event-time order: an exception to order
+  independence.
 * One currency per account is assumed; currencies are not converted.
 """
 
@@ -2035,6 +2041,14 @@ def apply(
         nxt = next_check_day(led, config, pauses=pauses)
         if nxt is not None and nxt <= day:
             led, signals = _step(led, day, config, pauses, None)
+        elif isinstance(event, InstallmentDue | StatementDue) and any(
+            d.id == event.due_id for d in led.dues
+        ):
+            # A correction: the settle at the new day may retire the due (then
+            # the correction is ignored), as after a sweep to that day; the
+            # check days above do not include retirements.
+            led = _settle(replace(led, clock=day), config)
+            unsettled = True
         else:  # nothing to announce on the way: the settle below does the rest
             led = replace(led, clock=day)
             unsettled = True

@@ -412,6 +412,30 @@ def test_due_date_correction_after_the_cycle_keeps_the_cured_mark_on_its_record(
     assert [(d.id, d.day - D0, d.cycle_day - D0) for d in a.dues][:1] == [("loan-1", 25, 10)]
 
 
+def test_correction_of_a_due_retiring_that_day_does_not_depend_on_a_sweep() -> None:
+    """loan-1 is paid by p1 (final from day 69) and retires on day 69. Its
+    correction dated day 69 (due date moved, amount cut below what was paid)
+    was applied when it came first that day without a sweep, but ignored when
+    a same-day payment or a sweep to day 69 came first: the apply skipped the
+    settle at the new day before incorporating the event."""
+    first = [
+        inst("i1", 0, 10, 10000, due_id="loan-1"),
+        pay("p1", 1, 10000),
+        inst("i2", 30, 200, 10000, due_id="loan-2"),  # (loan-1's cycle is recorded by now)
+    ]
+    corr = inst("i1c", 69, 100, 6000, due_id="loan-1")
+    p2 = pay("p2", 69, 500, sec=3600)
+    in_order, _ = run([*first, corr, p2])
+    shuffled, _ = run([*first, p2, corr])
+    led, _ = run(first)
+    swept, _ = advance(led, D0 + 69)
+    swept, _ = run([corr, p2], ledger=swept)
+    assert core(in_order) == core(shuffled) == core(swept)
+    # Retired on day 69 with the 10000 paid on it; the correction came too late.
+    assert [(d.id, d.paid) for d in in_order.dues] == [("loan-2", 500)]
+    assert (in_order.retired, in_order.credit) == (10000, 0)
+
+
 def test_repeated_late_but_cured_warning() -> None:
     evs: list[Any] = []
     for i in range(3):
