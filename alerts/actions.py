@@ -324,7 +324,7 @@ def plan_pre_due(
 
 
 def plan_tier_actions(
-    wanted: Sequence[tuple[str, str, str]],
+    responses: Sequence[str],
     *,
     customer_id: str,
     grade: str,
@@ -340,13 +340,13 @@ def plan_tier_actions(
     """The customer actions of a grade's tier; the updated send history; the responses
     suppressed by frequency caps.
 
-    ``wanted`` holds ``(response, action, channel)`` in the tier's order. Like every
-    other action, they respect the channel's frequency cap and the quiet hours in the
+    ``responses`` are the tier's, in its order; those of :data:`TIER_ACTIONS` become
+    actions (the others are :data:`TIER_NON_ACTIONS`). Like every other action, they respect the channel's frequency cap and the quiet hours in the
     customer's time zone, and count in the send history. The id depends on the
     response, the trigger and the customer only (replays deduplicate).
 
     >>> acts, history, suppressed = plan_tier_actions(
-    ...     [("call", "call", "call"), ("review_queue", "review_queue", "internal")],
+    ...     ["call", "limit_freeze", "review_queue"],
     ...     customer_id="c1", grade="high", trigger_event_id="e1",
     ...     event_time=dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC), timezone="Europe/Berlin",
     ...     history=[], policy=ActionPolicy(), policy_version="p", model_version="m")
@@ -358,7 +358,11 @@ def plan_tier_actions(
     recent = _recent(event_time, history, policy)
     actions: list[CustomerAction] = []
     suppressed: list[str] = []
-    for response, action, channel in wanted:
+    for response in responses:
+        tier_action = TIER_ACTIONS.get(response)
+        if tier_action is None:
+            continue
+        action, channel = tier_action
         if not _take(channel, event_time, recent, policy):
             suppressed.append(response)
             continue
@@ -371,8 +375,8 @@ def plan_tier_actions(
             model_version=model_version,
             reason_codes=[f"grade_{grade}", f"tier_{response}"],
             evidence=list(evidence),
-            action=action,  # type: ignore[arg-type]
-            channel=channel,  # type: ignore[arg-type]
+            action=action,
+            channel=channel,
             not_before=_not_before(channel, event_time, timezone, policy),
         ))
     return actions, _keep(recent, policy), suppressed

@@ -58,7 +58,7 @@ def dead_letter(
         key=key_text,
         raw_b64=base64.b64encode(kept).decode(),
         raw_size=len(raw),
-        truncated=len(raw) > _MASK_WINDOW or len(masked) > MAX_RAW_KEPT,
+        truncated=len(masked) > MAX_RAW_KEPT,
         event_time=when.astimezone(dt.UTC),
     )
 

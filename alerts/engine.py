@@ -22,7 +22,6 @@ from msgspec import Struct
 from alerts import grades as grading
 from alerts import limits
 from alerts.actions import (
-    TIER_ACTIONS,
     DueReminder,
     action_emit,
     plan_actions,
@@ -310,15 +309,14 @@ class Engine:
             state.next_check = self._next_check(state, day)
         return Result(encode_state(state), emits, next_check=state.next_check)
 
-    def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime, *,
-                learn: bool = True) -> Result:
+    def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
         """Let event time pass to ``as_of`` for one customer (the watermark sweep).
 
-        Detects missed due dates with no further event from the customer.
-        ``learn`` as for :meth:`process` (the risk model learns the labels and
-        expired snapshots the sweep finds).
+        Detects missed due dates with no further event from the customer. The risk
+        model learns the labels and expired snapshots the sweep finds (whatever the
+        last :meth:`process` call's ``learn``).
         """
-        self._learn = learn
+        self._learn = True
         state = decode_state(raw_state)
         day = delinquency.epoch_day(as_of)
         if state.next_check is None or state.next_check > day:
@@ -572,13 +570,9 @@ class Engine:
         """Customer actions of the grade's tier (``actions.TIER_ACTIONS``; limits are
         proposed by the guardrails, see ``actions.TIER_NON_ACTIONS``), under the same
         quiet hours and frequency caps as every other action."""
-        wanted = [(response, *tier_action) for response in outcome.responses
-                  if (tier_action := TIER_ACTIONS.get(response)) is not None]
-        if not wanted:
-            return []
         policy = self.policy
         actions, state.sent, _suppressed = plan_tier_actions(
-            wanted, customer_id=customer_id, grade=outcome.grade, trigger_event_id=trigger,
+            outcome.responses, customer_id=customer_id, grade=outcome.grade, trigger_event_id=trigger,
             event_time=when, timezone=state.profile.timezone if state.profile else "UTC",
             history=state.sent, policy=policy.actions, policy_version=policy.version,
             model_version=policy.model_version,

@@ -536,7 +536,7 @@ def propose(
         # is still lifted by a proposal (the limit system holds it until told), never
         # just forgotten: an unfreeze at the current limit (a cut stays taken).
         if not state.frozen:
-            state = replace(state, pre_limit_minor=None, acted=0, frozen=False)
+            state = replace(state, pre_limit_minor=None, acted=0)
         elif state.pre_limit_minor != state.limit_minor or state.acted:
             state = replace(state, pre_limit_minor=state.limit_minor, acted=0)
     if _blocked(state, day, policy):

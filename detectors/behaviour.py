@@ -788,7 +788,7 @@ def on_transaction_row(
     late_day = day_b < day
     hour, hour_count = s.hour, s.hour_count
     if s.v < 2 and hour >= 0:  # a local-time hour number: to elapsed hours
-        hour -= (local - epoch - (local - epoch) % 3_600) // 3_600
+        hour -= (local - epoch) // 3_600
     if hour_b > hour:
         hour, hour_count = hour_b, 0
     late_hour = hour_b < hour

@@ -1777,8 +1777,6 @@ def _plan_due_missed(after: int, clock: int, merged: Sequence[tuple[int, int | N
     >>> _plan_due_missed(10, 99, [(9, None)])
     False
     """
-    if not merged:
-        return after < clock
     day = _kth_unpaused(after, 1, merged)
     return day is not None and day <= clock
 
@@ -2114,6 +2112,7 @@ def next_check_day(
     g = config.grace_days
     cands: list[int] = []
     oldest = _oldest_unpaid(ledger, config)
+    merged: Sequence[tuple[int, int | None]] | None = None  # built once, when needed
     if oldest is not None:
         merged = _pauses(ledger, pauses)
         start = oldest.day + g
@@ -2124,15 +2123,14 @@ def next_check_day(
             day = _kth_unpaused(start, nxt, merged)
             cands.append(c + config.paused_recheck_days if day is None else day)
     plan = ledger.plan
-    plan_merged: Sequence[tuple[int, int | None]] | None = None
     for d in ledger.dues:
         if not d.flags & _CLOSED:
             cands.append(d.day + g + config.lateness_days + 1)
         if d.kind == PLAN_INSTALLMENT and _unpaid(d, plan) > config.tolerance_minor:
             # Missed on its first unpaused day after the grace (_plan_signals).
-            if plan_merged is None:
-                plan_merged = _pauses(ledger, pauses)
-            missed = _kth_unpaused(d.day + g, 1, plan_merged) if plan_merged else d.day + g + 1
+            if merged is None:
+                merged = _pauses(ledger, pauses)
+            missed = _kth_unpaused(d.day + g, 1, merged)
             cands.append(c + config.paused_recheck_days if missed is None else missed)
     live = {it.h for it in ledger.items if it.target == 0}
     for it in ledger.items:

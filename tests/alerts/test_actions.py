@@ -89,16 +89,15 @@ def test_frequency_cap_never_exceeded_in_any_window(hours, cap, window_days):
         assert sum(1 for u in sent if t - window < u <= t) <= cap
 
 
-def tier(wanted, when=T, history=(), policy=ActionPolicy(), trigger="e1"):
-    return plan_tier_actions(wanted, customer_id="c1", grade="high", trigger_event_id=trigger,
+def tier(responses, when=T, history=(), policy=ActionPolicy(), trigger="e1"):
+    return plan_tier_actions(responses, customer_id="c1", grade="high", trigger_event_id=trigger,
                              event_time=when, timezone="Europe/Berlin", history=list(history),
                              policy=policy, policy_version="p", model_version="m")
 
 
 def test_tier_actions_respect_quiet_hours_and_share_the_frequency_cap():
     late = dt.datetime(2026, 3, 2, 22, 30, tzinfo=dt.UTC)  # 23:30 in Berlin
-    acts, history, suppressed = tier([("call", "call", "call"),
-                                      ("collections_case", "collections_case", "internal")],
+    acts, history, suppressed = tier(["call", "monitoring", "collections_case"],
                                      when=late)
     assert [(a.action, a.not_before) for a in acts] == [
         ("call", dt.datetime(2026, 3, 3, 7, tzinfo=dt.UTC)), ("collections_case", None)]
@@ -106,13 +105,13 @@ def test_tier_actions_respect_quiet_hours_and_share_the_frequency_cap():
     # An SMS reminder from an alert fills the cap; the tier's SMS is then suppressed.
     policy = ActionPolicy(cap_per_channel=1)
     _, history, _ = plan_actions(alert(["delinquency_onset"]), "UTC", [], policy)
-    acts, history, suppressed = tier([("reminder", "reminder", "sms")], history=history,
+    acts, history, suppressed = tier(["reminder"], history=history,
                                      policy=policy)
     assert acts == [] and suppressed == ["reminder"] and len(history) == 1
     # Ids: deterministic, by response, trigger and customer.
-    assert tier([("call", "call", "call")])[0] == tier([("call", "call", "call")])[0]
-    assert (tier([("call", "call", "call")])[0][0].action_id
-            != tier([("call", "call", "call")], trigger="e2")[0][0].action_id)
+    assert tier(["call"])[0] == tier(["call"])[0]
+    assert (tier(["call"])[0][0].action_id
+            != tier(["call"], trigger="e2")[0][0].action_id)
 
 
 def test_every_tier_response_is_an_action_or_documented_as_none():

@@ -220,15 +220,6 @@ def test_a_freeze_past_the_window_is_lifted_by_an_unfreeze_not_forgotten() -> No
     assert again is None or again.direction == "raise"
 
 
-def test_a_cut_then_freeze_past_the_window_unfreezes_at_the_cut_limit() -> None:
-    s1, cut = call(new_state(LIMIT), 0, grade="critical", balance_minor=0, crisis_in_force=True)
-    assert cut is not None and s1.frozen  # crisis: a freeze instead of the cut
-    s2, adj = call(s1, 120, grade="medium", previous_grade="critical")
-    assert adj is not None and adj.direction == "restore"
-    assert adj.proposed_limit_minor == adj.current_limit_minor
-    assert not s2.frozen
-
-
 def test_a_partial_restore_then_a_new_rise_cuts_again() -> None:
     policy = LimitPolicy(cut_pct_critical=30)
     s1, _ = call(new_state(LIMIT), 0, grade="critical", balance_minor=0, policy=policy)
