@@ -147,19 +147,25 @@ def test_no_limit_raise_while_an_installment_is_past_due():
     assert all(when.date() <= due_date for when, _ in raises)
 
 
+def _unpaid_installment(engine: Engine, timezone: str) -> bytes | None:
+    """A card customer in ``timezone`` with an installment of 200.00 EUR due on 2026-03-05
+    (never paid): the sweeps after it escalate the grade."""
+    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
+    state = engine.process("customer-profiles", CustomerProfile(
+        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
+        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
+        segment="mass", timezone=timezone), None).state
+    return engine.process("repayments", InstallmentDue(
+        event_id="d1", event_time=start, customer_id="c1", account_id="a1", due_id="i1",
+        due_date=dt.date(2026, 3, 5), amount_minor=20_000, currency="EUR"), state).state
+
+
 def test_tier_actions_respect_quiet_hours_and_count_for_the_caps():
     # Score 820 lands in high under these bands: the tier's call is sent on the sweep at
     # 23:30 Berlin time, like the delinquency call in the same sweep: held until 08:00.
     policy = load_policy_text("version: v1\ngrades: {medium: 350, high: 650, critical: 900}")
     engine = Engine(policy)
-    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
-    state = engine.process("customer-profiles", CustomerProfile(
-        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
-        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
-        segment="mass", timezone="Europe/Berlin"), None).state
-    state = engine.process("repayments", InstallmentDue(
-        event_id="d1", event_time=start, customer_id="c1", account_id="a1", due_id="i1",
-        due_date=dt.date(2026, 3, 5), amount_minor=20_000, currency="EUR"), state).state
+    state = _unpaid_installment(engine, "Europe/Berlin")
     tier = []
     for k in range(1, 40):
         as_of = dt.datetime(2026, 3, 5, 22, 30, tzinfo=dt.UTC) + dt.timedelta(days=k)
@@ -179,14 +185,7 @@ def test_configured_sms_and_restructuring_offer_tier_responses_are_sent():
     policy = load_policy_text(
         "version: v1\ntiers: {critical: [sms, restructuring_offer, collections_case]}")
     engine = Engine(policy)
-    start = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
-    state = engine.process("customer-profiles", CustomerProfile(
-        event_id="p1", event_time=start, customer_id="c1", credit_limit_minor=500_000,
-        currency="EUR", products=["credit_card"], sector="retail", region="de-be",
-        segment="mass", timezone="UTC"), None).state
-    state = engine.process("repayments", InstallmentDue(
-        event_id="d1", event_time=start, customer_id="c1", account_id="a1", due_id="i1",
-        due_date=dt.date(2026, 3, 5), amount_minor=20_000, currency="EUR"), state).state
+    state = _unpaid_installment(engine, "UTC")
     tier = []
     for k in range(1, 40):
         result = engine.advance("c1", state,
