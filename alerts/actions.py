@@ -93,6 +93,7 @@ class PreDueReminder(Struct, **_CFG):
 class ActionPolicy(Struct, **_CFG):
     """When and how customers are contacted."""
 
+    #: Off: no customer action at all (alert actions, tier actions, pre-due reminders).
     enabled: bool = True
     call_at_dpd: Annotated[int, Meta(ge=1)] = 30
     collections_at_dpd: Annotated[int, Meta(ge=1)] = 30
@@ -293,6 +294,8 @@ def plan_pre_due(
     ('reminder', 'sms', '2026-03-03T07:00:00+00:00', ['pre_due_reminder', 'grade_high'])
     """
     rule = policy.pre_due_reminder
+    if not (policy.enabled and rule.enabled):
+        return None, history
     recent = _recent(event_time, history, policy)
     if not _take(rule.channel, event_time, recent, policy):
         return None, _keep(recent, policy)
@@ -354,7 +357,11 @@ def plan_tier_actions(
     [('call', 'call', '2026-03-03T07:00:00+00:00'), ('review_queue', 'internal', None)]
     >>> acts[0].reason_codes, len(history), suppressed
     (['grade_high', 'tier_call'], 1, [])
+
+    With ``policy.enabled`` off, no customer action is planned, tier actions included.
     """
+    if not policy.enabled:
+        return [], history, []
     recent = _recent(event_time, history, policy)
     actions: list[CustomerAction] = []
     suppressed: list[str] = []

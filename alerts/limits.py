@@ -28,12 +28,15 @@ What is proposed
   follows after the crisis if the grade still calls for it. Freezes, raises
   and restores stay allowed.
 * **Restore** when the grade is back to *low* or *medium* within
-  ``restore_window_days`` of the latest cut or freeze: the limit before the
-  episode, at most ``max_step_pct`` up per step (the rest on later events,
-  still within the window). A restore after a freeze alone unfreezes
-  (``proposed == current``). After the window the episode is closed and only
-  raises can lift the limit; a freeze still in place is then lifted by an unfreeze
-  at the current limit (never dropped without a proposal).
+  ``restore_window_days`` of the latest cut or freeze and the customer has no
+  days past due: the limit before the episode, at most ``max_step_pct`` up per
+  step (the rest on later events, still within the window). A restore after a
+  freeze alone unfreezes (``proposed == current``). After the window the
+  episode is closed and only raises can lift the limit; a freeze still in place
+  is then lifted by an unfreeze at the current limit (never dropped without a
+  proposal), again only once the customer is current. A customer past due gets
+  neither a raise nor a restore nor an unfreeze: the proposal waits for the cure
+  (a wait that outlasts the window ends the episode as above).
 * **Raise** by ``raise_pct`` (within ``max_step_pct`` and ``max_limit_minor``)
   for sustained good behaviour: at least ``raise_min_on_time_cycles`` on-time
   cycles, utilisation below ``raise_max_utilisation_pct`` %, score below
@@ -403,9 +406,12 @@ def _adverse(
 
 
 def _restore(
-    state: LimitState, day: int, grade: str, score: int, currency: str, policy: LimitPolicy,
+    state: LimitState, day: int, grade: str, score: int, days_past_due: float, currency: str,
+    policy: LimitPolicy,
 ) -> _Plan | None:
-    """Back toward the pre-episode limit, one step at most."""
+    """Back toward the pre-episode limit, one step at most; nothing while past due."""
+    if days_past_due > 0:
+        return None
     pre = state.pre_limit_minor
     assert pre is not None
     current = state.limit_minor
@@ -502,7 +508,7 @@ def propose(
     raise); ``balance_minor`` the outstanding balance (negative counts as 0);
     ``tightening`` the customer's segment tightening (default: none);
     ``days_past_due`` the customer's current days past due, max over accounts
-    (any: no raise; cuts, freezes and restores are unaffected). See the module
+    (any: no raise and no restore; cuts and freezes are unaffected). See the module
     docstring for the rules.
 
     >>> import datetime as dt
@@ -547,7 +553,7 @@ def propose(
         plan = _adverse(state, day, grade, previous_grade, score, balance, crisis_in_force,
                         currency, policy, tight)
     elif state.pre_limit_minor is not None:
-        plan = _restore(state, day, grade, score, currency, policy)
+        plan = _restore(state, day, grade, score, days_past_due, currency, policy)
     else:
         plan = _raise(state, grade, previous_grade, score, utilisation, on_time_cycles,
                       days_past_due, currency, policy, tight)

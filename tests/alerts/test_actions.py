@@ -14,6 +14,7 @@ from alerts.actions import (
     TIER_NON_ACTIONS,
     ActionPolicy,
     DueReminder,
+    PreDueReminder,
     plan_actions,
     plan_pre_due,
     plan_tier_actions,
@@ -112,6 +113,23 @@ def test_tier_actions_respect_quiet_hours_and_share_the_frequency_cap():
     assert tier(["call"])[0] == tier(["call"])[0]
     assert (tier(["call"])[0][0].action_id
             != tier(["call"], trigger="e2")[0][0].action_id)
+
+
+def test_actions_switched_off_plan_no_action_of_any_kind():
+    off = ActionPolicy(enabled=False)
+    codes = ["dpd_bucket_worsened", "dpd_30_59"]
+    assert kinds(codes) and kinds(codes, policy=off) == []
+    assert tier(["call"])[0]
+    assert tier(["call", "reminder", "collections_case"], policy=off) == ([], [], [])
+    due = DueReminder(customer_id="c1", account_id="acc", due_id="i1",
+                      due_date=dt.date(2026, 3, 5), unpaid_minor=100, days_to_due=3,
+                      grade="high")
+    assert plan_pre_due(due, trigger_event_id="e1", event_time=T, timezone="UTC", history=[],
+                        policy=ActionPolicy(), policy_version="p", model_version="m")[0]
+    for policy in (off, ActionPolicy(pre_due_reminder=PreDueReminder(enabled=False))):
+        assert plan_pre_due(due, trigger_event_id="e1", event_time=T, timezone="UTC",
+                            history=[], policy=policy, policy_version="p",
+                            model_version="m") == (None, [])
 
 
 def test_every_tier_response_is_an_action_or_documented_as_none():

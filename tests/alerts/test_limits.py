@@ -220,6 +220,23 @@ def test_a_freeze_past_the_window_is_lifted_by_an_unfreeze_not_forgotten() -> No
     assert again is None or again.direction == "raise"
 
 
+def test_no_restore_or_unfreeze_while_past_due() -> None:
+    # A cut: the restore waits for the cure, then follows within the window.
+    s1, _ = call(new_state(LIMIT), 0, grade="critical", balance_minor=0)
+    s2, held = call(s1, 20, grade="medium", previous_grade="critical", days_past_due=4)
+    assert held is None and s2.pre_limit_minor == LIMIT and s2.limit_minor == 375_000
+    _, restore = call(s2, 30, grade="medium", days_past_due=0)
+    assert restore is not None and restore.direction == "restore"
+    # A freeze: no unfreeze while past due, within the window or after it.
+    f1, _ = call(new_state(LIMIT), 0, grade="high")
+    assert call(f1, 15, grade="low", previous_grade="high", days_past_due=2)[1] is None
+    f2, held = call(f1, 95, grade="low", days_past_due=2)
+    assert held is None and f2.frozen
+    _, unfreeze = call(f2, 96, grade="low", days_past_due=0)
+    assert unfreeze is not None and unfreeze.direction == "restore"
+    assert unfreeze.proposed_limit_minor == unfreeze.current_limit_minor == LIMIT
+
+
 def test_a_partial_restore_then_a_new_rise_cuts_again() -> None:
     policy = LimitPolicy(cut_pct_critical=30)
     s1, _ = call(new_state(LIMIT), 0, grade="critical", balance_minor=0, policy=policy)
