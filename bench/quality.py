@@ -6,9 +6,10 @@ Generates a portfolio with injected scenarios, replays it with the default
 policy (the worker's engine, per-partition order), and reports per scenario:
 
 * recall: share of the scenario's customers with at least one relevant alert
-  (for defaults: before the customer reached 90 days past due; for fraud bursts:
-  by the end of the burst);
-* lead time: days between the first relevant alert and 30+ / 90+ days past due
+  from the scenario's start (for defaults: before the customer reached 90 days
+  past due; for fraud bursts: within the burst); an alert before the start, on
+  the customer's healthy history, is a false alarm and catches nothing;
+* lead time: days between the first such alert and 30+ / 90+ days past due
   (median), or minutes from the burst's start to its first alert;
 * precision: share of customers alerted (early-warning alerts, high or critical)
   who belong to an adverse scenario;
@@ -57,8 +58,16 @@ def evaluate(customers: int, days: int, seed: int) -> dict[str, Any]:
                         partitions=4)
         alerts = [loads(x) for x in (root / "out" / "risk-alerts.jsonl").read_bytes()
                   .splitlines()]
-    first: dict[str, dt.datetime] = {}
-    first_fraud: dict[str, dt.datetime] = {}
+    return {"customers": customers, "days": days, "seed": seed,
+            "events": report.total_events, **score(truth, alerts, days)}
+
+
+def score(truth: dict[str, dict[str, Any]], alerts: list[dict[str, Any]],
+          days: int) -> dict[str, Any]:
+    """The report's figures from the ground truth (by customer id) and the alerts (as
+    decoded from ``risk-alerts``) of a ``days``-long portfolio."""
+    early_alerts: dict[str, list[dt.datetime]] = defaultdict(list)
+    fraud_alerts: dict[str, list[dt.datetime]] = defaultdict(list)
     alerted_high: set[str] = set()
     steady_alerts = 0
     for a in alerts:
@@ -66,9 +75,9 @@ def evaluate(customers: int, days: int, seed: int) -> dict[str, Any]:
             continue
         when = dt.datetime.fromisoformat(a["event_time"].replace("Z", "+00:00"))
         if a["alert_type"] in EARLY:
-            first.setdefault(a["customer_id"], when)
+            early_alerts[a["customer_id"]].append(when)
         if a["alert_type"] in ("fraud_pattern",) or "anomalous_transaction" in a["reason_codes"]:
-            first_fraud.setdefault(a["customer_id"], when)
+            fraud_alerts[a["customer_id"]].append(when)
         if a["severity"] in ("high", "critical"):
             alerted_high.add(a["customer_id"])
         if truth[a["customer_id"]]["scenario"] == "steady_good":
@@ -90,13 +99,19 @@ def evaluate(customers: int, days: int, seed: int) -> dict[str, Any]:
                 eligible += 1
                 start, end = (dt.datetime.fromisoformat(x.replace("Z", "+00:00"))
                               for x in t["fraud_window"])
-                hit = first_fraud.get(cid)
+                # The first fraud alert of the burst: one before it (a false alarm
+                # on the customer's own spend) does not count as catching it.
+                hit = min((w for w in fraud_alerts.get(cid, ()) if w >= start), default=None)
                 if hit is not None and hit <= end:
                     caught += 1
                     fraud_minutes.append(max(0.0, (hit - start).total_seconds() / 60))
             elif d30 is not None:
                 eligible += 1
-                hit = first.get(cid)
+                # The first early-warning alert from the scenario's start: one before it
+                # (a false alarm on the customer's earlier, healthy history) is no catch.
+                begun = dt.date.fromisoformat(t["scenario_start"])
+                hit = min((w for w in early_alerts.get(cid, ()) if w.date() >= begun),
+                          default=None)
                 deadline = d90 or (d30 + dt.timedelta(days=60))
                 if hit is not None and hit.date() <= deadline:
                     caught += 1
@@ -118,8 +133,6 @@ def evaluate(customers: int, days: int, seed: int) -> dict[str, Any]:
     steady = len(by_scenario.get("steady_good", []))
     months = days / 30.4
     return {
-        "customers": customers, "days": days, "seed": seed,
-        "events": report.total_events,
         "alerts": len(alerts),
         "precision_high_or_critical": (round(adverse_alerted / len(alerted_high), 3)
                                        if alerted_high else None),
