@@ -682,8 +682,9 @@ class Engine:
                 score, flagged = anomaly.score_learn(features, learn=self._learn)
             self.last_anomaly_score = score
             if flagged:
-                signals.append(
-                    behaviour.anomaly_signal(tx, score, self.anomaly.threshold, policy.behaviour))
+                factors = behaviour.anomaly_factors(anomaly, row, policy.behaviour)
+                signals.append(behaviour.anomaly_signal(
+                    tx, score, anomaly.threshold, policy.behaviour, factors))
         rule = policy.large_transaction
         if rule.enabled and tx.type in ("purchase", "cash_advance"):
             state.spend, found = large_transaction(

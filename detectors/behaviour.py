@@ -102,9 +102,12 @@ __all__ = [
     "DEFAULT_CONFIG",
     "FEATURE_NAMES",
     "MODEL_FEATURES",
+    "ORDINARY",
     "RULES",
     "BehaviourConfig",
     "BehaviourState",
+    "anomaly_baseline",
+    "anomaly_factors",
     "anomaly_signal",
     "decode_state",
     "encode_state",
@@ -172,6 +175,26 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 #: :data:`FEATURE_NAMES` in the global anomaly model's order (sorted, as River sorts).
 MODEL_FEATURES: tuple[str, ...] = tuple(sorted(FEATURE_NAMES))
+
+#: An ordinary transaction's raw features (before scaling): the baseline a flagged
+#: transaction's factors are found against (:func:`anomaly_factors`). None: the feature
+#: is never given as a reason (how long the customer has been seen).
+ORDINARY: dict[str, float | None] = {
+    "log_amount": math.log1p(40.0),  # a purchase of 40 major units
+    "amount_z": 0.0,  # the customer's usual amount
+    "hour_count": 1.0,
+    "day_count": 2.0,
+    "spend_ratio": 1.0,  # the customer's usual daily spend
+    "category_novelty": 0.5,
+    "high_risk": 0.0,
+    "cash": 0.0,
+    "card_not_present": 0.0,
+    "foreign": 0.0,
+    "night": 0.0,
+    "utilisation": 0.3,
+    "gap_hours": math.log1p(24.0),  # a day since the previous transaction
+    "tenure": None,
+}
 
 _DEFAULT_FEATURE_RANGES: tuple[tuple[str, float, float], ...] = (
     ("log_amount", 0.0, 10.0),  # ln(1 + amount in major units)
@@ -387,6 +410,7 @@ class _Tables:
         "mcc_cache",
         "model_order",
         "model_spec",
+        "ordinary",
         "overrides",
         "scale_spec",
         "severity",
@@ -412,6 +436,10 @@ class _Tables:
         #: the raw feature row (of FEATURE_NAMES).
         self.model_spec = tuple(sorted(self.scale_spec))
         self.model_order = operator.itemgetter(*map(FEATURE_NAMES.index, MODEL_FEATURES))
+        #: :data:`ORDINARY` scaled, in the model's order (None kept).
+        self.ordinary: tuple[float | None, ...] = tuple(
+            None if ORDINARY[k] is None else scale_values((ORDINARY[k],), ((k, lo, inv),))[0]
+            for k, lo, inv in self.model_spec)
         self.severity: dict[str, Severity] = {r: m[2] for r, m in RULES.items()}
         self.severity.update(dict(cfg.severities))
 
@@ -1262,38 +1290,129 @@ def make_anomaly_model(
     return AnomalyModel(FEATURE_NAMES, seed=seed, **kwargs)
 
 
+def anomaly_baseline(config: BehaviourConfig = DEFAULT_CONFIG) -> tuple[float | None, ...]:
+    """:data:`ORDINARY` scaled as the anomaly model takes it, in :data:`MODEL_FEATURES`
+    order (None where a feature is never a reason).
+
+    >>> dict(zip(MODEL_FEATURES, anomaly_baseline()))["foreign"]
+    0.0
+    """
+    return _tables(config).ordinary
+
+
+def anomaly_factors(
+    model: AnomalyModel,
+    row: tuple[float, ...],
+    config: BehaviourConfig = DEFAULT_CONFIG,
+    top: int = 3,
+) -> list[tuple[str, float, float]]:
+    """Why the anomaly model flagged a transaction: its ``top`` features that an
+    :data:`ORDINARY` value would lower the score most, as ``(feature, the transaction's
+    raw value, score without it)`` (:meth:`AnomalyModel.explain_scaled`, occlusion on
+    the trees as they are; nothing is learnt). ``row`` is the transaction's scaled
+    features as :func:`on_transaction_row` returns them.
+
+    >>> import random
+    >>> rng = random.Random(3)
+    >>> model = make_anomaly_model(seed=1, warmup=0, window_size=100)
+    >>> for _ in range(300):
+    ...     x = {k: abs(rng.gauss(0.2, 0.03)) for k in FEATURE_NAMES}
+    ...     model.learn_one(x | {"foreign": 0.0, "night": 0.0, "high_risk": 0.0})
+    >>> x = {k: 0.2 for k in FEATURE_NAMES} | {"foreign": 1.0}
+    >>> row = tuple(x[k] for k in MODEL_FEATURES)
+    >>> [name for name, _, _ in anomaly_factors(model, row)][:1]
+    ['foreign']
+    """
+    t = _tables(config)
+    if model.features == MODEL_FEATURES and model.scales_identity:
+        found = model.explain_scaled(row, t.ordinary, top)
+    else:
+        baseline = {k: b for k, b in zip(MODEL_FEATURES, t.ordinary, strict=True) if b is not None}
+        found = model.explain_one(dict(zip(MODEL_FEATURES, row, strict=True)), baseline, top)
+    spec = {k: (lo, inv) for k, lo, inv in t.model_spec}
+    out = []
+    for name, without in found:
+        lo, inv = spec[name]
+        out.append((name, lo + row[_MODEL_POSITION[name]] / inv, without))
+    return out
+
+
+def _factor_text(name: str, raw: float, scaled: float, tx: CardTransaction) -> str:
+    """A factor of :func:`anomaly_factors` in plain terms (values at the edge of the
+    feature's range are bounds: "at least")."""
+    bound = "at least " if scaled >= 1.0 else ("at most " if scaled <= 0.0 else "")
+    if name == "log_amount":
+        return f"amount {_money(tx.amount_minor, tx.currency)}"
+    if name == "amount_z":
+        return f"amount {bound}{raw:+.1f} standard deviations from the customer's usual"
+    if name == "hour_count":
+        return f"{bound}{raw:.0f} transactions within the hour"
+    if name == "day_count":
+        return f"{bound}{raw:.0f} transactions today"
+    if name == "spend_ratio":
+        return f"recent daily spending {bound}{raw:.1f}x the customer's norm"
+    if name == "category_novelty":
+        return f"merchant category {tx.mcc}, {'new' if raw >= 0.99 else 'rare'} for the customer"
+    if name == "high_risk":
+        return f"high-risk merchant category {tx.mcc}" if raw else "not a high-risk category"
+    if name == "cash":
+        return "a cash advance" if raw else "not a cash advance"
+    if name == "card_not_present":
+        return f"card not present ({tx.channel})" if raw else f"card present ({tx.channel})"
+    if name == "foreign":
+        return f"abroad ({tx.country})" if raw else f"at home ({tx.country})"
+    if name == "night":
+        return "at night, customer's local time" if raw else "in the daytime, customer's local time"
+    if name == "utilisation":
+        return f"utilisation {bound}{_pct(raw)}"
+    if name == "gap_hours":
+        return f"{bound}{math.expm1(raw):.1f} hours since the previous transaction"
+    return f"{name} {raw:.2f}"
+
+
 def anomaly_signal(
     tx: CardTransaction,
     score: float,
     threshold: float,
     config: BehaviourConfig = DEFAULT_CONFIG,
+    factors: list[tuple[str, float, float]] | tuple[()] = (),
 ) -> Signal:
-    """The signal for a transaction the global anomaly model flagged.
+    """The signal for a transaction the global anomaly model flagged; ``factors`` (of
+    :func:`anomaly_factors`) become one evidence item each, after the score: code
+    ``anomaly_<feature>``, value the score the factor adds.
 
     >>> import datetime as dt
     >>> from schemas.models import CardTransaction
     >>> tx = CardTransaction(event_id="e1", event_time=dt.datetime(2026, 3, 2, tzinfo=dt.UTC),
     ...     customer_id="c1", account_id="a1", type="purchase", amount_minor=9_900_00,
     ...     currency="EUR", mcc="5732", merchant_id="m1", channel="ecom", country="BR")
-    >>> anomaly_signal(tx, 0.93, 0.81).evidence[0].text
-    'transaction unlike the portfolio: anomaly score 0.93, threshold 0.81'
+    >>> sig = anomaly_signal(tx, 0.93, 0.81, factors=[("foreign", 1.0, 0.71)])
+    >>> [e.text for e in sig.evidence]  # doctest: +NORMALIZE_WHITESPACE
+    ['transaction unlike the portfolio: anomaly score 0.93, threshold 0.81',
+     'abroad (BR); score 0.71 without it']
+    >>> sig.evidence[1].code, sig.evidence[1].value
+    ('anomaly_foreign', 0.22)
     """
     t = _tables(config)
-    return _signal(
-        t,
-        "anomalous_transaction",
-        [
-            Evidence(
-                code="anomaly_score",
-                text=f"transaction unlike the portfolio: anomaly score {score:.2f}, "
-                f"threshold {threshold:.2f}",
-                value=round(score, 4),
-                unit="score",
-            )
-        ],
-        "hst",
-        tx.account_id,
-    )
+    evidence = [
+        Evidence(
+            code="anomaly_score",
+            text=f"transaction unlike the portfolio: anomaly score {score:.2f}, "
+            f"threshold {threshold:.2f}",
+            value=round(score, 4),
+            unit="score",
+        )
+    ]
+    spec = {k: (lo, inv) for k, lo, inv in t.model_spec}
+    for name, raw, without in factors:
+        lo, inv = spec.get(name, (0.0, 1.0))
+        evidence.append(Evidence(
+            code=f"anomaly_{name}",
+            text=f"{_factor_text(name, raw, (raw - lo) * inv, tx)}; score {without:.2f} without it",
+            value=round(score - without, 4),
+            unit="score",
+        ))
+    return _signal(t, "anomalous_transaction", evidence, "hst", tx.account_id)
 
 
 def _sample_features(rng: random.Random) -> dict[str, float]:

@@ -529,6 +529,57 @@ class AnomalyModel:
         """Whether ``score`` is above the running threshold (False during warm-up)."""
         return self.n_learnt >= self.warmup and score >= self.threshold
 
+    def explain_one(
+        self, x: Mapping[str, Any], baseline: Mapping[str, Any], top: int = 3
+    ) -> list[tuple[str, float]]:
+        """Which features make ``x`` unusual, by occlusion: for each feature of
+        ``baseline`` on which ``x`` differs, the score ``x`` would get with that one
+        feature at its baseline value. The ``top`` features whose baseline value lowers
+        the score most, as ``(feature, score without it)``, the largest drop first
+        (ties by feature name); features that lower nothing are left out. Reads the
+        trees only: nothing is learnt, the threshold and the score cache stay as they
+        are, so it can follow ``score_one`` of a flagged event.
+
+        >>> import random
+        >>> rng = random.Random(7)
+        >>> m = AnomalyModel(("a", "b", "c"), window_size=50, warmup=0, seed=42)
+        >>> for _ in range(300):
+        ...     m.learn_one({"a": rng.gauss(0.3, 0.05), "b": rng.gauss(0.6, 0.05), "c": 0.0})
+        >>> ordinary = {"a": 0.3, "b": 0.6, "c": 0.0}
+        >>> [f for f, _ in m.explain_one({"a": 0.3, "b": 0.6, "c": 1.0}, ordinary)]
+        ['c']
+        >>> m.explain_one(ordinary, ordinary)
+        []
+        """
+        xs = self._scale(x)
+        base = self._scale({**x, **baseline})
+        index = [i for i, k in enumerate(self.features) if k in baseline]
+        return [(self.features[i], without) for i, without in self._explain(xs, base, index, top)]
+
+    def explain_scaled(
+        self, xs: tuple[float, ...], baseline: Sequence[float | None], top: int = 3
+    ) -> list[tuple[str, float]]:
+        """:meth:`explain_one` of an event already scaled (as :meth:`score_learn_scaled`
+        takes it), against a baseline scaled the same way (None: the feature is never a
+        reason)."""
+        base = tuple(x if b is None else b for x, b in zip(xs, baseline, strict=True))
+        index = [i for i, b in enumerate(baseline) if b is not None]
+        return [(self.features[i], without) for i, without in self._explain(xs, base, index, top)]
+
+    def _explain(self, xs: tuple[float, ...], base: tuple[float, ...], index: list[int],
+                 top: int) -> list[tuple[int, float]]:
+        hst = self.hst
+        score = float(hst.score_leaves(hst.leaves(xs)))
+        drops: list[tuple[float, int, float]] = []
+        for i in index:
+            if xs[i] == base[i]:
+                continue
+            without = float(hst.score_leaves(hst.leaves((*xs[:i], base[i], *xs[i + 1:]))))
+            if without < score:
+                drops.append((score - without, i, without))
+        drops.sort(key=lambda d: (-d[0], self.features[d[1]]))
+        return [(i, without) for _, i, without in drops[:top]]
+
     def learn_one(self, x: Mapping[str, Any]) -> None:
         """Update the threshold with x's score; train the trees unless x is flagged."""
         self._learn_scaled(self._scale(x))

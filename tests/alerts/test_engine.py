@@ -418,3 +418,24 @@ def test_transactions_outside_the_profiles_home_country_count_as_foreign():
 
     assert foreign_share("DE") > 0.0
     assert foreign_share(None) == 0.0
+
+
+def test_anomaly_alerts_say_which_traits_made_them(tmp_path) -> None:
+    # A generated portfolio replayed with the default policy: every alert of the global
+    # anomaly model names, after its score, the traits that made the transaction unusual.
+    from streams.replay import replay, resolve_inputs
+    from streams.simulator import Portfolio, write_jsonl
+
+    write_jsonl(Portfolio(customers=200, days=90, seed=7), tmp_path / "in")
+    replay(resolve_inputs([str(tmp_path / "in")]), tmp_path / "out", DEFAULT_POLICY)
+    alerts = [msgspec.json.decode(line) for line in
+              (tmp_path / "out" / "risk-alerts.jsonl").read_bytes().splitlines()]
+    flagged = [a for a in alerts if "anomalous_transaction" in a["reason_codes"]]
+    assert flagged
+    for a in flagged:
+        codes = [e["code"] for e in a["evidence"]]
+        assert codes[0] == "anomaly_score" and 1 < len(codes) <= 4
+        factors = a["evidence"][1:]
+        assert all(e["code"].startswith("anomaly_") and e["value"] > 0 for e in factors)
+        assert [e["value"] for e in factors] == sorted((e["value"] for e in factors),
+                                                       reverse=True)

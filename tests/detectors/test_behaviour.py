@@ -26,8 +26,11 @@ from detectors.behaviour import (
     CATEGORIES,
     DEFAULT_CONFIG,
     FEATURE_NAMES,
+    MODEL_FEATURES,
     BehaviourConfig,
     BehaviourState,
+    anomaly_baseline,
+    anomaly_factors,
     anomaly_signal,
     decode_state,
     encode_state,
@@ -502,6 +505,33 @@ def test_anomaly_model_does_not_learn_flagged_events() -> None:
     assert model.hst.counter == counter  # the trees did not learn it
     assert (model.n_learnt, model.n_flagged) == (learnt + 1, flagged + 1)
     assert model.score_one(outlier) == score
+
+
+def test_a_flagged_transaction_is_explained_by_its_unusual_features() -> None:
+    rng = random.Random(5)
+    model = make_anomaly_model(seed=2, warmup=300, window_size=100)
+    ordinary = {k: v for k, v in zip(MODEL_FEATURES, anomaly_baseline(), strict=True)}
+    for _ in range(600):  # ordinary spend, near the baseline
+        model.process_one({k: min(1.0, abs((v or 0.2) + rng.gauss(0, 0.03)))
+                           for k, v in ordinary.items()})
+    odd = {k: (v or 0.2) for k, v in ordinary.items()} | {"foreign": 1.0, "night": 1.0}
+    row = tuple(odd[k] for k in MODEL_FEATURES)
+    score, flagged = model.score_learn_scaled(row, learn=False)
+    assert flagged
+    before = (model.hst.counter, model.n_learnt, model.threshold, model._cache_key)
+    factors = anomaly_factors(model, row)
+    assert {name for name, _, _ in factors[:2]} == {"foreign", "night"}
+    assert all(without < score for _, _, without in factors)
+    assert (model.hst.counter, model.n_learnt, model.threshold, model._cache_key) == before
+    assert model.score_learn_scaled(row, learn=False) == (score, flagged)
+    tx = make_tx(dt.datetime(2026, 3, 2, 2, tzinfo=dt.UTC), 4_500, "5999", channel="ecom",
+                 country="BR")
+    sig = anomaly_signal(tx, score, model.threshold, factors=factors)
+    assert_valid_signal(sig)
+    texts = {e.code: e.text for e in sig.evidence}
+    assert texts["anomaly_foreign"].startswith("abroad (BR); score ")
+    assert texts["anomaly_night"].startswith("at night, customer's local time; score ")
+    assert sig.evidence[0].code == "anomaly_score"
 
 
 # --------------------------------------------------------------------------- #

@@ -103,3 +103,29 @@ def test_pickled_masses_are_full_path_counts() -> None:
     assert set(state) == {"features", "n_trees", "height", "window_size", "seed", "counter",
                           "first_window", "size_limit", "max_score", "_feature", "_threshold",
                           "_l_mass", "_r_mass"}
+
+
+def test_explanation_reads_the_trees_only_and_agrees_in_both_forms() -> None:
+    rng = random.Random(11)
+    names = ("a", "b", "c", "d")
+    explained, twin = (AnomalyModel(names, window_size=40, warmup=50, seed=5) for _ in "12")
+    for _ in range(200):
+        x = {"a": rng.gauss(0.3, 0.05), "b": rng.gauss(0.6, 0.05), "c": 0.0, "d": 0.5}
+        explained.process_one(x)
+        twin.process_one(x)
+    odd = {"a": 0.3, "b": 0.6, "c": 1.0, "d": 0.95}
+    base = {"a": 0.3, "b": 0.6, "c": 0.0, "d": 0.5}
+    score = explained.score_one(odd)
+    by_dict = explained.explain_one(odd, base, top=4)
+    row = tuple(odd[k] for k in explained.features)
+    assert explained.explain_scaled(row, tuple(base[k] for k in explained.features), 4) == by_dict
+    assert by_dict and by_dict[0][0] == "c"
+    assert all(without < score for _, without in by_dict)
+    # A feature left out of the baseline (None) is never a reason.
+    left_out = tuple(None if k == "c" else base[k] for k in explained.features)
+    assert "c" not in {f for f, _ in explained.explain_scaled(row, left_out, 4)}
+    # Nothing learnt: the model goes on exactly as its twin that explained nothing.
+    for _ in range(100):
+        x = {"a": rng.gauss(0.3, 0.05), "b": rng.gauss(0.6, 0.05), "c": 0.0, "d": 0.5}
+        assert explained.process_one(x) == twin.process_one(x)
+    assert explained.threshold == twin.threshold
