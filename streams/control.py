@@ -54,10 +54,13 @@ class VersionConflict(PolicyError):
 
 async def read_policy_history(bootstrap: list[str] | str, *,
                               security: Settings | None = None) -> list[RiskPolicyRecord]:
-    """Every valid published policy record, oldest first."""
+    """Every valid published policy record, oldest first (tombstones, which a compacted
+    topic may hold, are no records)."""
     records = []
     for _topic, _key, value, _headers in await consume_all(bootstrap, ["risk-policy"], idle=1.0,
                                                            until=20, security=security):
+        if value is None:
+            continue
         with contextlib.suppress(DecodeError):
             records.append(decode("risk-policy", value))
     return sorted(records, key=lambda r: (r.event_time, r.version))
@@ -65,11 +68,13 @@ async def read_policy_history(bootstrap: list[str] | str, *,
 
 async def read_audit(bootstrap: list[str] | str, *,
                      security: Settings | None = None) -> list[AuditRecord]:
-    """The audit chain as stored, in sequence order (undecodable records raise)."""
+    """The audit chain as stored, in sequence order (undecodable records raise; a
+    tombstone is skipped, and the record it deleted then shows as a gap in the chain)."""
     out = []
     for _topic, _key, value, _headers in await consume_all(bootstrap, ["audit"], idle=1.0,
                                                            until=20, security=security):
-        out.append(decode("audit", value))
+        if value is not None:
+            out.append(decode("audit", value))
     return sorted(out, key=lambda r: r.seq)
 
 
@@ -221,7 +226,10 @@ class PolicyWatcher:
         cur = self.current
         return cur is None or (record.event_time, record.version) > (cur.event_time, cur.version)
 
-    async def _handle(self, value: bytes, partition: int, offset: int) -> None:
+    async def _handle(self, value: bytes | None, partition: int, offset: int) -> None:
+        if value is None:  # a tombstone (compaction of an old version): no policy
+            log.info("risk-policy[%d]@%d: tombstone skipped", partition, offset)
+            return
         try:
             record = decode("risk-policy", value)
             policy = parse_policy(record.document, source=f"risk-policy@{offset}")

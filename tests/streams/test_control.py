@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 import msgspec
+import pytest
 
 from alerts.policy import DEFAULT_POLICY, policy_document
 from schemas.codec import encode
@@ -43,3 +44,35 @@ async def test_a_policy_that_fails_to_apply_is_dead_lettered_and_the_next_is_app
     await watcher._handle(_record("v-next", 3), 0, 2)
     assert applied == ["v-good", "v-next"]
     assert watcher.current.version == "v-next"
+
+
+async def test_a_tombstone_is_no_policy_and_stops_nothing():
+    # A compacted risk-policy topic may hold tombstones (value None).
+    applied: list[str] = []
+
+    async def reject(value, error, partition, offset):  # pragma: no cover - must not run
+        raise AssertionError(f"rejected a tombstone: {error}")
+
+    watcher = PolicyWatcher(["127.0.0.1:1"], lambda p, r: applied.append(p.version), reject)
+    await watcher._handle(None, 0, 0)
+    await watcher._handle(_record("v-after", 1), 0, 1)
+    assert applied == ["v-after"]
+
+
+@pytest.mark.broker
+async def test_history_and_audit_readers_skip_tombstones(broker):
+    from aiokafka import AIOKafkaProducer
+
+    from streams.control import read_audit, read_policy_history
+
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait("risk-policy", key=b"tombstoned-version", value=None)
+        await producer.send_and_wait("audit", key=b"risk-policy", value=None)
+    finally:
+        await producer.stop()
+    history = await read_policy_history(broker.bootstrap)
+    chain = await read_audit(broker.bootstrap)
+    assert all(r.version != "tombstoned-version" for r in history)
+    assert all(r is not None for r in chain)
