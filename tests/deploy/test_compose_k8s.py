@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
 from pathlib import Path, PurePosixPath
@@ -41,6 +42,8 @@ WORKER_ENV = {
     "RISKWATCH_METRICS_ADDR",
     "RISKWATCH_DATA_DIR",
     "RISKWATCH_POLICY_FILE",
+    "RISKWATCH_KAFKA_SECURITY_PROTOCOL",
+    "RISKWATCH_KAFKA_SASL_MECHANISM",
     "RISKWATCH_KAFKA_SASL_USERNAME",
     "RISKWATCH_KAFKA_SASL_PASSWORD_FILE",
 }
@@ -368,6 +371,25 @@ def test_statefulset() -> None:
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
     assert container["resources"]["limits"]["memory"]
     assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_worker_accepts_the_configmaps_environment(tmp_path: Path, monkeypatch) -> None:
+    # The worker reads the ConfigMap as its environment: it must start with it (a SASL
+    # user without a SASL protocol was refused, and the pod restarted in a loop).
+    from streams.config import Settings
+
+    config = _one("ConfigMap", "riskwatch-config")["data"]
+    password = tmp_path / "password"
+    password.write_text("s3cret")
+    for name in list(os.environ):
+        if name.startswith("RISKWATCH_"):
+            monkeypatch.delenv(name)
+    for name, value in config.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("RISKWATCH_KAFKA_SASL_PASSWORD_FILE", str(password))
+    settings = Settings.from_env()
+    assert settings.security_protocol == "SASL_SSL"
+    assert settings.sasl_mechanism == "SCRAM-SHA-512" and settings.sasl_username == "riskwatch"
 
 
 def test_headless_service_matches_statefulset_and_prometheus() -> None:
