@@ -3,7 +3,9 @@
 Nothing here decides anything about risk: the agent decodes, calls the pure
 engine (``alerts.engine``), writes the customer's state back once, and sends
 the outputs. Every exception is caught per event and the record dead-lettered,
-because Faust acks an event even when the agent body raises.
+because Faust acks an event even when the agent body raises; only a dead letter
+that cannot be sent escapes, and then the record is left unacknowledged (re-read
+from the committed offset), never lost.
 
 Build the app with :func:`create_app`; no module-level app exists.
 """
@@ -430,11 +432,30 @@ class Handler:
             await self._dead_letter(topic, partition, offset, item.key, item.value, error,
                                     when_s)
             return
+        # The outputs go out before the state is written. The state marks the event id
+        # applied: written first, a failed send would leave the record unfinished and,
+        # once redelivered, a duplicate, its outputs never sent. Sent first, a failed
+        # send leaves the state as it was, and the record is dead-lettered with the
+        # error (outputs sent before it carry the ids a replay of the dead letter gives
+        # them again). If even the dead letter cannot be sent, the error escapes: the
+        # record is not finished, so nothing at or after it on its partition is
+        # acknowledged, and it is re-read from the committed offset (redelivered,
+        # against state that does not have it), never lost.
+        try:
+            for emit in result.emits:
+                await self.send(emit)
+        except Exception as exc:
+            log.error("outputs not sent for %s[%d]@%d customer %s: %s", topic, partition,
+                      offset, self.pseudonym(item.key_text),
+                      describe_error(exc, item.key_text, self.pseudonym))
+            error = DecodeError("processing_error",
+                                f"output not sent: {type(exc).__name__}: {exc}", topic=topic)
+            await self._dead_letter(topic, partition, offset, item.key, item.value, error,
+                                    when_s)
+            return
         if result.state is not None:
             self.table.put(item.key_text, result.state, partition)
             self.clock(partition).due.add(item.key_text, result.next_check)
-        for emit in result.emits:
-            await self.send(emit)
         # A check day already behind the partition's watermark (a late record) is due now.
         clock = self.clock(partition)
         if result.next_check is not None and clock.watermark_ms:

@@ -168,3 +168,100 @@ async def test_freeze_heap_moves_live_objects_out_of_the_collectors_reach() -> N
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+
+def _tx(i: int, amount: int = 2_000, customer: str = "c1") -> bytes:
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import CardTransaction
+
+    return encode(CardTransaction(
+        event_id=f"e{i}", event_time=dt.datetime(2026, 2, 1, tzinfo=dt.UTC) + dt.timedelta(hours=i),
+        customer_id=customer, account_id="a1", type="purchase", amount_minor=amount,
+        currency="EUR", mcc="5411", merchant_id="m", channel="pos", country="DE"))
+
+
+def _large_transaction_engine() -> Engine:
+    from alerts.policy import load_policy_text
+
+    return Engine(load_policy_text("version: t\nlarge_transaction: {multiple: 6.0, "
+                                   "min_history: 5, floor_minor: 50000}"))
+
+
+async def test_an_output_not_sent_dead_letters_the_record_and_keeps_its_state_unapplied() -> None:
+    """An output send that fails (a producer timeout) used to escape after the state was
+    written with the event id marked applied: the record was neither finished nor
+    dead-lettered, and redelivered it was a duplicate, so its alert was never sent. The
+    state is now written only after every output went out; a failed send dead-letters
+    the record (processing_error), which is then acknowledged."""
+    from streams.app import StateStore
+
+    sent: list[Any] = []
+    fail = {"risk-alerts": 1}
+    acked: list[Any] = []
+
+    async def send(emit: Any) -> None:
+        if fail.get(emit.topic):
+            fail[emit.topic] -= 1
+            raise TimeoutError("KafkaTimeoutError: producer buffer full")
+        sent.append(emit)
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(_large_transaction_engine(), Metrics(), StateStore(_StoreTable()), send)
+    handler.ack = ack
+    for i in range(6):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, i)
+    before = handler.table.get("c1")
+    await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
+    dead = [emit.record.reason for emit in sent if emit.topic == "dead-letters"]
+    assert dead == ["processing_error"]
+    assert handler.table.get("c1") == before  # e6 not marked applied
+    await handler.flush()
+    assert acked == list(range(7)) and handler.acks.waiting() == 0
+    # Replayed (from the dead letters, or re-read): applied, and the alert goes out.
+    await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 7)
+    assert [emit.record.rule_id for emit in sent
+            if emit.topic == "risk-alerts"] == ["large-transaction"]
+
+
+async def test_an_output_and_its_dead_letter_not_sent_leave_the_record_unacknowledged() -> None:
+    """If even the dead letter cannot be sent, the error escapes: the record is not
+    finished (nothing at or after it is acknowledged) and, re-read, it is applied."""
+    import pytest
+
+    from streams.app import StateStore
+
+    sent: list[Any] = []
+    fail = {"risk-alerts": 1, "dead-letters": 1}
+    acked: list[Any] = []
+
+    async def send(emit: Any) -> None:
+        if fail.get(emit.topic):
+            fail[emit.topic] -= 1
+            raise TimeoutError("KafkaTimeoutError")
+        sent.append(emit)
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(_large_transaction_engine(), Metrics(), StateStore(_StoreTable()), send)
+    handler.ack = ack
+    for i in range(6):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, i)
+    with pytest.raises(TimeoutError):
+        await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
+    await handler.receive("card-transactions", 0, 7, b"c1", _tx(7), None, 7)
+    await handler.flush()
+    assert acked == list(range(6))  # 6 unfinished: neither it nor 7 acknowledged
+    # Redelivered (restart: from the committed offset 6): applied, not a duplicate.
+    await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
+    assert [emit.record.rule_id for emit in sent
+            if emit.topic == "risk-alerts"] == ["large-transaction"]
+    assert not [emit for emit in sent if emit.topic == "dead-letters"]
+
