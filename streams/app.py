@@ -313,21 +313,41 @@ class Handler:
         """Advance every customer of ``partition`` whose check day is at or before ``as_of``."""
         as_of = dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC)
         index = self.clock(partition).due
-        for key in index.pop_due(epoch_day(as_of)):
-            result = self.engine.advance(key, self.table.get(key), as_of)
+        day = epoch_day(as_of)
+        for key in index.pop_due(day):
+            # One customer's failure (a detector bug, an output not sent) must not stop
+            # the sweep, nor escape into the record whose release ran it (that record
+            # would be neither applied nor dead-lettered, and its partition never
+            # acknowledged again). Outputs first, then the state (as in _apply): a
+            # failed customer keeps its state and stays due, retried by the sweep that
+            # passes the next day (one attempt a day, not one per record; a restart
+            # rebuilds the due index and retries at once).
+            try:
+                result = self.engine.advance(key, self.table.get(key), as_of)
+                for emit in result.emits:
+                    await self.send(emit)
+            except Exception as exc:
+                log.error("sweep failed for partition %d customer %s (retried after day %d):"
+                          " %s\n%s", partition, self.pseudonym(key), day,
+                          describe_error(exc, key, self.pseudonym),
+                          "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                index.add(key, day + 1)
+                continue
             if result.state is not None:
                 self.table.put(key, result.state, partition)
             index.add(key, result.next_check)
-            for emit in result.emits:
-                await self.send(emit)
 
     async def tick(self, partition: int, value: bytes, message: Any) -> None:
         """A wall-clock sweep request for an idle live partition."""
         entry = self.acks.track(self.ticks_topic, partition, message)
         clock = self.clock(partition)
         clock.tick_pending = False
-        await self.sweep(partition, int(value or b"0"))
-        self.acks.complete(entry)
+        try:
+            await self.sweep(partition, int(value or b"0"))
+        finally:
+            # A tick is only a request: finished whatever happened (a later one asks
+            # again), so it never holds up its partition's acknowledgements.
+            self.acks.complete(entry)
 
     async def receive(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,

@@ -265,3 +265,42 @@ async def test_an_output_and_its_dead_letter_not_sent_leave_the_record_unacknowl
             if emit.topic == "risk-alerts"] == ["large-transaction"]
     assert not [emit for emit in sent if emit.topic == "dead-letters"]
 
+
+async def test_a_failing_sweep_neither_drops_the_record_nor_stops_acknowledgements() -> None:
+    """A watermark sweep whose engine call raises (a detector bug on one customer) used to
+    escape from the release: the record that moved the watermark was neither applied nor
+    dead-lettered, and its partition was never acknowledged again. Same for a tick."""
+    from detectors.delinquency import DueIndex
+    from streams.app import StateStore
+
+    engine = Engine(DEFAULT_POLICY)
+    advanced: list[str] = []
+
+    def advance(key: str, raw: bytes | None, as_of: Any) -> Any:
+        advanced.append(key)
+        raise ZeroDivisionError(f"bug in a detector for customer {key}")
+
+    engine.advance = advance  # type: ignore[method-assign]
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send, ticks_topic="ticks")
+    handler.ack = ack
+    handler.clock(0).due.add("c9", 0)  # a recovered customer, its check day long past
+    await handler.receive("card-transactions", 0, 0, b"c1", _tx(0), None, ("ct", 0))
+    assert advanced == ["c9"]
+    assert handler.table.get("c1") is not None  # the record was applied
+    due = handler.clock(0).due
+    assert "c9" in due  # still due: retried by a later sweep
+    await handler.receive("card-transactions", 0, 1, b"c1", _tx(1), None, ("ct", 1))
+    assert advanced == ["c9"]  # not once per record: after the next day
+    await handler.flush()
+    assert acked == [("ct", 0), ("ct", 1)]
+    handler.clock(0).due = DueIndex()
+    handler.clock(0).due.add("c9", 0)
+    await handler.receive("ticks", 0, 0, b"sweep", b"1800000000000", None, ("tick", 0))
+    await handler.flush()
+    assert ("tick", 0) in acked and handler.acks.waiting() == 0
