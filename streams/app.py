@@ -109,16 +109,26 @@ class StateStore:
         self.dirty[raw_key] = (partition, value)
 
     async def flush(self) -> int:
-        """Send the changelog writes of every dirty key; return how many."""
+        """Send the changelog writes of every dirty key; return how many.
+
+        A send that fails raises, and that write and those not sent yet go back to the
+        dirty set (unless the key was written again meanwhile: its newer value is
+        there already), for the next flush; a write sent twice is harmless."""
         if not self.dirty:
             return 0
         dirty, self.dirty = self.dirty, {}
         send = self.send or self._send_to_topic
         generation = self.generation()
-        for raw_key, (partition, value) in dirty.items():
+        items = list(dirty.items())
+        for done, (raw_key, (partition, value)) in enumerate(items):
             stamp = max(generation, self.floor.get(partition, -1))
+            try:
+                await send(raw_key, value, partition, [(self.GENERATION_HEADER, b"%d" % stamp)])
+            except BaseException:
+                for key, unsent in items[done:]:
+                    self.dirty.setdefault(key, unsent)
+                raise
             self.stamps[raw_key] = stamp
-            await send(raw_key, value, partition, [(self.GENERATION_HEADER, b"%d" % stamp)])
         return len(dirty)
 
     async def _send_to_topic(self, key: bytes, value: bytes, partition: int,
@@ -233,6 +243,7 @@ class Handler:
     #: Held records beyond this many per partition are released anyway (memory bound).
     max_held: int = 50_000
     last_flush: float = field(default_factory=time.monotonic)
+    flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Offsets the global models had learned up to at the last checkpoint.
@@ -252,18 +263,27 @@ class Handler:
         return found
 
     async def flush(self) -> None:
-        """Write coalesced state, then acknowledge the events it covers."""
-        self.last_flush = time.monotonic()
-        ready = self.acks.ready()
-        self.publish_tallies()
-        observe = self.metrics.state_bytes.observe
-        for _, value in self.table.dirty.values():
-            observe(len(value))
-        await self.table.flush()
-        if self.ack is not None:
-            for event in ready:
-                if event is not None:
-                    await self.ack(event)
+        """Write coalesced state, then acknowledge the events it covers.
+
+        The events finished now are noted first (their state is in the dirty set, or
+        written already) and taken off the acknowledgement queues only after every
+        write succeeded: a failed write raises and leaves them queued, and the unsent
+        state dirty, for the next flush (acknowledgements stay a prefix, and nothing
+        is acknowledged before its state is written). One flush at a time: a second
+        one would acknowledge records whose state the first is still writing."""
+        async with self.flush_lock:
+            self.last_flush = time.monotonic()
+            ready = self.acks.peek()
+            self.publish_tallies()
+            observe = self.metrics.state_bytes.observe
+            for _, value in self.table.dirty.values():
+                observe(len(value))
+            await self.table.flush()
+            events = self.acks.take(ready)
+            if self.ack is not None:
+                for event in events:
+                    if event is not None:
+                        await self.ack(event)
 
     def publish_tallies(self) -> None:
         """Set each topic's last event and receive time gauges from the last record

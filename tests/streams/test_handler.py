@@ -304,3 +304,75 @@ async def test_a_failing_sweep_neither_drops_the_record_nor_stops_acknowledgemen
     await handler.receive("ticks", 0, 0, b"sweep", b"1800000000000", None, ("tick", 0))
     await handler.flush()
     assert ("tick", 0) in acked and handler.acks.waiting() == 0
+
+
+async def test_a_failed_changelog_write_keeps_its_state_and_acknowledgements() -> None:
+    """A flush used to take the acknowledgements off their queues and the state out of
+    the dirty set before sending: a failed changelog send lost both (the partition was
+    never acknowledged again, the state never written until the customer changed)."""
+    import pytest
+
+    from streams.app import StateStore
+
+    written: list[bytes] = []
+    fail = {"n": 1}
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise TimeoutError("KafkaTimeoutError: batch expired")
+        written.append(key)
+
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(),
+                      StateStore(_StoreTable(), send=changelog), _send)
+    handler.ack = ack
+    await handler.receive("card-transactions", 0, 0, b"c1", _tx(0, customer="c1"), None, 0)
+    await handler.receive("card-transactions", 0, 1, b"c2", _tx(1, customer="c2"), None, 1)
+    with pytest.raises(TimeoutError):
+        await handler.flush()
+    assert acked == [] and handler.acks.waiting() == 2
+    assert sorted(handler.table.dirty) == [b"c1", b"c2"]
+    assert handler.pending == 2  # still due for a flush
+    await handler.receive("card-transactions", 0, 2, b"c3", _tx(2, customer="c3"), None, 2)
+    await handler.flush()
+    assert acked == [0, 1, 2] and sorted(written) == [b"c1", b"c2", b"c3"]
+    assert handler.table.dirty == {} and handler.acks.waiting() == 0
+
+
+async def test_a_record_finished_during_a_flush_waits_for_the_next_one() -> None:
+    """Acknowledged are only the records finished when the flush began (their state is in
+    what it writes); one finished while its writes are on their way waits."""
+    import asyncio
+
+    from streams.acks import InOrderAcks
+    from streams.app import StateStore
+
+    gate = asyncio.Event()
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        await gate.wait()
+
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(),
+                      StateStore(_StoreTable(), send=changelog), _send, acks=InOrderAcks())
+    handler.ack = ack
+    await handler.receive("card-transactions", 0, 0, b"c1", _tx(0), None, 0)
+    flushing = asyncio.create_task(handler.flush())
+    await asyncio.sleep(0)
+    await handler.receive("card-transactions", 0, 1, b"c1", _tx(1), None, 1)
+    gate.set()
+    await flushing
+    assert acked == [0] and list(handler.table.dirty) == [b"c1"]
+    await handler.flush()
+    assert acked == [0, 1]
