@@ -93,6 +93,9 @@ class StateStore:
         #: default the table's changelog topic (the worker sends through the producer).
         self.send = send
         self.dirty: dict[bytes, tuple[int, bytes]] = {}
+        #: Per dirty key, its value as last written to (or recovered from) the
+        #: changelog; None: none (what :meth:`forget` puts back).
+        self.written: dict[bytes, bytes | None] = {}
         self.generation = generation
         #: Per key, the generation of its newest write applied or made here.
         self.stamps: dict[bytes, int] = {}
@@ -105,8 +108,32 @@ class StateStore:
 
     def put(self, key: str, value: bytes, partition: int) -> None:
         raw_key = key.encode()
-        self.table.data[raw_key] = value
+        data = self.table.data
+        if raw_key not in self.written:
+            self.written[raw_key] = data.get(raw_key)
+        data[raw_key] = value
         self.dirty[raw_key] = (partition, value)
+
+    def forget(self, partitions: set[int] | None = None) -> None:
+        """Drop the unwritten state of ``partitions`` (None: every partition), and put
+        back in the local table what the changelog has for those keys.
+
+        Their records are not acknowledged (the flush that would write the state was
+        skipped or failed), so they are read again: by the partition's new owner, or by
+        this worker if it keeps the partition, against the state they had not changed
+        yet (left changed, they would be duplicates and their effect never written).
+        Kept dirty, a revoked partition's state would be written by the next flush,
+        stamped with the generation after the rebalance: a zombie write that recovery
+        does not fence, after the new owner's."""
+        data = self.table.data
+        for raw_key, (partition, _) in list(self.dirty.items()):
+            if partitions is None or partition in partitions:
+                del self.dirty[raw_key]
+                old = self.written.pop(raw_key, None)
+                if old is None:
+                    data.pop(raw_key, None)
+                else:
+                    data[raw_key] = old
 
     async def flush(self) -> int:
         """Send the changelog writes of every dirty key; return how many.
@@ -117,6 +144,7 @@ class StateStore:
         if not self.dirty:
             return 0
         dirty, self.dirty = self.dirty, {}
+        written, self.written = self.written, {}
         send = self.send or self._send_to_topic
         generation = self.generation()
         items = list(dirty.items())
@@ -127,6 +155,7 @@ class StateStore:
             except BaseException:
                 for key, unsent in items[done:]:
                     self.dirty.setdefault(key, unsent)
+                    self.written[key] = written.get(key)
                 raise
             self.stamps[raw_key] = stamp
         return len(dirty)
@@ -310,14 +339,17 @@ class Handler:
         """Broker state lost: forget unacknowledged events and unwritten state (never
         written to, or acknowledged on, a broker that no longer has what they follow)."""
         self.acks.clear()
-        self.table.dirty = {}
+        self.table.forget()
         self.clocks.clear()
 
     def drop(self, partitions: set[int]) -> None:
-        """Forget held records of revoked partitions (unacked: the new owner re-reads them)."""
+        """Forget held records, acknowledgements and unwritten state of revoked partitions
+        (unacknowledged: their owner re-reads them). Called with the flush lock held, so
+        that a flush on its way finishes, or puts its unsent state back, first."""
         for partition in partitions:
             self.clocks.pop(partition, None)
         self.acks.forget(partitions)
+        self.table.forget(partitions)
         # What this worker read of a revoked partition no longer says how far it has read
         # it: if the partition comes back, it is re-read from the committed offset, and a
         # stale offset here would make a topic look read up to where this worker once was
@@ -1078,9 +1110,17 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     async def _on_rebalance(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # State writes go to a broker that still has the log they follow: after an
         # outage, only once the probe found it unchanged (never once its state was lost).
-        if await settled(timeout=30.0):
-            await handler.flush()
-        handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
+        try:
+            if await settled(timeout=30.0):
+                await handler.flush()
+        except Exception as exc:
+            # Not flushed: the revoked partitions' state is dropped below (their records
+            # are re-read), never written later under the next generation.
+            log.error("state flush at a rebalance failed (%s); unwritten state of the "
+                      "revoked partitions is dropped and their records re-read",
+                      type(exc).__name__)
+        async with handler.flush_lock:
+            handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
         state.reset_fencing()
         metrics.rebalances.inc()
         metrics.ready.set(0)

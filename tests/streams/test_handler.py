@@ -10,11 +10,6 @@ from streams.app import Handler
 from streams.metrics import Metrics
 
 
-class _Table:
-    def get(self, key: str) -> bytes | None:
-        return None
-
-
 async def _send(emit: Any) -> None:
     return None
 
@@ -23,7 +18,9 @@ def test_revoked_partitions_forget_how_far_they_were_read() -> None:
     """A partition that comes back is re-read from its committed offset: the offsets this
     worker read it to before must not make its topics look read (records of one topic
     would be released past unread records of another, e.g. a payment)."""
-    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), _Table(), _send)  # type: ignore[arg-type]
+    from streams.app import StateStore
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), StateStore(_StoreTable()), _send)
     handler.last_offsets = {("repayments", 1): 100, ("card-transactions", 1): 70,
                             ("repayments", 2): 5}
     handler.learned_offsets = {("card-transactions", 1): 80}
@@ -376,3 +373,68 @@ async def test_a_record_finished_during_a_flush_waits_for_the_next_one() -> None
     assert acked == [0] and list(handler.table.dirty) == [b"c1"]
     await handler.flush()
     assert acked == [0, 1]
+
+
+async def test_a_revoked_partitions_unwritten_state_is_dropped_not_written_later() -> None:
+    """A rebalance whose flush was skipped (the broker unreachable past the wait) forgot
+    the revoked partition's held records and acknowledgements, not its unwritten state:
+    the next flush wrote it stamped with the new generation, after the new owner's
+    writes, and recovery did not fence it. Its records are re-read, so the state is
+    dropped, and the local table goes back to what the changelog has (a partition this
+    worker keeps is re-read against it: the records apply again, not as duplicates)."""
+    from streams.app import StateStore
+
+    generation = {"id": 4}
+    table = _StoreTable()
+    store = StateStore(table, generation=lambda: generation["id"])
+    sent: list[Any] = []
+
+    async def send(emit: Any) -> None:
+        sent.append(emit)
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), store, send)
+    await handler.receive("card-transactions", 2, 0, b"c2", _tx(0, customer="c2"), None, 0)
+    await handler.flush()
+    written_c2 = table.data[b"c2"]
+    await handler.receive("card-transactions", 3, 10, b"c1", _tx(1), None, 10)
+    await handler.receive("card-transactions", 2, 1, b"c2", _tx(2, customer="c2"), None, 1)
+    table.changelog_topic.sent.clear()
+    table.changelog_topic.headers.clear()
+    handler.drop({2, 3})  # the flush was skipped; every partition revoked (eager)
+    assert store.dirty == {} and handler.acks.waiting() == 0
+    assert b"c1" not in table.data and table.data[b"c2"] == written_c2
+    generation["id"] = 5
+    await handler.flush()
+    assert table.changelog_topic.sent == []  # no zombie write
+    # Partition 2 came back to this worker: its record is re-read and applied again.
+    await handler.receive("card-transactions", 2, 1, b"c2", _tx(2, customer="c2"), None, 1)
+    assert not [emit for emit in sent if emit.topic == "dead-letters"]
+    await handler.flush()
+    assert [key for key, _, _ in table.changelog_topic.sent] == [b"c2"]
+    assert table.changelog_topic.headers == [[("riskwatch-generation", b"5")]]
+
+
+async def test_state_whose_write_failed_is_put_back_as_written_when_forgotten() -> None:
+    import pytest
+
+    from streams.app import StateStore
+
+    fail = {"n": 0}
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise TimeoutError("KafkaTimeoutError")
+
+    store = StateStore(_StoreTable(), send=changelog)
+    store.put("c1", b"v1", 0)
+    await store.flush()
+    store.put("c1", b"v2", 0)
+    store.put("c2", b"w1", 0)
+    fail["n"] = 1
+    with pytest.raises(TimeoutError):
+        await store.flush()
+    store.put("c1", b"v3", 0)  # written again after the failed flush
+    assert store.dirty == {b"c1": (0, b"v3"), b"c2": (0, b"w1")}
+    store.forget({0})
+    assert store.table.data == {b"c1": b"v1"} and store.dirty == {} and store.written == {}
