@@ -235,23 +235,29 @@ class PartitionClock:
     last_event_at: float = 0.0
     tick_pending: bool = False
 
-    def bound_ms(self, partition: int, behind: Callable[[str, int], bool],
-                 topics: tuple[str, ...] = ()) -> float:
-        """Records up to this event time can be released.
+    def bound(self, partition: int, behind: Callable[[str, int], bool],
+              topics: tuple[str, ...] = ()) -> tuple[float, int]:
+        """Held records up to this (event ms, topic rank) can be released.
 
+        A lagging topic's next record comes no earlier than its newest event time seen,
+        and at that same millisecond replay orders it by topic rank: a held record of
+        that millisecond and a later rank must wait for it (one of an earlier or the same
+        rank goes first: the same topic's next record has a later offset).
         A topic of ``topics`` with unread records that this partition has not delivered
         yet (after a start, restart or rebalance: Faust fetches topics independently)
         could still precede anything held, the payment of a due date say: hold all."""
         seen = self.seen_ms
         for topic in topics:
             if topic not in seen and behind(topic, partition):
-                return float("-inf")
-        # The earliest event time of a lagging topic; a topic no earlier than the
+                return (float("-inf"), -1)
+        # The earliest (event time, rank) of a lagging topic; a topic no earlier than the
         # earliest lagging one found so far need not be asked.
-        bound = float("inf")
+        bound: tuple[float, int] = (float("inf"), 0)
         for topic, ms in seen.items():
-            if ms < bound and behind(topic, partition):
-                bound = ms
+            if ms <= bound[0]:
+                candidate = (ms, TOPIC_RANK[topic])
+                if candidate < bound and behind(topic, partition):
+                    bound = candidate
         return bound
 
 
@@ -445,8 +451,10 @@ class Handler:
         """Process the held records no lagging topic can still precede."""
         clock = self.clock(partition)
         heap = clock.heap
-        bound = clock.bound_ms(partition, self.behind, CUSTOMER_TOPICS) if heap else 0
-        while heap and (heap[0][0] <= bound or len(heap) > self.max_held):
+        bound = clock.bound(partition, self.behind, CUSTOMER_TOPICS) if heap else (0, 0)
+        # (event ms, topic rank) of the first held record against the bound: equal times
+        # are released in replay's order (event time, topic rank, offset).
+        while heap and (heap[0][:2] <= bound or len(heap) > self.max_held):
             event_ms, _, _, _, item = heapq.heappop(heap)
             if event_ms > clock.watermark_ms:
                 clock.watermark_ms = event_ms

@@ -438,3 +438,53 @@ async def test_state_whose_write_failed_is_put_back_as_written_when_forgotten() 
     assert store.dirty == {b"c1": (0, b"v3"), b"c2": (0, b"w1")}
     store.forget({0})
     assert store.table.data == {b"c1": b"v1"} and store.dirty == {} and store.written == {}
+
+
+async def test_records_of_the_same_millisecond_are_released_in_replays_order() -> None:
+    """Replay orders by (event time, topic rank, offset). A lagging topic can still
+    deliver a record at the millisecond of its newest one: a held record of that
+    millisecond and a later rank used to be released before it."""
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import PaymentReceived
+    from schemas.topics import TOPIC_RANK
+    from streams.app import StateStore
+
+    at = dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC)
+    assert TOPIC_RANK["card-transactions"] < TOPIC_RANK["repayments"]
+    payment = encode(PaymentReceived(event_id="p1", event_time=at, customer_id="c1",
+                                     account_id="a1", amount_minor=100, currency="EUR"))
+
+    def tx(i: int) -> bytes:
+        from schemas.models import CardTransaction
+
+        return encode(CardTransaction(
+            event_id=f"t{i}", event_time=at, customer_id="c1", account_id="a1",
+            type="purchase", amount_minor=100, currency="EUR", mcc="5411", merchant_id="m",
+            channel="pos", country="DE"))
+
+    engine = Engine(DEFAULT_POLICY)
+    order: list[str] = []
+    process = engine.process
+
+    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
+        order.append(event.event_id)
+        return process(topic, event, raw, learn=learn)
+
+    engine.process = spy  # type: ignore[method-assign]
+    lagging = {"card-transactions"}
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send,
+                      behind=lambda topic, partition: topic in lagging)
+    await handler.receive("card-transactions", 0, 0, b"c1", tx(0), None, None)
+    await handler.receive("repayments", 0, 0, b"c1", payment, None, None)
+    assert order == ["t0"]  # the payment waits: a transaction of its millisecond may follow
+    await handler.receive("card-transactions", 0, 1, b"c1", tx(1), None, None)
+    lagging.clear()
+    await handler.release_all()
+    assert order == ["t0", "t1", "p1"]
+    # A lagging topic of a later rank does not hold an earlier rank's same millisecond.
+    order.clear()
+    lagging.add("repayments")
+    await handler.receive("card-transactions", 0, 2, b"c1", tx(2), None, None)
+    assert order == ["t2"]
