@@ -281,8 +281,12 @@ class Handler:
     flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: Offsets the global models had learned up to at the last checkpoint.
+    #: Offsets the global models had learned up to at the last checkpoint (and of
+    #: partitions since revoked).
     learned_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: The highest offset applied with learning since (records received but still held
+    #: are not learned yet: counted as learned, a restart would never learn them).
+    applied_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Whether a topic still has unread records on a partition (set by the app).
     behind: Callable[[str, int], bool] = field(default=lambda topic, partition: False)
     #: Per topic since the last flush: [event time of the last record processed (Unix
@@ -360,12 +364,28 @@ class Handler:
         # it: if the partition comes back, it is re-read from the committed offset, and a
         # stale offset here would make a topic look read up to where this worker once was
         # (so records of other topics would be released past its unread records, e.g. a
-        # payment, and raise a false missed payment). Offsets already learned by the
-        # global models are kept, so those events are not learned twice.
+        # payment, and raise a false missed payment). Offsets the global models learned
+        # are kept, so those events are not learned twice (those only received, held,
+        # were not learned: they are when re-read).
         for key in [key for key in self.last_offsets if key[1] in partitions]:
-            offset = self.last_offsets.pop(key)
+            del self.last_offsets[key]
+        for key in [key for key in self.applied_offsets if key[1] in partitions]:
+            offset = self.applied_offsets.pop(key)
             if offset > self.learned_offsets.get(key, -1):
                 self.learned_offsets[key] = offset
+
+    def learned_upto(self) -> dict[tuple[str, int], int]:
+        """Per topic-partition, the offset the global models learned up to (checkpointed
+        with them): the highest of the checkpoint's and those applied since, so a
+        partition re-read from a lower offset does not lower it (events learned twice).
+        Records of one topic applied out of offset order (held for an earlier event time)
+        are the limit: one below this offset not applied yet is not learned after a
+        restart."""
+        merged = dict(self.learned_offsets)
+        for key, offset in self.applied_offsets.items():
+            if offset > merged.get(key, -1):
+                merged[key] = offset
+        return merged
 
     async def sweep(self, partition: int, as_of_ms: int) -> None:
         """Advance every customer of ``partition`` whose check day is at or before ``as_of``."""
@@ -492,6 +512,8 @@ class Handler:
             learn = offset > self.learned_offsets.get((topic, partition), -1)
             result = self.engine.process(topic, event, self.table.get(item.key_text),
                                          learn=learn)
+            if learn and offset > self.applied_offsets.get((topic, partition), -1):
+                self.applied_offsets[(topic, partition)] = offset
         except DecodeError as exc:
             await self._dead_letter(topic, partition, offset, item.key, item.value, exc, when_s)
             return
@@ -699,7 +721,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     async def checkpoint_models() -> None:
         if guard.state == LOST:  # keep the last checkpoint of the old broker's log
             return
-        offsets = {**handler.learned_offsets, **handler.last_offsets}
+        offsets = handler.learned_upto()
         blob = checkpoint.dumps(checkpoint.Checkpoint(engine.models(), offsets,
                                                       engine.policy.version))
         await asyncio.to_thread(checkpoint.write, checkpoint_path, blob)

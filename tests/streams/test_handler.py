@@ -24,12 +24,16 @@ def test_revoked_partitions_forget_how_far_they_were_read() -> None:
     handler.last_offsets = {("repayments", 1): 100, ("card-transactions", 1): 70,
                             ("repayments", 2): 5}
     handler.learned_offsets = {("card-transactions", 1): 80}
+    # Applied with learning (the rest of what was received was still held).
+    handler.applied_offsets = {("repayments", 1): 90, ("card-transactions", 1): 60,
+                               ("repayments", 2): 5}
     handler.clock(1)
     handler.drop({1})
     assert handler.last_offsets == {("repayments", 2): 5}
     assert 1 not in handler.clocks
     # What the global models learned stays learned (not learned twice on a re-read).
-    assert handler.learned_offsets == {("card-transactions", 1): 80, ("repayments", 1): 100}
+    assert handler.learned_offsets == {("card-transactions", 1): 80, ("repayments", 1): 90}
+    assert handler.applied_offsets == {("repayments", 2): 5}
 
 
 class _Changelog:
@@ -488,3 +492,41 @@ async def test_records_of_the_same_millisecond_are_released_in_replays_order() -
     lagging.add("repayments")
     await handler.receive("card-transactions", 0, 2, b"c1", tx(2), None, None)
     assert order == ["t2"]
+
+
+async def test_the_model_checkpoint_counts_learned_records_only_and_never_goes_back() -> None:
+    """The checkpoint's offsets (the global models learned up to) were the offsets
+    received, held records included: after a restart those were re-read without
+    learning, so the models never learned them. And a partition re-read from a lower
+    offset lowered a higher learned one (events learned twice)."""
+    from streams.app import StateStore
+
+    engine = Engine(DEFAULT_POLICY)
+    learned: list[tuple[int, bool]] = []
+    process = engine.process
+
+    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
+        learned.append((int(event.event_id[1:]), learn))
+        return process(topic, event, raw, learn=learn)
+
+    engine.process = spy  # type: ignore[method-assign]
+    lagging = {"repayments"}
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send,
+                      behind=lambda topic, partition: topic in lagging)
+    handler.clock(0).seen_ms["repayments"] = 0  # a payment seen: holds what is later
+    for i in range(3):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, None)
+    assert learned == [] and handler.learned_upto() == {}
+    lagging.clear()
+    await handler.release_all()
+    assert handler.learned_upto() == {("card-transactions", 0): 2}
+    # Resumed from a checkpoint past what this run re-reads: the higher offset stays.
+    handler.learned_offsets = {("card-transactions", 0): 9, ("repayments", 0): 4}
+    assert handler.learned_upto() == {("card-transactions", 0): 9, ("repayments", 0): 4}
+    # Restarted on a checkpoint at offset 1: offset 1 is scored only, offset 2 learned.
+    restarted = Handler(engine, Metrics(), StateStore(_StoreTable()), _send)
+    restarted.learned_offsets = {("card-transactions", 0): 1}
+    learned.clear()
+    for i in (1, 2):
+        await restarted.receive("card-transactions", 0, i, b"c1", _tx(i), None, None)
+    assert learned == [(1, False), (2, True)]
