@@ -18,8 +18,11 @@ always a prefix of what it delivered.
 >>> acks.ready()
 []
 >>> acks.complete(first)
->>> acks.ready()
+>>> ready = acks.peek()  # taken only once the state they produced is written
+>>> acks.take(ready)
 ['r0', 'r1']
+>>> acks.ready()
+[]
 """
 
 from __future__ import annotations
@@ -36,6 +39,21 @@ class Entry:
     def __init__(self, message: Any) -> None:
         self.message = message
         self.done = False
+
+
+class Ready:
+    """What :meth:`InOrderAcks.peek` found acknowledgeable: per queue, its finished head."""
+
+    __slots__ = ("finished", "firsts", "heads")
+
+    def __init__(self, heads: list[tuple[tuple[str, int], deque[Entry], int]],
+                 firsts: list[Entry], finished: int) -> None:
+        #: (topic-partition, its queue, how many of its first records are finished).
+        self.heads = heads
+        #: Each queue's first record when peeked.
+        self.firsts = firsts
+        #: Records finished when peeked (InOrderAcks.finished).
+        self.finished = finished
 
 
 class InOrderAcks:
@@ -62,12 +80,40 @@ class InOrderAcks:
             self.finished += 1
 
     def ready(self) -> list[Any]:
-        """Records that can be acknowledged now: each queue's finished head, in order."""
+        """Records that can be acknowledged now: each queue's finished head, in order
+        (taken off the queues)."""
+        return self.take(self.peek())
+
+    def peek(self) -> Ready:
+        """Records that can be acknowledged now, left on their queues until :meth:`take`.
+
+        The worker peeks before it writes the state these records produced and takes
+        them only once the writes succeeded: a failed write leaves them queued, to be
+        acknowledged after a later write (taken before it, they were never
+        acknowledged, and nothing after them either)."""
+        heads: list[tuple[tuple[str, int], deque[Entry], int]] = []
+        for key, queue in self._queues.items():
+            count = 0
+            for entry in queue:
+                if not entry.done:
+                    break
+                count += 1
+            if count:
+                heads.append((key, queue, count))
+        return Ready(heads, [queue[0] for _, queue, _ in heads], self.finished)
+
+    def take(self, ready: Ready) -> list[Any]:
+        """Take the records :meth:`peek` found off their queues, in order; a queue
+        forgotten since (its partition revoked) gives nothing."""
         out: list[Any] = []
-        for queue in self._queues.values():
-            while queue and queue[0].done:
+        for (key, queue, count), first in zip(ready.heads, ready.firsts, strict=True):
+            # Taken already (its first record is gone), or the queue was forgotten.
+            if self._queues.get(key) is not queue or not queue or queue[0] is not first:
+                continue
+            for _ in range(count):
                 out.append(queue.popleft().message)
-        self.finished = 0
+        self.finished = max(0, self.finished - ready.finished)
+        ready.finished = 0
         return out
 
     def waiting(self) -> int:

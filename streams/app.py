@@ -3,7 +3,9 @@
 Nothing here decides anything about risk: the agent decodes, calls the pure
 engine (``alerts.engine``), writes the customer's state back once, and sends
 the outputs. Every exception is caught per event and the record dead-lettered,
-because Faust acks an event even when the agent body raises.
+because Faust acks an event even when the agent body raises; only a dead letter
+that cannot be sent escapes, and then the record is left unacknowledged (re-read
+from the committed offset), never lost.
 
 Build the app with :func:`create_app`; no module-level app exists.
 """
@@ -91,6 +93,9 @@ class StateStore:
         #: default the table's changelog topic (the worker sends through the producer).
         self.send = send
         self.dirty: dict[bytes, tuple[int, bytes]] = {}
+        #: Per dirty key, its value as last written to (or recovered from) the
+        #: changelog; None: none (what :meth:`forget` puts back).
+        self.written: dict[bytes, bytes | None] = {}
         self.generation = generation
         #: Per key, the generation of its newest write applied or made here.
         self.stamps: dict[bytes, int] = {}
@@ -103,20 +108,56 @@ class StateStore:
 
     def put(self, key: str, value: bytes, partition: int) -> None:
         raw_key = key.encode()
-        self.table.data[raw_key] = value
+        data = self.table.data
+        if raw_key not in self.written:
+            self.written[raw_key] = data.get(raw_key)
+        data[raw_key] = value
         self.dirty[raw_key] = (partition, value)
 
+    def forget(self, partitions: set[int] | None = None) -> None:
+        """Drop the unwritten state of ``partitions`` (None: every partition), and put
+        back in the local table what the changelog has for those keys.
+
+        Their records are not acknowledged (the flush that would write the state was
+        skipped or failed), so they are read again: by the partition's new owner, or by
+        this worker if it keeps the partition, against the state they had not changed
+        yet (left changed, they would be duplicates and their effect never written).
+        Kept dirty, a revoked partition's state would be written by the next flush,
+        stamped with the generation after the rebalance: a zombie write that recovery
+        does not fence, after the new owner's."""
+        data = self.table.data
+        for raw_key, (partition, _) in list(self.dirty.items()):
+            if partitions is None or partition in partitions:
+                del self.dirty[raw_key]
+                old = self.written.pop(raw_key, None)
+                if old is None:
+                    data.pop(raw_key, None)
+                else:
+                    data[raw_key] = old
+
     async def flush(self) -> int:
-        """Send the changelog writes of every dirty key; return how many."""
+        """Send the changelog writes of every dirty key; return how many.
+
+        A send that fails raises, and that write and those not sent yet go back to the
+        dirty set (unless the key was written again meanwhile: its newer value is
+        there already), for the next flush; a write sent twice is harmless."""
         if not self.dirty:
             return 0
         dirty, self.dirty = self.dirty, {}
+        written, self.written = self.written, {}
         send = self.send or self._send_to_topic
         generation = self.generation()
-        for raw_key, (partition, value) in dirty.items():
+        items = list(dirty.items())
+        for done, (raw_key, (partition, value)) in enumerate(items):
             stamp = max(generation, self.floor.get(partition, -1))
+            try:
+                await send(raw_key, value, partition, [(self.GENERATION_HEADER, b"%d" % stamp)])
+            except BaseException:
+                for key, unsent in items[done:]:
+                    self.dirty.setdefault(key, unsent)
+                    self.written[key] = written.get(key)
+                raise
             self.stamps[raw_key] = stamp
-            await send(raw_key, value, partition, [(self.GENERATION_HEADER, b"%d" % stamp)])
         return len(dirty)
 
     async def _send_to_topic(self, key: bytes, value: bytes, partition: int,
@@ -194,23 +235,29 @@ class PartitionClock:
     last_event_at: float = 0.0
     tick_pending: bool = False
 
-    def bound_ms(self, partition: int, behind: Callable[[str, int], bool],
-                 topics: tuple[str, ...] = ()) -> float:
-        """Records up to this event time can be released.
+    def bound(self, partition: int, behind: Callable[[str, int], bool],
+              topics: tuple[str, ...] = ()) -> tuple[float, int]:
+        """Held records up to this (event ms, topic rank) can be released.
 
+        A lagging topic's next record comes no earlier than its newest event time seen,
+        and at that same millisecond replay orders it by topic rank: a held record of
+        that millisecond and a later rank must wait for it (one of an earlier or the same
+        rank goes first: the same topic's next record has a later offset).
         A topic of ``topics`` with unread records that this partition has not delivered
         yet (after a start, restart or rebalance: Faust fetches topics independently)
         could still precede anything held, the payment of a due date say: hold all."""
         seen = self.seen_ms
         for topic in topics:
             if topic not in seen and behind(topic, partition):
-                return float("-inf")
-        # The earliest event time of a lagging topic; a topic no earlier than the
+                return (float("-inf"), -1)
+        # The earliest (event time, rank) of a lagging topic; a topic no earlier than the
         # earliest lagging one found so far need not be asked.
-        bound = float("inf")
+        bound: tuple[float, int] = (float("inf"), 0)
         for topic, ms in seen.items():
-            if ms < bound and behind(topic, partition):
-                bound = ms
+            if ms <= bound[0]:
+                candidate = (ms, TOPIC_RANK[topic])
+                if candidate < bound and behind(topic, partition):
+                    bound = candidate
         return bound
 
 
@@ -231,10 +278,15 @@ class Handler:
     #: Held records beyond this many per partition are released anyway (memory bound).
     max_held: int = 50_000
     last_flush: float = field(default_factory=time.monotonic)
+    flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    #: Offsets the global models had learned up to at the last checkpoint.
+    #: Offsets the global models had learned up to at the last checkpoint (and of
+    #: partitions since revoked).
     learned_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    #: The highest offset applied with learning since (records received but still held
+    #: are not learned yet: counted as learned, a restart would never learn them).
+    applied_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Whether a topic still has unread records on a partition (set by the app).
     behind: Callable[[str, int], bool] = field(default=lambda topic, partition: False)
     #: Per topic since the last flush: [event time of the last record processed (Unix
@@ -250,18 +302,27 @@ class Handler:
         return found
 
     async def flush(self) -> None:
-        """Write coalesced state, then acknowledge the events it covers."""
-        self.last_flush = time.monotonic()
-        ready = self.acks.ready()
-        self.publish_tallies()
-        observe = self.metrics.state_bytes.observe
-        for _, value in self.table.dirty.values():
-            observe(len(value))
-        await self.table.flush()
-        if self.ack is not None:
-            for event in ready:
-                if event is not None:
-                    await self.ack(event)
+        """Write coalesced state, then acknowledge the events it covers.
+
+        The events finished now are noted first (their state is in the dirty set, or
+        written already) and taken off the acknowledgement queues only after every
+        write succeeded: a failed write raises and leaves them queued, and the unsent
+        state dirty, for the next flush (acknowledgements stay a prefix, and nothing
+        is acknowledged before its state is written). One flush at a time: a second
+        one would acknowledge records whose state the first is still writing."""
+        async with self.flush_lock:
+            self.last_flush = time.monotonic()
+            ready = self.acks.peek()
+            self.publish_tallies()
+            observe = self.metrics.state_bytes.observe
+            for _, value in self.table.dirty.values():
+                observe(len(value))
+            await self.table.flush()
+            events = self.acks.take(ready)
+            if self.ack is not None:
+                for event in events:
+                    if event is not None:
+                        await self.ack(event)
 
     def publish_tallies(self) -> None:
         """Set each topic's last event and receive time gauges from the last record
@@ -288,44 +349,83 @@ class Handler:
         """Broker state lost: forget unacknowledged events and unwritten state (never
         written to, or acknowledged on, a broker that no longer has what they follow)."""
         self.acks.clear()
-        self.table.dirty = {}
+        self.table.forget()
         self.clocks.clear()
 
     def drop(self, partitions: set[int]) -> None:
-        """Forget held records of revoked partitions (unacked: the new owner re-reads them)."""
+        """Forget held records, acknowledgements and unwritten state of revoked partitions
+        (unacknowledged: their owner re-reads them). Called with the flush lock held, so
+        that a flush on its way finishes, or puts its unsent state back, first."""
         for partition in partitions:
             self.clocks.pop(partition, None)
         self.acks.forget(partitions)
+        self.table.forget(partitions)
         # What this worker read of a revoked partition no longer says how far it has read
         # it: if the partition comes back, it is re-read from the committed offset, and a
         # stale offset here would make a topic look read up to where this worker once was
         # (so records of other topics would be released past its unread records, e.g. a
-        # payment, and raise a false missed payment). Offsets already learned by the
-        # global models are kept, so those events are not learned twice.
+        # payment, and raise a false missed payment). Offsets the global models learned
+        # are kept, so those events are not learned twice (those only received, held,
+        # were not learned: they are when re-read).
         for key in [key for key in self.last_offsets if key[1] in partitions]:
-            offset = self.last_offsets.pop(key)
+            del self.last_offsets[key]
+        for key in [key for key in self.applied_offsets if key[1] in partitions]:
+            offset = self.applied_offsets.pop(key)
             if offset > self.learned_offsets.get(key, -1):
                 self.learned_offsets[key] = offset
+
+    def learned_upto(self) -> dict[tuple[str, int], int]:
+        """Per topic-partition, the offset the global models learned up to (checkpointed
+        with them): the highest of the checkpoint's and those applied since, so a
+        partition re-read from a lower offset does not lower it (events learned twice).
+        Records of one topic applied out of offset order (held for an earlier event time)
+        are the limit: one below this offset not applied yet is not learned after a
+        restart."""
+        merged = dict(self.learned_offsets)
+        for key, offset in self.applied_offsets.items():
+            if offset > merged.get(key, -1):
+                merged[key] = offset
+        return merged
 
     async def sweep(self, partition: int, as_of_ms: int) -> None:
         """Advance every customer of ``partition`` whose check day is at or before ``as_of``."""
         as_of = dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC)
         index = self.clock(partition).due
-        for key in index.pop_due(epoch_day(as_of)):
-            result = self.engine.advance(key, self.table.get(key), as_of)
+        day = epoch_day(as_of)
+        for key in index.pop_due(day):
+            # One customer's failure (a detector bug, an output not sent) must not stop
+            # the sweep, nor escape into the record whose release ran it (that record
+            # would be neither applied nor dead-lettered, and its partition never
+            # acknowledged again). Outputs first, then the state (as in _apply): a
+            # failed customer keeps its state and stays due, retried by the sweep that
+            # passes the next day (one attempt a day, not one per record; a restart
+            # rebuilds the due index and retries at once).
+            try:
+                result = self.engine.advance(key, self.table.get(key), as_of)
+                for emit in result.emits:
+                    await self.send(emit)
+            except Exception as exc:
+                log.error("sweep failed for partition %d customer %s (retried after day %d):"
+                          " %s\n%s", partition, self.pseudonym(key), day,
+                          describe_error(exc, key, self.pseudonym),
+                          "".join(traceback.format_tb(exc.__traceback__)).rstrip())
+                index.add(key, day + 1)
+                continue
             if result.state is not None:
                 self.table.put(key, result.state, partition)
             index.add(key, result.next_check)
-            for emit in result.emits:
-                await self.send(emit)
 
     async def tick(self, partition: int, value: bytes, message: Any) -> None:
         """A wall-clock sweep request for an idle live partition."""
         entry = self.acks.track(self.ticks_topic, partition, message)
         clock = self.clock(partition)
         clock.tick_pending = False
-        await self.sweep(partition, int(value or b"0"))
-        self.acks.complete(entry)
+        try:
+            await self.sweep(partition, int(value or b"0"))
+        finally:
+            # A tick is only a request: finished whatever happened (a later one asks
+            # again), so it never holds up its partition's acknowledgements.
+            self.acks.complete(entry)
 
     async def receive(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -371,8 +471,10 @@ class Handler:
         """Process the held records no lagging topic can still precede."""
         clock = self.clock(partition)
         heap = clock.heap
-        bound = clock.bound_ms(partition, self.behind, CUSTOMER_TOPICS) if heap else 0
-        while heap and (heap[0][0] <= bound or len(heap) > self.max_held):
+        bound = clock.bound(partition, self.behind, CUSTOMER_TOPICS) if heap else (0, 0)
+        # (event ms, topic rank) of the first held record against the bound: equal times
+        # are released in replay's order (event time, topic rank, offset).
+        while heap and (heap[0][:2] <= bound or len(heap) > self.max_held):
             event_ms, _, _, _, item = heapq.heappop(heap)
             if event_ms > clock.watermark_ms:
                 clock.watermark_ms = event_ms
@@ -410,6 +512,8 @@ class Handler:
             learn = offset > self.learned_offsets.get((topic, partition), -1)
             result = self.engine.process(topic, event, self.table.get(item.key_text),
                                          learn=learn)
+            if learn and offset > self.applied_offsets.get((topic, partition), -1):
+                self.applied_offsets[(topic, partition)] = offset
         except DecodeError as exc:
             await self._dead_letter(topic, partition, offset, item.key, item.value, exc, when_s)
             return
@@ -430,11 +534,30 @@ class Handler:
             await self._dead_letter(topic, partition, offset, item.key, item.value, error,
                                     when_s)
             return
+        # The outputs go out before the state is written. The state marks the event id
+        # applied: written first, a failed send would leave the record unfinished and,
+        # once redelivered, a duplicate, its outputs never sent. Sent first, a failed
+        # send leaves the state as it was, and the record is dead-lettered with the
+        # error (outputs sent before it carry the ids a replay of the dead letter gives
+        # them again). If even the dead letter cannot be sent, the error escapes: the
+        # record is not finished, so nothing at or after it on its partition is
+        # acknowledged, and it is re-read from the committed offset (redelivered,
+        # against state that does not have it), never lost.
+        try:
+            for emit in result.emits:
+                await self.send(emit)
+        except Exception as exc:
+            log.error("outputs not sent for %s[%d]@%d customer %s: %s", topic, partition,
+                      offset, self.pseudonym(item.key_text),
+                      describe_error(exc, item.key_text, self.pseudonym))
+            error = DecodeError("processing_error",
+                                f"output not sent: {type(exc).__name__}: {exc}", topic=topic)
+            await self._dead_letter(topic, partition, offset, item.key, item.value, error,
+                                    when_s)
+            return
         if result.state is not None:
             self.table.put(item.key_text, result.state, partition)
             self.clock(partition).due.add(item.key_text, result.next_check)
-        for emit in result.emits:
-            await self.send(emit)
         # A check day already behind the partition's watermark (a late record) is due now.
         clock = self.clock(partition)
         if result.next_check is not None and clock.watermark_ms:
@@ -598,7 +721,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     async def checkpoint_models() -> None:
         if guard.state == LOST:  # keep the last checkpoint of the old broker's log
             return
-        offsets = {**handler.learned_offsets, **handler.last_offsets}
+        offsets = handler.learned_upto()
         blob = checkpoint.dumps(checkpoint.Checkpoint(engine.models(), offsets,
                                                       engine.policy.version))
         await asyncio.to_thread(checkpoint.write, checkpoint_path, blob)
@@ -1017,9 +1140,17 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     async def _on_rebalance(sender: Any, revoked: Any, **kwargs: Any) -> None:
         # State writes go to a broker that still has the log they follow: after an
         # outage, only once the probe found it unchanged (never once its state was lost).
-        if await settled(timeout=30.0):
-            await handler.flush()
-        handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
+        try:
+            if await settled(timeout=30.0):
+                await handler.flush()
+        except Exception as exc:
+            # Not flushed: the revoked partitions' state is dropped below (their records
+            # are re-read), never written later under the next generation.
+            log.error("state flush at a rebalance failed (%s); unwritten state of the "
+                      "revoked partitions is dropped and their records re-read",
+                      type(exc).__name__)
+        async with handler.flush_lock:
+            handler.drop({tp.partition for tp in revoked if tp.topic in CUSTOMER_TOPICS})
         state.reset_fencing()
         metrics.rebalances.inc()
         metrics.ready.set(0)

@@ -46,6 +46,10 @@ def parse_broker_url(url: str) -> list[str]:
     Traceback (most recent call last):
     ...
     schemas.errors.ConfigError: --broker 'http://x:1': expected kafka://host:port[,host:port]
+    >>> parse_broker_url("kafka://h:99999")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.ConfigError: --broker 'kafka://h:99999': 'h:99999': port 99999 is outside 1-65535
     """
     text = url.strip()
     if "://" in text:
@@ -54,24 +58,41 @@ def parse_broker_url(url: str) -> list[str]:
             raise ConfigError(f"--broker {url!r}: expected kafka://host:port[,host:port]")
     hosts = [h.strip() for h in text.split(",") if h.strip()]
     for host in hosts:
-        name, _, port = host.rpartition(":")
-        if not name or not port.isdigit():
-            raise ConfigError(f"--broker {url!r}: {host!r} is not host:port")
+        _split_host_port(host, f"--broker {url!r}: {host!r}")
     if not hosts:
         raise ConfigError(f"--broker {url!r}: no host given")
     return hosts
 
 
+def _split_host_port(text: str, what: str) -> tuple[str, int]:
+    """``host:port`` or ``[ipv6]:port`` as (host, port); a port outside 1-65535, or an
+    IPv6 address without brackets, is refused naming ``what``."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"{what}: expected host:port (an IPv6 address as [::1]:port)")
+    if host.startswith("[") and host.endswith("]") and len(host) > 2:
+        host = host[1:-1]
+    elif ":" in host or "[" in host or "]" in host:
+        raise ConfigError(f"{what}: an IPv6 address goes in brackets, as [::1]:port")
+    number = int(port)
+    if not 1 <= number <= 65535:
+        raise ConfigError(f"{what}: port {number} is outside 1-65535")
+    return host, number
+
+
 def parse_addr(addr: str) -> tuple[str, int]:
-    """``host:port`` as a tuple.
+    """``host:port`` (``[ipv6]:port``) as a tuple.
 
     >>> parse_addr("127.0.0.1:9464")
     ('127.0.0.1', 9464)
+    >>> parse_addr("[::1]:9464")
+    ('::1', 9464)
+    >>> parse_addr("0.0.0.0:99999")
+    Traceback (most recent call last):
+    ...
+    schemas.errors.ConfigError: --metrics-addr (RISKWATCH_METRICS_ADDR) '0.0.0.0:99999': port 99999 is outside 1-65535
     """
-    host, _, port = addr.rpartition(":")
-    if not host or not port.isdigit():
-        raise ConfigError(f"--metrics-addr {addr!r}: expected host:port")
-    return host, int(port)
+    return _split_host_port(addr, f"--metrics-addr (RISKWATCH_METRICS_ADDR) {addr!r}")
 
 
 @dataclass(frozen=True)

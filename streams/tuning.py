@@ -271,7 +271,7 @@ def highwater_reader(kafka_consumer: Callable[[], Any]) -> Callable[[Any], int |
     Faust's ``consumer.highwater(tp)`` reads the same value through three layers and a
     settings lookup (is the app transactional?), and aiokafka asserts the partition is
     assigned; the worker asks for it for every topic of a partition on every record (its
-    event-time ordering, :meth:`streams.app.PartitionClock.bound_ms`). This reads the
+    event-time ordering, :meth:`streams.app.PartitionClock.bound`). This reads the
     partition's state straight from the consumer's current assignment (replaced
     whole on every rebalance). ``kafka_consumer`` returns the aiokafka consumer
     (None before it starts). For at-least-once apps only: a transactional app's

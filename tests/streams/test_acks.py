@@ -68,3 +68,16 @@ def test_acknowledged_offsets_are_always_a_prefix_per_partition(received, rnd):
                 assert offsets == list(range(len(offsets))), (tp, offsets)
     assert {tp: len(offsets) for tp, offsets in acked.items()} == next_offset
     assert acks.waiting() == 0
+
+
+def test_peeked_records_are_taken_only_once_and_not_after_their_partition_was_revoked():
+    acks = InOrderAcks()
+    for offset in range(3):
+        acks.complete(acks.track("repayments", 0, offset))
+    acks.complete(acks.track("repayments", 1, 10))
+    ready = acks.peek()
+    acks.complete(acks.track("repayments", 0, 3))  # finished after the peek
+    acks.forget({1})
+    assert acks.take(ready) == [0, 1, 2]
+    assert acks.take(ready) == []  # nothing taken twice
+    assert acks.ready() == [3]

@@ -10,11 +10,6 @@ from streams.app import Handler
 from streams.metrics import Metrics
 
 
-class _Table:
-    def get(self, key: str) -> bytes | None:
-        return None
-
-
 async def _send(emit: Any) -> None:
     return None
 
@@ -23,16 +18,22 @@ def test_revoked_partitions_forget_how_far_they_were_read() -> None:
     """A partition that comes back is re-read from its committed offset: the offsets this
     worker read it to before must not make its topics look read (records of one topic
     would be released past unread records of another, e.g. a payment)."""
-    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), _Table(), _send)  # type: ignore[arg-type]
+    from streams.app import StateStore
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), StateStore(_StoreTable()), _send)
     handler.last_offsets = {("repayments", 1): 100, ("card-transactions", 1): 70,
                             ("repayments", 2): 5}
     handler.learned_offsets = {("card-transactions", 1): 80}
+    # Applied with learning (the rest of what was received was still held).
+    handler.applied_offsets = {("repayments", 1): 90, ("card-transactions", 1): 60,
+                               ("repayments", 2): 5}
     handler.clock(1)
     handler.drop({1})
     assert handler.last_offsets == {("repayments", 2): 5}
     assert 1 not in handler.clocks
     # What the global models learned stays learned (not learned twice on a re-read).
-    assert handler.learned_offsets == {("card-transactions", 1): 80, ("repayments", 1): 100}
+    assert handler.learned_offsets == {("card-transactions", 1): 80, ("repayments", 1): 90}
+    assert handler.applied_offsets == {("repayments", 2): 5}
 
 
 class _Changelog:
@@ -168,3 +169,364 @@ async def test_freeze_heap_moves_live_objects_out_of_the_collectors_reach() -> N
         assert gc.get_freeze_count() > 0
     finally:
         gc.unfreeze()
+
+
+
+def _tx(i: int, amount: int = 2_000, customer: str = "c1") -> bytes:
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import CardTransaction
+
+    return encode(CardTransaction(
+        event_id=f"e{i}", event_time=dt.datetime(2026, 2, 1, tzinfo=dt.UTC) + dt.timedelta(hours=i),
+        customer_id=customer, account_id="a1", type="purchase", amount_minor=amount,
+        currency="EUR", mcc="5411", merchant_id="m", channel="pos", country="DE"))
+
+
+def _large_transaction_engine() -> Engine:
+    from alerts.policy import load_policy_text
+
+    return Engine(load_policy_text("version: t\nlarge_transaction: {multiple: 6.0, "
+                                   "min_history: 5, floor_minor: 50000}"))
+
+
+async def test_an_output_not_sent_dead_letters_the_record_and_keeps_its_state_unapplied() -> None:
+    """An output send that fails (a producer timeout) used to escape after the state was
+    written with the event id marked applied: the record was neither finished nor
+    dead-lettered, and redelivered it was a duplicate, so its alert was never sent. The
+    state is now written only after every output went out; a failed send dead-letters
+    the record (processing_error), which is then acknowledged."""
+    from streams.app import StateStore
+
+    sent: list[Any] = []
+    fail = {"risk-alerts": 1}
+    acked: list[Any] = []
+
+    async def send(emit: Any) -> None:
+        if fail.get(emit.topic):
+            fail[emit.topic] -= 1
+            raise TimeoutError("KafkaTimeoutError: producer buffer full")
+        sent.append(emit)
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(_large_transaction_engine(), Metrics(), StateStore(_StoreTable()), send)
+    handler.ack = ack
+    for i in range(6):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, i)
+    before = handler.table.get("c1")
+    await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
+    dead = [emit.record.reason for emit in sent if emit.topic == "dead-letters"]
+    assert dead == ["processing_error"]
+    assert handler.table.get("c1") == before  # e6 not marked applied
+    await handler.flush()
+    assert acked == list(range(7)) and handler.acks.waiting() == 0
+    # Replayed (from the dead letters, or re-read): applied, and the alert goes out.
+    await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 7)
+    assert [emit.record.rule_id for emit in sent
+            if emit.topic == "risk-alerts"] == ["large-transaction"]
+
+
+async def test_an_output_and_its_dead_letter_not_sent_leave_the_record_unacknowledged() -> None:
+    """If even the dead letter cannot be sent, the error escapes: the record is not
+    finished (nothing at or after it is acknowledged) and, re-read, it is applied."""
+    import pytest
+
+    from streams.app import StateStore
+
+    sent: list[Any] = []
+    fail = {"risk-alerts": 1, "dead-letters": 1}
+    acked: list[Any] = []
+
+    async def send(emit: Any) -> None:
+        if fail.get(emit.topic):
+            fail[emit.topic] -= 1
+            raise TimeoutError("KafkaTimeoutError")
+        sent.append(emit)
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(_large_transaction_engine(), Metrics(), StateStore(_StoreTable()), send)
+    handler.ack = ack
+    for i in range(6):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, i)
+    with pytest.raises(TimeoutError):
+        await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
+    await handler.receive("card-transactions", 0, 7, b"c1", _tx(7), None, 7)
+    await handler.flush()
+    assert acked == list(range(6))  # 6 unfinished: neither it nor 7 acknowledged
+    # Redelivered (restart: from the committed offset 6): applied, not a duplicate.
+    await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
+    assert [emit.record.rule_id for emit in sent
+            if emit.topic == "risk-alerts"] == ["large-transaction"]
+    assert not [emit for emit in sent if emit.topic == "dead-letters"]
+
+
+async def test_a_failing_sweep_neither_drops_the_record_nor_stops_acknowledgements() -> None:
+    """A watermark sweep whose engine call raises (a detector bug on one customer) used to
+    escape from the release: the record that moved the watermark was neither applied nor
+    dead-lettered, and its partition was never acknowledged again. Same for a tick."""
+    from detectors.delinquency import DueIndex
+    from streams.app import StateStore
+
+    engine = Engine(DEFAULT_POLICY)
+    advanced: list[str] = []
+
+    def advance(key: str, raw: bytes | None, as_of: Any) -> Any:
+        advanced.append(key)
+        raise ZeroDivisionError(f"bug in a detector for customer {key}")
+
+    engine.advance = advance  # type: ignore[method-assign]
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send, ticks_topic="ticks")
+    handler.ack = ack
+    handler.clock(0).due.add("c9", 0)  # a recovered customer, its check day long past
+    await handler.receive("card-transactions", 0, 0, b"c1", _tx(0), None, ("ct", 0))
+    assert advanced == ["c9"]
+    assert handler.table.get("c1") is not None  # the record was applied
+    due = handler.clock(0).due
+    assert "c9" in due  # still due: retried by a later sweep
+    await handler.receive("card-transactions", 0, 1, b"c1", _tx(1), None, ("ct", 1))
+    assert advanced == ["c9"]  # not once per record: after the next day
+    await handler.flush()
+    assert acked == [("ct", 0), ("ct", 1)]
+    handler.clock(0).due = DueIndex()
+    handler.clock(0).due.add("c9", 0)
+    await handler.receive("ticks", 0, 0, b"sweep", b"1800000000000", None, ("tick", 0))
+    await handler.flush()
+    assert ("tick", 0) in acked and handler.acks.waiting() == 0
+
+
+async def test_a_failed_changelog_write_keeps_its_state_and_acknowledgements() -> None:
+    """A flush used to take the acknowledgements off their queues and the state out of
+    the dirty set before sending: a failed changelog send lost both (the partition was
+    never acknowledged again, the state never written until the customer changed)."""
+    import pytest
+
+    from streams.app import StateStore
+
+    written: list[bytes] = []
+    fail = {"n": 1}
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise TimeoutError("KafkaTimeoutError: batch expired")
+        written.append(key)
+
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(),
+                      StateStore(_StoreTable(), send=changelog), _send)
+    handler.ack = ack
+    await handler.receive("card-transactions", 0, 0, b"c1", _tx(0, customer="c1"), None, 0)
+    await handler.receive("card-transactions", 0, 1, b"c2", _tx(1, customer="c2"), None, 1)
+    with pytest.raises(TimeoutError):
+        await handler.flush()
+    assert acked == [] and handler.acks.waiting() == 2
+    assert sorted(handler.table.dirty) == [b"c1", b"c2"]
+    assert handler.pending == 2  # still due for a flush
+    await handler.receive("card-transactions", 0, 2, b"c3", _tx(2, customer="c3"), None, 2)
+    await handler.flush()
+    assert acked == [0, 1, 2] and sorted(written) == [b"c1", b"c2", b"c3"]
+    assert handler.table.dirty == {} and handler.acks.waiting() == 0
+
+
+async def test_a_record_finished_during_a_flush_waits_for_the_next_one() -> None:
+    """Acknowledged are only the records finished when the flush began (their state is in
+    what it writes); one finished while its writes are on their way waits."""
+    import asyncio
+
+    from streams.acks import InOrderAcks
+    from streams.app import StateStore
+
+    gate = asyncio.Event()
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        await gate.wait()
+
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(),
+                      StateStore(_StoreTable(), send=changelog), _send, acks=InOrderAcks())
+    handler.ack = ack
+    await handler.receive("card-transactions", 0, 0, b"c1", _tx(0), None, 0)
+    flushing = asyncio.create_task(handler.flush())
+    await asyncio.sleep(0)
+    await handler.receive("card-transactions", 0, 1, b"c1", _tx(1), None, 1)
+    gate.set()
+    await flushing
+    assert acked == [0] and list(handler.table.dirty) == [b"c1"]
+    await handler.flush()
+    assert acked == [0, 1]
+
+
+async def test_a_revoked_partitions_unwritten_state_is_dropped_not_written_later() -> None:
+    """A rebalance whose flush was skipped (the broker unreachable past the wait) forgot
+    the revoked partition's held records and acknowledgements, not its unwritten state:
+    the next flush wrote it stamped with the new generation, after the new owner's
+    writes, and recovery did not fence it. Its records are re-read, so the state is
+    dropped, and the local table goes back to what the changelog has (a partition this
+    worker keeps is re-read against it: the records apply again, not as duplicates)."""
+    from streams.app import StateStore
+
+    generation = {"id": 4}
+    table = _StoreTable()
+    store = StateStore(table, generation=lambda: generation["id"])
+    sent: list[Any] = []
+
+    async def send(emit: Any) -> None:
+        sent.append(emit)
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), store, send)
+    await handler.receive("card-transactions", 2, 0, b"c2", _tx(0, customer="c2"), None, 0)
+    await handler.flush()
+    written_c2 = table.data[b"c2"]
+    await handler.receive("card-transactions", 3, 10, b"c1", _tx(1), None, 10)
+    await handler.receive("card-transactions", 2, 1, b"c2", _tx(2, customer="c2"), None, 1)
+    table.changelog_topic.sent.clear()
+    table.changelog_topic.headers.clear()
+    handler.drop({2, 3})  # the flush was skipped; every partition revoked (eager)
+    assert store.dirty == {} and handler.acks.waiting() == 0
+    assert b"c1" not in table.data and table.data[b"c2"] == written_c2
+    generation["id"] = 5
+    await handler.flush()
+    assert table.changelog_topic.sent == []  # no zombie write
+    # Partition 2 came back to this worker: its record is re-read and applied again.
+    await handler.receive("card-transactions", 2, 1, b"c2", _tx(2, customer="c2"), None, 1)
+    assert not [emit for emit in sent if emit.topic == "dead-letters"]
+    await handler.flush()
+    assert [key for key, _, _ in table.changelog_topic.sent] == [b"c2"]
+    assert table.changelog_topic.headers == [[("riskwatch-generation", b"5")]]
+
+
+async def test_state_whose_write_failed_is_put_back_as_written_when_forgotten() -> None:
+    import pytest
+
+    from streams.app import StateStore
+
+    fail = {"n": 0}
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise TimeoutError("KafkaTimeoutError")
+
+    store = StateStore(_StoreTable(), send=changelog)
+    store.put("c1", b"v1", 0)
+    await store.flush()
+    store.put("c1", b"v2", 0)
+    store.put("c2", b"w1", 0)
+    fail["n"] = 1
+    with pytest.raises(TimeoutError):
+        await store.flush()
+    store.put("c1", b"v3", 0)  # written again after the failed flush
+    assert store.dirty == {b"c1": (0, b"v3"), b"c2": (0, b"w1")}
+    store.forget({0})
+    assert store.table.data == {b"c1": b"v1"} and store.dirty == {} and store.written == {}
+
+
+async def test_records_of_the_same_millisecond_are_released_in_replays_order() -> None:
+    """Replay orders by (event time, topic rank, offset). A lagging topic can still
+    deliver a record at the millisecond of its newest one: a held record of that
+    millisecond and a later rank used to be released before it."""
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import PaymentReceived
+    from schemas.topics import TOPIC_RANK
+    from streams.app import StateStore
+
+    at = dt.datetime(2026, 2, 1, 12, tzinfo=dt.UTC)
+    assert TOPIC_RANK["card-transactions"] < TOPIC_RANK["repayments"]
+    payment = encode(PaymentReceived(event_id="p1", event_time=at, customer_id="c1",
+                                     account_id="a1", amount_minor=100, currency="EUR"))
+
+    def tx(i: int) -> bytes:
+        from schemas.models import CardTransaction
+
+        return encode(CardTransaction(
+            event_id=f"t{i}", event_time=at, customer_id="c1", account_id="a1",
+            type="purchase", amount_minor=100, currency="EUR", mcc="5411", merchant_id="m",
+            channel="pos", country="DE"))
+
+    engine = Engine(DEFAULT_POLICY)
+    order: list[str] = []
+    process = engine.process
+
+    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
+        order.append(event.event_id)
+        return process(topic, event, raw, learn=learn)
+
+    engine.process = spy  # type: ignore[method-assign]
+    lagging = {"card-transactions"}
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send,
+                      behind=lambda topic, partition: topic in lagging)
+    await handler.receive("card-transactions", 0, 0, b"c1", tx(0), None, None)
+    await handler.receive("repayments", 0, 0, b"c1", payment, None, None)
+    assert order == ["t0"]  # the payment waits: a transaction of its millisecond may follow
+    await handler.receive("card-transactions", 0, 1, b"c1", tx(1), None, None)
+    lagging.clear()
+    await handler.release_all()
+    assert order == ["t0", "t1", "p1"]
+    # A lagging topic of a later rank does not hold an earlier rank's same millisecond.
+    order.clear()
+    lagging.add("repayments")
+    await handler.receive("card-transactions", 0, 2, b"c1", tx(2), None, None)
+    assert order == ["t2"]
+
+
+async def test_the_model_checkpoint_counts_learned_records_only_and_never_goes_back() -> None:
+    """The checkpoint's offsets (the global models learned up to) were the offsets
+    received, held records included: after a restart those were re-read without
+    learning, so the models never learned them. And a partition re-read from a lower
+    offset lowered a higher learned one (events learned twice)."""
+    from streams.app import StateStore
+
+    engine = Engine(DEFAULT_POLICY)
+    learned: list[tuple[int, bool]] = []
+    process = engine.process
+
+    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
+        learned.append((int(event.event_id[1:]), learn))
+        return process(topic, event, raw, learn=learn)
+
+    engine.process = spy  # type: ignore[method-assign]
+    lagging = {"repayments"}
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send,
+                      behind=lambda topic, partition: topic in lagging)
+    handler.clock(0).seen_ms["repayments"] = 0  # a payment seen: holds what is later
+    for i in range(3):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, None)
+    assert learned == [] and handler.learned_upto() == {}
+    lagging.clear()
+    await handler.release_all()
+    assert handler.learned_upto() == {("card-transactions", 0): 2}
+    # Resumed from a checkpoint past what this run re-reads: the higher offset stays.
+    handler.learned_offsets = {("card-transactions", 0): 9, ("repayments", 0): 4}
+    assert handler.learned_upto() == {("card-transactions", 0): 9, ("repayments", 0): 4}
+    # Restarted on a checkpoint at offset 1: offset 1 is scored only, offset 2 learned.
+    restarted = Handler(engine, Metrics(), StateStore(_StoreTable()), _send)
+    restarted.learned_offsets = {("card-transactions", 0): 1}
+    learned.clear()
+    for i in (1, 2):
+        await restarted.receive("card-transactions", 0, i, b"c1", _tx(i), None, None)
+    assert learned == [(1, False), (2, True)]
