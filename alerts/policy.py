@@ -232,6 +232,9 @@ def parse_policy(document: Any, *, source: str = "<document>") -> Policy:
     """Validate a parsed policy document (a mapping)."""
     if not isinstance(document, dict):
         raise PolicyError(f"policy {source}: expected a mapping, got {type(document).__name__}")
+    problem = _unpublishable(document)  # before msgspec, which may quote a bad key
+    if problem is not None:
+        raise PolicyError(f"policy {source}: {problem}")
     try:
         policy = msgspec.convert(document, Policy, strict=False)
     except (msgspec.ValidationError, ValueError) as exc:
@@ -251,23 +254,26 @@ def _unpublishable(document: Any) -> str | None:
     'not a finite number - at `$.a[1].b`'
     >>> _unpublishable({"v": "x" + chr(0xD800)})
     'not encodable as UTF-8 text - at `$.v`'
+    >>> _unpublishable({"a": {"x" + chr(0xD800): 1}})
+    'a key not encodable as UTF-8 text - at `$.a`'
     """
-    stack: list[tuple[str, Any]] = [("$", document)]
+    stack: list[tuple[str, Any, str]] = [("$", document, "")]
     while stack:
-        path, value = stack.pop()
+        path, value, what = stack.pop()
         if isinstance(value, float) and not math.isfinite(value):
             return f"not a finite number - at `{path}`"
         if isinstance(value, str):
             try:
                 value.encode("utf-8")
             except UnicodeEncodeError:
-                return f"not encodable as UTF-8 text - at `{path}`"
+                return f"{what}not encodable as UTF-8 text - at `{path}`"
         elif isinstance(value, dict):
             for key, item in reversed(value.items()):
-                stack.append((f"{path}.{key}", item))
-                stack.append((f"{path} (a key)", key))
+                stack.append((f"{path}.{key}", item, ""))
+                stack.append((path, key, "a key "))
         elif isinstance(value, list | tuple):
-            stack.extend((f"{path}[{i}]", item) for i, item in reversed(list(enumerate(value))))
+            stack.extend((f"{path}[{i}]", item, "")
+                         for i, item in reversed(list(enumerate(value))))
     return None
 
 
