@@ -61,7 +61,10 @@ _QUOTED = re.compile(r"'.*'", re.DOTALL)
 _WRONG_TYPE = re.compile(r"Expected `[^`]*`, got `[^`]*`")
 _NON_FINITE = re.compile(rb"(NaN|Infinity)(?![A-Za-z])")
 _BYTE_AT = re.compile(r"\(byte ([0-9]+)\)")
-_PAN = re.compile(rb"(?<![0-9])[0-9](?:[ -]?[0-9]){12,18}(?![0-9])")
+#: A run of 13 or more digits, each perhaps apart from the next by up to three spaces,
+#: tabs or dashes (separators and digits are disjoint, so matching is linear).
+_PAN = re.compile(rb"(?<![0-9])[0-9](?:[ \t-]{0,3}[0-9]){12,}")
+_PAN_SEPARATORS = re.compile(rb"[ \t-]")
 
 
 def _depth_exceeds(raw: bytes, limit: int) -> bool:
@@ -293,21 +296,28 @@ def from_plain(model: type[Any], value: Any) -> Any:
 
 
 def mask_pans(raw: bytes) -> bytes:
-    """Mask card-number-like digit runs (13-19 digits, spaces or dashes allowed).
+    """Mask card-number-like digit runs: 13 or more digits, each apart from the next by
+    up to three spaces, tabs or dashes.
 
-    A run that passes the Luhn check keeps at most its first six and last four
-    digits; any other run of that length is masked whole, so that nothing that
-    might be a card number leaves in clear.
+    A run of 13-19 digits that passes the Luhn check keeps at most its first six and
+    last four digits; any other run of that length is masked whole, so that nothing
+    that might be a card number leaves in clear. A longer run is masked whole too: it
+    may hold a card number next to other digits (an expiry date, a CVV), and nearly
+    every such run has a Luhn-valid 13-19 digit window somewhere anyway.
 
     >>> mask_pans(b'{"note":"card 4111 1111 1111 1111 used"}')
     b'{"note":"card 411111******1111 used"}'
     >>> mask_pans(b'id 1234567890123 end')
     b'id ************* end'
+    >>> mask_pans(b'4111 - 1111 - 1111 - 1111, 4111\\t1111\\t1111\\t1111')
+    b'411111******1111, 411111******1111'
+    >>> mask_pans(b'pan+expiry 41111111111111111228')
+    b'pan+expiry ********************'
     """
 
     def repl(match: re.Match[bytes]) -> bytes:
-        digits = re.sub(rb"[ -]", b"", match.group(0))
-        if luhn_valid(digits):
+        digits = _PAN_SEPARATORS.sub(b"", match.group(0))
+        if len(digits) <= 19 and luhn_valid(digits):
             return digits[:6] + b"*" * (len(digits) - 10) + digits[-4:]
         return b"*" * len(digits)
 

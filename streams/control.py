@@ -7,9 +7,9 @@ records share one key, so one partition keeps their order). Every worker runs a
 of ``risk-policy``, so each worker sees every version and applies the newest
 without a restart or redeploy.
 
-Crisis mode is switched by publishing the current policy with ``crisis.active``
-toggled under a new version (:func:`publish_crisis`), so the switch is audited like
-any other change. Every function takes ``security`` (the Kafka client security
+Crisis mode is switched by publishing the current policy with its crisis window
+started or ended at the switch under a new version (:func:`publish_crisis`), so the
+switch is audited like any other change. Every function takes ``security`` (the Kafka client security
 settings; None = the ``RISKWATCH_KAFKA_*`` variables).
 """
 
@@ -29,7 +29,7 @@ from aiokafka.errors import KafkaError
 
 from alerts import audit
 from alerts.envelope import Emit, to_message
-from alerts.policy import DEFAULT_POLICY, Policy, parse_policy, policy_document
+from alerts.policy import DEFAULT_POLICY, Policy, parse_policy, publishable_document
 from schemas.codec import decode, encode
 from schemas.errors import DecodeError, PolicyError, RiskwatchError
 from schemas.models import AuditRecord, RiskPolicyRecord
@@ -106,7 +106,10 @@ async def publish_policy(
     now = now or dt.datetime.now(dt.UTC)
     if history is None:
         history = await read_policy_history(bootstrap, security=security)
-    document = policy_document(policy)
+    try:  # what every worker will parse: refuse a policy they would reject
+        document = publishable_document(policy, source=policy.version)
+    except PolicyError as exc:
+        raise PolicyError(f"publish: the policy would not validate: {exc}") from None
     for record in history:
         if record.version == policy.version and record.document != document:
             raise VersionConflict(
@@ -185,23 +188,43 @@ async def publish_crisis(
     """Publish the current policy with crisis mode switched ``active``, audited.
 
     The current policy is the newest published one (``fallback``, else the default
-    policy, when none was). Raises :class:`AlreadyInState` when crisis mode already
-    is ``active``.
+    policy, when none was). Switching on starts a crisis window at ``now``, open-ended;
+    switching off ends it at ``now`` and keeps the days it deferred deferred (the
+    window moves to ``crisis.deferred``), so they never count against a customer
+    afterwards. Raises :class:`AlreadyInState` when switching on while crisis mode is
+    in force at ``now``, or off while it is not switched on.
     """
     security = client_security(security)
+    now = now or dt.datetime.now(dt.UTC)
     history = await read_policy_history(bootstrap, security=security)
     current = current_policy(history)
     policy = (parse_policy(current.document, source=f"risk-policy {current.version}")
               if current is not None else fallback or DEFAULT_POLICY)
-    if policy.crisis.active == active:
-        raise AlreadyInState(f"crisis mode is already {'on' if active else 'off'} "
-                             f"(policy {policy.version})")
+    crisis = policy.crisis
+    if active and crisis.in_force(now):
+        raise AlreadyInState(f"crisis mode is already on (policy {policy.version})")
+    if not active and not crisis.active:
+        raise AlreadyInState(f"crisis mode is already off (policy {policy.version})")
+    since = crisis_switched_on_at(history) if crisis.active and crisis.start is None else None
+    switched_crisis = (crisis.switched_on(now, since=since) if active
+                       else crisis.switched_off(now, since=since))
     version = crisis_version(policy.version, active, history)
-    switched = msgspec.structs.replace(
-        policy, version=version, crisis=msgspec.structs.replace(policy.crisis, active=active))
+    switched = msgspec.structs.replace(policy, version=version, crisis=switched_crisis)
     return await publish_policy(bootstrap, switched, actor=actor, why=why,
                                 action=f"crisis.{'on' if active else 'off'}", now=now,
                                 source=source, security=security, history=history)
+
+
+def crisis_switched_on_at(history: list[RiskPolicyRecord]) -> dt.datetime | None:
+    """When the newest run of published policies with crisis mode on began: the
+    publication time of its first record (None when the newest policy has it off)."""
+    since = None
+    for record in reversed(history):
+        crisis = record.document.get("crisis") if isinstance(record.document, dict) else None
+        if not (isinstance(crisis, dict) and crisis.get("active") is True):
+            break
+        since = record.event_time
+    return since
 
 
 class PolicyWatcher:

@@ -53,7 +53,7 @@ START_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-_DIGIT_RUN = re.compile(r"[0-9](?:[ -]?[0-9]){12}")
+_DIGIT_RUN = re.compile(r"[0-9](?:[ \t-]{0,3}[0-9]){12}")
 
 
 class RedactSecrets(logging.Filter):
@@ -76,20 +76,38 @@ class RedactSecrets(logging.Filter):
         if secret:
             self.secrets.update({secret, repr(secret)[1:-1], repr(secret.encode())[2:-1]})
 
+    def redact(self, text: str) -> str:
+        """``text`` with the secrets and card-number-like digit runs masked."""
+        for secret in sorted(self.secrets, key=len, reverse=True):
+            text = text.replace(secret, "********")
+        if _DIGIT_RUN.search(text):
+            text = mask_pans(text.encode("utf-8", "surrogateescape")).decode(
+                "utf-8", "surrogateescape")
+        return text
+
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
         except Exception:
             return True
-        redacted = message
-        for secret in sorted(self.secrets, key=len, reverse=True):
-            redacted = redacted.replace(secret, "********")
-        if _DIGIT_RUN.search(redacted):
-            redacted = mask_pans(redacted.encode("utf-8", "surrogateescape")).decode(
-                "utf-8", "surrogateescape")
+        redacted = self.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, ()
+        # A traceback carries the exception's message (a bad record, a password in a
+        # failed login): format it here, masked, and drop the exception itself, which
+        # handlers would format again in clear.
+        if record.exc_info and not record.exc_text:
+            with contextlib.suppress(Exception):
+                record.exc_text = _FORMATTER.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+            record.exc_info = None
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
         return True
+
+
+_FORMATTER = logging.Formatter()
 
 
 #: The one redaction filter, attached to the loggers of the Kafka client libraries.

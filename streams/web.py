@@ -21,7 +21,9 @@ Both require ``Authorization: Bearer <token>`` with the token of
 ``RISKWATCH_CONTROL_TOKEN_FILE`` (compared in constant time). Without a configured
 token they answer 403 (control disabled); a missing or wrong token gets 401 and
 changes nothing. Bodies over :data:`MAX_BODY` bytes get 413, an invalid policy 422,
-a version conflict or a switch already in force 409, an unreachable broker 503.
+a version conflict or a switch already in force 409, an unreachable broker 503,
+a header that is not UTF-8 text 400, and a bug a JSON 500 (the traceback goes to the
+log, masked, never to the client).
 The token is never logged (there is no access log) and the actor is an audit
 label, not an identity: the token is the only credential.
 """
@@ -32,7 +34,8 @@ import asyncio
 import hmac
 import ipaddress
 import logging
-from typing import TYPE_CHECKING, Any
+import traceback
+from typing import TYPE_CHECKING, Any, cast
 
 import orjson
 import yaml
@@ -43,6 +46,7 @@ from alerts.policy import Policy, load_policy_text, parse_policy
 from schemas.errors import PolicyError, RiskwatchError
 from streams.config import parse_addr
 from streams.control import AlreadyInState, VersionConflict, publish_crisis, publish_policy
+from streams.security import REDACT
 
 if TYPE_CHECKING:
     from streams.app import Riskwatch
@@ -59,7 +63,24 @@ _LOOPBACK = ("localhost",)
 
 
 def _error(status: int, message: str, **headers: str) -> web.Response:
+    # A message may quote what the client sent, lone surrogates included: escaped.
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return web.json_response({"error": message}, status=status, headers=headers or None)
+
+
+@web.middleware
+async def _internal_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A bug answers a JSON 500 without the traceback; the traceback goes to the log,
+    with card numbers and secrets masked."""
+    try:
+        return cast(web.StreamResponse, await handler(request))
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        trace = "".join(traceback.format_exception(exc))
+        log.error("%s %s failed: %s", request.method, request.path, REDACT.redact(trace))
+        return _error(500, f"internal error ({type(exc).__name__}); the worker log has the "
+                           "details, and the change may or may not have been published")
 
 
 def authorize(request: web.Request, token: Any) -> web.Response | None:
@@ -77,6 +98,12 @@ def authorize(request: web.Request, token: Any) -> web.Response | None:
 
 def _header(request: web.Request, name: str, limit: int) -> str:
     value = request.headers.get(name, "").strip()
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes arrive as lone surrogates
+        raise web.HTTPBadRequest(text=orjson.dumps(
+            {"error": f"header {name} is not UTF-8 text"}).decode(),
+            content_type="application/json") from None
     if not value:
         raise web.HTTPBadRequest(text=orjson.dumps({"error": f"header {name} is required"})
                                  .decode(), content_type="application/json")
@@ -183,7 +210,7 @@ def build_http(rw: Riskwatch) -> web.Application:
             rw.settings.bootstrap_servers, doc["active"], actor=actor, why=why,
             fallback=rw.engine.policy, security=rw.settings))
 
-    http = web.Application(client_max_size=MAX_BODY)
+    http = web.Application(client_max_size=MAX_BODY, middlewares=[_internal_errors])
     http.router.add_get("/metrics", metrics_view)
     http.router.add_get("/healthz", healthz)
     http.router.add_get("/readyz", readyz)

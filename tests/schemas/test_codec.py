@@ -304,16 +304,17 @@ def test_messages_name_topic_and_field(topic: str) -> None:
 # PAN masking
 # --------------------------------------------------------------------------- #
 
-_GROUP_RUN = re.compile(rb"[0-9]+(?:[ -][0-9]+)*")
+_GROUP_RUN = re.compile(rb"[0-9]+(?:[ \t-]{1,3}[0-9]+)*")
+_SEPARATORS = ["", " ", "-", "  ", " - ", "\t", "\t\t"]
 
 
 def _clear_pans(data: bytes) -> list[bytes]:
-    """Luhn-valid runs of 13-19 digits in ``data``, grouped or not by single
-    spaces or dashes: any sequence of whole digit groups counts (a group is a
+    """Luhn-valid runs of 13-19 digits in ``data``, grouped or not by up to three
+    spaces, tabs or dashes: any sequence of whole digit groups counts (a group is a
     maximal run of plain digits). Independent of the codec's own regex."""
     found = []
     for match in _GROUP_RUN.finditer(data):
-        groups = re.split(rb"[ -]", match.group(0))
+        groups = re.split(rb"[ \t-]+", match.group(0))
         for start in range(len(groups)):
             for end in range(start + 1, len(groups) + 1):
                 digits = b"".join(groups[start:end])
@@ -335,13 +336,14 @@ def pans(draw: st.DrawFn) -> str:
     """A Luhn-valid card number of 13-19 digits, perhaps grouped by spaces or dashes."""
     length = draw(st.integers(13, 19))
     digits = _luhn_complete(draw(st.text("0123456789", min_size=length - 1, max_size=length - 1)))
-    sep = draw(st.sampled_from(["", " ", "-"]))
+    sep = draw(st.sampled_from(_SEPARATORS))
     if sep and draw(st.booleans()):
         digits = sep.join(digits[i : i + 4] for i in range(0, len(digits), 4))
     return digits
 
 
-_FILLER = st.text(alphabet=st.sampled_from([*'abc xyz"{}:,-0123456789 ', "é", "\n"]), max_size=30)
+_FILLER = st.text(alphabet=st.sampled_from([*'abc xyz"{}:,-0123456789 ', "é", "\n", "\t"]),
+                  max_size=30)
 
 
 @settings(max_examples=150, deadline=None)
@@ -355,21 +357,41 @@ def test_mask_pans_leaves_no_card_number_in_clear(parts: list[str]) -> None:
     assert _clear_pans(masked) == [], masked
     assert mask_pans(masked) == masked  # idempotent
     # Only digits and their separators change; everything else stays in place.
-    assert re.sub(rb"[0-9 *-]", b"", masked) == re.sub(rb"[0-9 -]", b"", raw)
+    assert re.sub(rb"[0-9 \t*-]", b"", masked) == re.sub(rb"[0-9 \t-]", b"", raw)
 
 
 @settings(max_examples=100, deadline=None)
 @given(pan=pans(), before=_FILLER, after=_FILLER)
 def test_mask_pans_masks_each_pan(pan: str, before: str, after: str) -> None:
     """A card number between non-digits keeps at most its first six and last four digits."""
-    digits = pan.replace(" ", "").replace("-", "")
+    digits = re.sub(r"[ \t-]", "", pan)
     raw = f"{before}|{pan}|{after}".encode()
     masked = mask_pans(raw)
     middle = masked.split(b"|")[1]
     assert middle == (digits[:6] + "*" * (len(digits) - 10) + digits[-4:]).encode()
 
 
+@settings(max_examples=100, deadline=None)
+@given(pan=pans(), before=st.text("0123456789", max_size=6), after=st.text("0123456789", max_size=6))
+@example(pan="4111111111111111", before="", after="1228")  # a card number, then its expiry
+@example(pan="4111111111111111", before="", after="")
+def test_mask_pans_leaves_no_card_number_inside_a_longer_digit_run(
+        pan: str, before: str, after: str) -> None:
+    raw = f"x {before}{pan}{after} y".encode()
+    masked = mask_pans(raw)
+    digits = re.sub(rb"[^0-9*]", b"", masked)
+    windows = [digits[i:i + n] for n in range(13, 20) for i in range(len(digits) - n + 1)]
+    assert not [w for w in windows if w.isdigit() and luhn_valid(w)], masked
+    assert re.sub(rb"[ \t-]", b"", pan.encode()) not in re.sub(rb"[ \t-]", b"", masked)
+
+
 def test_mask_pans_examples() -> None:
     assert mask_pans(b'{"pan":"4111111111111111"}') == b'{"pan":"411111******1111"}'
     assert mask_pans(b"id 1234567890123 end") == b"id ************* end"
     assert mask_pans(b"amount 1250, mcc 5411") == b"amount 1250, mcc 5411"
+    # Wider separators, tabs, and a card number followed by its expiry (one 20-digit run).
+    for variant in (b"4111  1111  1111  1111", b"4111 - 1111 - 1111 - 1111",
+                    b"4111\t1111\t1111\t1111", b"4111 --1111-- 1111 1111"):
+        assert mask_pans(b"card " + variant + b".") == b"card 411111******1111.", variant
+    assert mask_pans(b"pan 41111111111111111228 end") == b"pan " + b"*" * 20 + b" end"
+    assert mask_pans(b"2026-03-01 12:00:00, 1 2 3 4 5") == b"2026-03-01 12:00:00, 1 2 3 4 5"

@@ -815,6 +815,38 @@ def test_redaction_filter_masks_a_plain_password_in_aiokafka_debug_records(caplo
     assert "pl4in" not in text and text.count("********") == 2
 
 
+def test_redaction_filter_masks_tracebacks_and_stacks():
+    """A traceback carries the exception's message; handlers format it after the
+    logger's filters ran, so the filter formats and masks it itself."""
+    import io
+
+    redact = security.RedactSecrets()
+    redact.add("hunter2-secret")
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("riskwatch.test-redaction")
+    logger.addHandler(handler)
+    logger.addFilter(redact)
+    logger.propagate = False
+    try:
+        try:
+            raise ValueError("bad record card 4111111111111111 pw hunter2-secret")
+        except ValueError:
+            logger.exception("reader failed for 4111 1111 1111 1111")
+        logger.warning("here, card 4111-1111-1111-1111", stack_info=True)
+        logger.error("with exc_info given", exc_info=KeyError("4111111111111111"))
+    finally:
+        logger.removeHandler(handler)
+        logger.removeFilter(redact)
+    text = out.getvalue()
+    assert "Traceback" in text and "ValueError: bad record card 411111******1111" in text
+    assert "Stack (most recent call last)" in text and "KeyError" in text
+    assert "hunter2" not in text
+    assert "4111111111111111" not in text and "1111 1111 1111" not in text
+    assert "1111-1111-1111" not in text
+
+
 def test_processing_error_log_carries_the_pseudonym_not_the_customer(caplog):
     from streams.app import Handler
     from streams.metrics import Metrics
