@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 
@@ -96,17 +96,29 @@ async def consume_all(
     security: Settings | None = None,
 ) -> list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]]:
     """Read ``topics`` from the beginning (no group) until ``idle`` seconds pass
-    without a record, ``stop_when`` records arrived, or ``until`` seconds elapse."""
+    without a record once the end offsets the broker reported at the start are reached,
+    ``stop_when`` records arrived, or ``until`` seconds elapse.
+
+    Idle time alone does not end the read before those end offsets: on a slow broker
+    the first fetch may take longer than ``idle``, and an early, empty answer would
+    read as "no audit chain yet" and fork the chain."""
     security = client_security(security)
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 auto_offset_reset="earliest", enable_auto_commit=False,
                                 **aiokafka_kwargs(security))
     await start_client(consumer, security, bootstrap, "consume")
     out: list[tuple[str, bytes | None, bytes, list[tuple[str, bytes]]]] = []
     loop = asyncio.get_running_loop()
     deadline = loop.time() + until
-    last = loop.time()
     try:
+        tps = [TopicPartition(topic, p) for topic in topics
+               for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        consumer.assign(tps)
+        if tps:
+            await consumer.seek_to_beginning(*tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps) if tps else {}
+        reached = not any(ends.values())
+        last = loop.time()
         while loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=200, max_records=10_000)
             now = loop.time()
@@ -116,7 +128,12 @@ async def consume_all(
                 last = now
             if stop_when is not None and len(out) >= stop_when:
                 break
-            if now - last > idle and (stop_when is None):
+            if not reached:
+                positions = [await consumer.position(tp) for tp in tps]
+                reached = all(pos >= ends[tp] for pos, tp in zip(positions, tps, strict=True))
+                if reached:
+                    last = now
+            if reached and now - last > idle and stop_when is None:
                 break
     finally:
         await consumer.stop()
