@@ -421,7 +421,13 @@ class Handler:
         clock = self.clock(partition)
         clock.tick_pending = False
         try:
-            await self.sweep(partition, int(value or b"0"))
+            try:
+                as_of_ms = int(value or b"0")
+            except ValueError:  # not ours (the topic is internal): a later tick asks again
+                log.warning("%s[%d]: tick value %r is not a time in ms: ignored",
+                            self.ticks_topic, partition, bytes(value[:32]))
+                return
+            await self.sweep(partition, as_of_ms)
         finally:
             # A tick is only a request: finished whatever happened (a later one asks
             # again), so it never holds up its partition's acknowledgements.

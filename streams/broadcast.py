@@ -31,11 +31,16 @@ class Follower:
         topic: str,
         handle: Callable[[Any], Awaitable[None]],
         reject: Callable[[bytes, DecodeError, int, int], Awaitable[None]],
+        *,
+        recheck_s: float = 10.0,
     ) -> None:
         self.settings = settings
         self.topic = topic
         self.handle = handle
         self.reject = reject
+        #: How long :meth:`run` waits for a topic that does not exist yet before it
+        #: returns (the caller runs it again, with fresh metadata).
+        self.recheck_s = recheck_s
         self.caught_up = asyncio.Event()
 
     async def run(self) -> None:
@@ -47,21 +52,39 @@ class Follower:
         try:
             partitions = consumer.partitions_for_topic(self.topic) or set()
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+            if not tps:
+                # Not created yet: nothing to catch up with now, but the topic must be
+                # followed once it exists. Return after a while; run again, with fresh
+                # metadata (it used to wait for ever on no partitions).
+                self.caught_up.set()
+                await asyncio.sleep(self.recheck_s)
+                return
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            if not tps:
-                self.caught_up.set()
             while True:
                 batch = await consumer.getmany(timeout_ms=500, max_records=1000)
                 for tp, records in batch.items():
                     for r in records:
-                        try:
-                            event = decode(self.topic, r.value or b"")
-                        except DecodeError as exc:
-                            await self.reject(r.value or b"", exc, tp.partition, r.offset)
-                            continue
-                        await self.handle(event)
+                        await self._one(r.value or b"", tp.partition, r.offset)
                 if not batch:
                     self.caught_up.set()
         finally:
             await consumer.stop()
+
+    async def _one(self, value: bytes, partition: int, offset: int) -> None:
+        """Decode and handle one record; dead-letter it if either fails. A failure to
+        handle used to escape: the reader restarted from the beginning and handled every
+        record again, for ever if the record always failed."""
+        try:
+            event = decode(self.topic, value)
+        except DecodeError as exc:
+            await self.reject(value, exc, partition, offset)
+            return
+        try:
+            await self.handle(event)
+        except Exception as exc:
+            log.error("%s[%d]@%d not handled: %s", self.topic, partition, offset,
+                      type(exc).__name__)
+            await self.reject(value, DecodeError(
+                "processing_error", f"not handled: {type(exc).__name__}: {exc}",
+                topic=self.topic), partition, offset)

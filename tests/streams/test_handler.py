@@ -305,6 +305,11 @@ async def test_a_failing_sweep_neither_drops_the_record_nor_stops_acknowledgemen
     await handler.receive("ticks", 0, 0, b"sweep", b"1800000000000", None, ("tick", 0))
     await handler.flush()
     assert ("tick", 0) in acked and handler.acks.waiting() == 0
+    # A malformed tick (the topic is internal, but not only ours to write) is ignored,
+    # finished and acknowledged; it used to raise out of the handler.
+    await handler.receive("ticks", 0, 1, b"sweep", b"soon", None, ("tick", 1))
+    await handler.flush()
+    assert ("tick", 1) in acked and handler.acks.waiting() == 0
 
 
 async def test_a_failed_changelog_write_keeps_its_state_and_acknowledgements() -> None:
