@@ -342,7 +342,8 @@ class Due(Struct, array_like=True, frozen=True, gc=False):
     payments dated from its issue to its due date + grace paid in all, net of
     their reversals, counted when they are finalised (the live journal holds
     the rest), so the cycle's paid/due ratio does not depend on when that
-    happened (trailing field: older states decode with 0). ``cycle_day`` is
+    happened; 0 once the cycle is recorded (trailing field: older states decode
+    with 0). ``cycle_day`` is
     the due date its cycle was recorded under, if a correction moved the due
     date after that (-1: ``day``; trailing field).
 
@@ -1329,7 +1330,9 @@ def _close_cycles(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
             cycles = _mark_cured(cycles, cday, bool(flags & _CURED))
         if flags != d.flags:
             changed = True
-            d = replace(d, flags=flags)
+            # Once recorded, the period's payments are not needed: cleared, so the
+            # ledger does not depend on whether they were finalised before or after.
+            d = replace(d, flags=flags, period_paid=0 if flags & _CLOSED else d.period_paid)
         dues.append(d)
     return replace(led, dues=dues, cycles=cycles) if changed else led
 

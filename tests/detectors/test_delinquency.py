@@ -953,6 +953,12 @@ def test_money_floating_after_an_old_plan_predates_a_new_plan() -> None:
     n=1,
     cfg=SMALL_WINDOWS[0],
 )
+@example(  # a payment finalised before (daily) or after (jump) its statement's cycle closed
+    events=[stmt("d0", 9, 20, 200, 20), pay("p0", 9, 100)],
+    plan_day=None,
+    n=1,
+    cfg=SMALL_WINDOWS[0],
+)
 def test_prop_daily_sweeps_and_a_single_jump_give_the_same_ledger(
     events: list[Any], plan_day: int | None, n: int, cfg: DelinquencyConfig
 ) -> None:
