@@ -151,9 +151,14 @@ async def publish_policy(
                                 **aiokafka_kwargs(security))
     await start_client(producer, security, bootstrap, "publish policy")
     try:
+        # The audit record first: a policy only reaches the workers once its change is
+        # audited. Without transactions the two writes can still part: a failed policy
+        # write leaves an audit record of a version that never reached ``risk-policy``
+        # (a failed attempt, visible as such), never an applied policy without one.
+        key, audit_value, headers = to_message(
+            Emit("audit", AUDIT_KEY, entry.audit_id, entry), source)
+        await producer.send_and_wait("audit", key=key, value=audit_value, headers=headers)
         await producer.send_and_wait("risk-policy", key=policy.version.encode(), value=value)
-        key, value, headers = to_message(Emit("audit", AUDIT_KEY, entry.audit_id, entry), source)
-        await producer.send_and_wait("audit", key=key, value=value, headers=headers)
     except KafkaError as exc:
         raise RiskwatchError(f"publish: broker refused the write: {exc!r}") from exc
     finally:

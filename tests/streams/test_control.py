@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 
 import msgspec
 import pytest
 
 from alerts.policy import DEFAULT_POLICY, policy_document
-from schemas.codec import decode, encode
+from schemas.codec import encode
 from schemas.errors import DecodeError
 from schemas.models import RiskPolicyRecord
 from streams.control import AlreadyInState, PolicyWatcher
@@ -79,62 +80,28 @@ async def test_history_and_audit_readers_skip_tombstones(broker):
 
 
 # --------------------------------------------------------------------------- #
-# Publishing and the crisis switch, on an in-memory stand-in for the broker
+# Publishing and the crisis switch, each test on a broker of its own (the session
+# broker's worker follows every policy published there)
 # --------------------------------------------------------------------------- #
 
 
-class _MemoryBroker:
-    """``risk-policy`` and ``audit`` as lists; what publish_policy writes and reads."""
-
-    def __init__(self) -> None:
-        self.topics: dict[str, list[bytes]] = {"risk-policy": [], "audit": []}
-        broker = self
-
-        class Producer:
-            def __init__(self, *args: object, **kwargs: object) -> None:
-                pass
-
-            async def start(self) -> None:
-                pass
-
-            async def stop(self) -> None:
-                pass
-
-            async def send_and_wait(self, topic, key=None, value=None, headers=None):
-                broker.topics[topic].append(value)
-
-        self.Producer = Producer
-
-    async def read_policy_history(self, bootstrap, *, security=None):
-        records = [decode("risk-policy", v) for v in self.topics["risk-policy"]]
-        return sorted(records, key=lambda r: (r.event_time, r.version))
-
-    async def read_audit(self, bootstrap, *, security=None):
-        return sorted((decode("audit", v) for v in self.topics["audit"]), key=lambda r: r.seq)
-
-
 @pytest.fixture
-def memory_broker(monkeypatch):
-    from streams import control
+def own_broker(tmp_path):
+    from streams.admin import ensure_topics
+    from streams.broker import EmbeddedBroker
 
-    broker = _MemoryBroker()
-    monkeypatch.setattr(control, "AIOKafkaProducer", broker.Producer)
-    monkeypatch.setattr(control, "read_policy_history", broker.read_policy_history)
-    monkeypatch.setattr(control, "read_audit", broker.read_audit)
-
-    async def start_client(client, *args, **kwargs):
-        await client.start()
-
-    monkeypatch.setattr(control, "start_client", start_client)
-    return broker
+    with EmbeddedBroker(log_path=tmp_path / "tansu.log") as b:
+        asyncio.run(ensure_topics(b.bootstrap, 1))
+        yield b
 
 
 def _utc(month: int, day: int, hour: int = 0) -> dt.datetime:
     return dt.datetime(2026, month, day, hour, tzinfo=dt.UTC)
 
 
+@pytest.mark.broker
 async def test_crisis_on_freezes_the_dpd_clock_from_now_and_off_keeps_the_days_deferred(
-        memory_broker):
+        own_broker):
     from alerts.policy import parse_policy
     from detectors.delinquency import AccountLedger, Due, days_past_due, epoch_day
     from streams.control import publish_crisis
@@ -149,7 +116,7 @@ async def test_crisis_on_freezes_the_dpd_clock_from_now_and_off_keeps_the_days_d
 
     before = dpd(base, dt.date(2026, 3, 15))
     assert before > 0
-    record, entry = await publish_crisis(["mem:1"], True, actor="ana", why="flood",
+    record, entry = await publish_crisis(own_broker.bootstrap, True, actor="ana", why="flood",
                                          fallback=base, now=_utc(3, 15, 10))
     on = parse_policy(record.document)
     assert entry.action == "crisis.on" and on.crisis.active
@@ -159,7 +126,7 @@ async def test_crisis_on_freezes_the_dpd_clock_from_now_and_off_keeps_the_days_d
     assert dpd(on, dt.date(2026, 3, 15)) == before - 1  # the switch day itself is paused
     assert dpd(on, dt.date(2026, 4, 14)) == before - 1
 
-    record, entry = await publish_crisis(["mem:1"], False, actor="ana", why="receded",
+    record, entry = await publish_crisis(own_broker.bootstrap, False, actor="ana", why="receded",
                                          now=_utc(4, 15, 10))
     off = parse_policy(record.document)
     assert entry.action == "crisis.off" and not off.crisis.active
@@ -170,56 +137,64 @@ async def test_crisis_on_freezes_the_dpd_clock_from_now_and_off_keeps_the_days_d
     assert dpd(off, dt.date(2026, 4, 25)) == before + 10
 
     # A second crisis adds its own window; both stay deferred after it ends.
-    await publish_crisis(["mem:1"], True, actor="ana", why="storm", now=_utc(5, 1))
+    await publish_crisis(own_broker.bootstrap, True, actor="ana", why="storm", now=_utc(5, 1))
     with pytest.raises(AlreadyInState):
-        await publish_crisis(["mem:1"], True, actor="ana", why="again", now=_utc(5, 2))
-    record, _ = await publish_crisis(["mem:1"], False, actor="ana", why="over", now=_utc(5, 11))
+        await publish_crisis(own_broker.bootstrap, True, actor="ana", why="again", now=_utc(5, 2))
+    record, _ = await publish_crisis(own_broker.bootstrap, False, actor="ana", why="over", now=_utc(5, 11))
     second = parse_policy(record.document)
     assert len(second.crisis.deferred) == 2
     assert dpd(second, dt.date(2026, 5, 21)) == before + 16 + 10  # 04-15..04-30, 05-11..05-20
     with pytest.raises(AlreadyInState):
-        await publish_crisis(["mem:1"], False, actor="ana", why="off again", now=_utc(5, 12))
+        await publish_crisis(own_broker.bootstrap, False, actor="ana", why="off again", now=_utc(5, 12))
 
 
-async def test_crisis_on_starts_a_new_window_instead_of_reusing_an_old_one(memory_broker):
+@pytest.mark.broker
+async def test_crisis_on_starts_a_new_window_instead_of_reusing_an_old_one(own_broker):
     from alerts.policy import load_policy_text, parse_policy
     from streams.control import publish_crisis
 
     old = load_policy_text("version: v2\ncrisis: {active: false, start: 2025-01-01T00:00:00Z,"
                            " end: 2025-02-01T00:00:00Z}\n")
-    record, entry = await publish_crisis(["mem:1"], True, actor="ana", why="storm",
+    record, entry = await publish_crisis(own_broker.bootstrap, True, actor="ana", why="storm",
                                          fallback=old, now=_utc(3, 15))
     on = parse_policy(record.document)
     assert entry.action == "crisis.on" and on.crisis.in_force(_utc(3, 15, 1))
     assert (on.crisis.start, on.crisis.end) == (_utc(3, 15), None)
     assert on.crisis.deferred == ()  # the old window was not in force: nothing deferred
-    # A window that has ended but is still marked active: on again starts a new one and
-    # keeps the ended window's deferral.
+
+
+@pytest.mark.broker
+async def test_crisis_on_after_an_ended_window_keeps_that_windows_deferral(own_broker):
+    """A window that has ended but is still marked active: on again starts a new one and
+    keeps the ended window's deferral."""
+    from alerts.policy import load_policy_text, parse_policy
+    from streams.control import publish_crisis
+
     ended = load_policy_text("version: v3\ncrisis: {active: true, start: 2026-01-01T00:00:00Z,"
                              " end: 2026-01-11T00:00:00Z}\n")
-    memory_broker.topics["risk-policy"].clear()
-    memory_broker.topics["audit"].clear()
-    record, _ = await publish_crisis(["mem:1"], True, actor="ana", why="storm",
+    record, _ = await publish_crisis(own_broker.bootstrap, True, actor="ana", why="storm",
                                      fallback=ended, now=_utc(3, 15))
     on = parse_policy(record.document)
     assert [(w.start, w.end) for w in on.crisis.deferred] == [(_utc(1, 1), _utc(1, 11))]
     assert on.crisis.start == _utc(3, 15)
 
 
-async def test_crisis_off_after_a_hand_published_crisis_without_start(memory_broker):
+@pytest.mark.broker
+async def test_crisis_off_after_a_hand_published_crisis_without_start(own_broker):
     """A policy published with ``crisis: {active: true}`` (no start) defers from the time
     it was published, not from day 0, once crisis mode is switched off."""
     from alerts.policy import load_policy_text, parse_policy
     from streams.control import publish_crisis, publish_policy
 
     by_hand = load_policy_text("version: v4\ncrisis: {active: true}\n")
-    await publish_policy(["mem:1"], by_hand, actor="ana", why="flood", now=_utc(3, 1))
-    record, _ = await publish_crisis(["mem:1"], False, actor="ana", why="over", now=_utc(3, 9))
+    await publish_policy(own_broker.bootstrap, by_hand, actor="ana", why="flood", now=_utc(3, 1))
+    record, _ = await publish_crisis(own_broker.bootstrap, False, actor="ana", why="over", now=_utc(3, 9))
     off = parse_policy(record.document)
     assert [(w.start, w.end) for w in off.crisis.deferred] == [(_utc(3, 1), _utc(3, 9))]
 
 
-async def test_a_non_finite_number_is_refused_before_anything_is_published(memory_broker):
+@pytest.mark.broker
+async def test_a_non_finite_number_is_refused_before_anything_is_published(own_broker):
     from alerts.policy import load_policy_text
     from schemas.errors import PolicyError
     from streams.control import publish_policy
@@ -230,5 +205,36 @@ async def test_a_non_finite_number_is_refused_before_anything_is_published(memor
     policy = msgspec.structs.replace(DEFAULT_POLICY, version="v-inf", large_transaction=(
         msgspec.structs.replace(DEFAULT_POLICY.large_transaction, multiple=float("inf"))))
     with pytest.raises(PolicyError, match=r"would not validate.*large_transaction"):
-        await publish_policy(["mem:1"], policy, actor="ana", why="w", now=_utc(3, 1))
-    assert memory_broker.topics == {"risk-policy": [], "audit": []}
+        await publish_policy(own_broker.bootstrap, policy, actor="ana", why="w", now=_utc(3, 1))
+    from streams.control import read_audit, read_policy_history
+
+    assert await read_policy_history(own_broker.bootstrap) == []
+    assert await read_audit(own_broker.bootstrap) == []
+
+
+@pytest.mark.broker
+async def test_the_audit_record_is_written_before_the_policy(own_broker, monkeypatch):
+    """A policy must never reach the workers without its audit record: the audit write
+    goes first, so a failure between the two (injected: the broker refuses the policy
+    write) leaves an audit record of a failed attempt, not an unaudited policy."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.errors import KafkaTimeoutError
+
+    from schemas.errors import RiskwatchError
+    from streams.control import publish_policy, read_audit, read_policy_history
+
+    real_send = AIOKafkaProducer.send_and_wait
+
+    async def refuse_policy(self, topic, *args, **kwargs):
+        if topic == "risk-policy":
+            raise KafkaTimeoutError()
+        return await real_send(self, topic, *args, **kwargs)
+
+    monkeypatch.setattr(AIOKafkaProducer, "send_and_wait", refuse_policy)
+    policy = msgspec.structs.replace(DEFAULT_POLICY, version="v-order")
+    with pytest.raises(RiskwatchError, match="refused the write"):
+        await publish_policy(own_broker.bootstrap, policy, actor="ana", why="order",
+                             now=_utc(3, 1))
+    monkeypatch.undo()
+    assert await read_policy_history(own_broker.bootstrap) == []
+    assert [r.version for r in await read_audit(own_broker.bootstrap)] == ["v-order"]
