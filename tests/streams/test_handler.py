@@ -191,16 +191,13 @@ def _large_transaction_engine() -> Engine:
                                    "min_history: 5, floor_minor: 50000}"))
 
 
-async def test_an_output_not_sent_dead_letters_the_record_and_keeps_its_state_unapplied() -> None:
-    """An output send that fails (a producer timeout) used to escape after the state was
-    written with the event id marked applied: the record was neither finished nor
-    dead-lettered, and redelivered it was a duplicate, so its alert was never sent. The
-    state is now written only after every output went out; a failed send dead-letters
-    the record (processing_error), which is then acknowledged."""
+async def _after_six_records(fail: dict[str, int]) -> tuple[Handler, list[Any], list[Any]]:
+    """A handler whose sends to the topics of ``fail`` fail that many times (a producer
+    timeout), after six ordinary transactions of c1 (offsets 0-5); with what it sent
+    and acknowledged."""
     from streams.app import StateStore
 
     sent: list[Any] = []
-    fail = {"risk-alerts": 1}
     acked: list[Any] = []
 
     async def send(emit: Any) -> None:
@@ -217,6 +214,16 @@ async def test_an_output_not_sent_dead_letters_the_record_and_keeps_its_state_un
     handler.ack = ack
     for i in range(6):
         await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, i)
+    return handler, sent, acked
+
+
+async def test_an_output_not_sent_dead_letters_the_record_and_keeps_its_state_unapplied() -> None:
+    """An output send that fails (a producer timeout) used to escape after the state was
+    written with the event id marked applied: the record was neither finished nor
+    dead-lettered, and redelivered it was a duplicate, so its alert was never sent. The
+    state is now written only after every output went out; a failed send dead-letters
+    the record (processing_error), which is then acknowledged."""
+    handler, sent, acked = await _after_six_records({"risk-alerts": 1})
     before = handler.table.get("c1")
     await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
     dead = [emit.record.reason for emit in sent if emit.topic == "dead-letters"]
@@ -235,26 +242,7 @@ async def test_an_output_and_its_dead_letter_not_sent_leave_the_record_unacknowl
     finished (nothing at or after it is acknowledged) and, re-read, it is applied."""
     import pytest
 
-    from streams.app import StateStore
-
-    sent: list[Any] = []
-    fail = {"risk-alerts": 1, "dead-letters": 1}
-    acked: list[Any] = []
-
-    async def send(emit: Any) -> None:
-        if fail.get(emit.topic):
-            fail[emit.topic] -= 1
-            raise TimeoutError("KafkaTimeoutError")
-        sent.append(emit)
-
-    async def ack(message: Any) -> bool:
-        acked.append(message)
-        return True
-
-    handler = Handler(_large_transaction_engine(), Metrics(), StateStore(_StoreTable()), send)
-    handler.ack = ack
-    for i in range(6):
-        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, i)
+    handler, sent, acked = await _after_six_records({"risk-alerts": 1, "dead-letters": 1})
     with pytest.raises(TimeoutError):
         await handler.receive("card-transactions", 0, 6, b"c1", _tx(6, 200_000), None, 6)
     await handler.receive("card-transactions", 0, 7, b"c1", _tx(7), None, 7)
