@@ -97,6 +97,10 @@ Limits (documented, tested where stated):
   ``reversal_window_days`` after it) becomes a new due on the reversal day; a
   reversal whose payment never shows up becomes such a due once it is final.
 * Amounts re-opened on superseded (pre-plan) dues are not demanded again.
+* Two dues with the same due date (a plan installment and an installment due,
+  say) record two cycles of that day, and a cycle record does not say which due
+  it is: their ratios and cured marks can pair differently in two arrival orders
+  (the dues and their money do not differ; a strict xfail test pins the case).
 * Two restructuring plans that arrive out of order keep the newer one but may
   leave slightly different superseded history. A newer plan replaces the
   older one's remaining schedule.
