@@ -63,7 +63,8 @@ counting as overdue); all plan installments become dues when it is agreed
 cycle is recorded (paid/due ratio in percent -- for statements, payments dated
 between issue and due date over the balance, counted whether or not they are
 still in the journal --, minimum-only, late; cured is
-set while a late due is paid up). Warnings fire on a rising edge: a streak of
+set while a late due is paid up; the due keeps its record's code, so the mark
+goes to its own record when two dues share a due date). Warnings fire on a rising edge: a streak of
 ``min_only_streak`` minimum-only statements, a paid/due ratio falling over
 ``ratio_cycles`` cycles to at most ``ratio_threshold_pct``, and
 ``late_cured_count`` late-but-cured cycles within ``late_cured_window``.
@@ -97,10 +98,6 @@ Limits (documented, tested where stated):
   ``reversal_window_days`` after it) becomes a new due on the reversal day; a
   reversal whose payment never shows up becomes such a due once it is final.
 * Amounts re-opened on superseded (pre-plan) dues are not demanded again.
-* Two dues with the same due date (a plan installment and an installment due,
-  say) record two cycles of that day, and a cycle record does not say which due
-  it is: their ratios and cured marks can pair differently in two arrival orders
-  (the dues and their money do not differ; a strict xfail test pins the case).
 * Two restructuring plans that arrive out of order keep the newer one but may
   leave slightly different superseded history. A newer plan replaces the
   older one's remaining schedule.
@@ -349,7 +346,10 @@ class Due(Struct, array_like=True, frozen=True, gc=False):
     happened; 0 once the cycle is recorded (trailing field: older states decode
     with 0). ``cycle_day`` is
     the due date its cycle was recorded under, if a correction moved the due
-    date after that (-1: ``day``; trailing field).
+    date after that (-1: ``day``; trailing field). ``cycle_code`` is the record
+    written for its cycle, without the cured bit (-1: not recorded, or recorded
+    by an older version; trailing field), so the cured mark goes to this due's
+    own record when another due shares its due date.
 
     >>> Due("i1", 20000, 10000).kind == INSTALLMENT
     True
@@ -369,6 +369,7 @@ class Due(Struct, array_like=True, frozen=True, gc=False):
     cap: int = -1
     period_paid: int = 0
     cycle_day: int = -1
+    cycle_code: int = -1
 
 
 class Item(Struct, array_like=True, frozen=True, gc=False):
@@ -1307,7 +1308,7 @@ def _close_cycles(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
     dues: list[Due] = []
     changed = False
     for d in led.dues:
-        flags = d.flags
+        flags, recorded = d.flags, d.cycle_code
         if not flags & _CLOSED and d.day + g + cfg.lateness_days < led.clock:
             flags |= _CLOSED
             # (a plan agreed before the due date replaced this cycle)
@@ -1326,30 +1327,42 @@ def _close_cycles(led: AccountLedger, cfg: DelinquencyConfig) -> AccountLedger:
                 if obl - d.ontime > tol:
                     flags |= _LATE
                     code |= _C_LATE
-                cycles = _add_cycle(cycles, d.day, code | ratio, cfg.max_cycles)
+                recorded = code | ratio
+                cycles = _add_cycle(cycles, d.day, recorded, cfg.max_cycles)
         if flags & _LATE and bool(flags & _CURED) != (_obligation(d) - d.paid <= tol):
             # Cured = late at the due date and met now; a reversal can un-cure.
             flags ^= _CURED
             cday = d.day if d.cycle_day < 0 else d.cycle_day  # (the day it was recorded under)
-            cycles = _mark_cured(cycles, cday, bool(flags & _CURED))
+            cycles = _mark_cured(cycles, cday, bool(flags & _CURED), recorded)
         if flags != d.flags:
             changed = True
             # Once recorded, the period's payments are not needed: cleared, so the
             # ledger does not depend on whether they were finalised before or after.
-            d = replace(d, flags=flags, period_paid=0 if flags & _CLOSED else d.period_paid)
+            d = replace(d, flags=flags, period_paid=0 if flags & _CLOSED else d.period_paid,
+                        cycle_code=recorded)
         dues.append(d)
     return replace(led, dues=dues, cycles=cycles) if changed else led
 
 
-def _mark_cured(cycles: Sequence[int], day: int, cured: bool = True) -> list[int]:
+def _mark_cured(
+    cycles: Sequence[int], day: int, cured: bool = True, recorded: int = -1
+) -> list[int]:
     """Set (or clear) the cured bit on the first late record of ``day`` that differs.
+
+    ``recorded`` (the due's own record without the cured bit; -1: unknown)
+    picks the due's record among records of the same day, so which record is
+    marked does not depend on the order the dues were cured in.
 
     >>> _mark_cured([10, 256 | 40], 10), _mark_cured([10, 808], 10, False)
     ([10, 808], [10, 296])
+    >>> _mark_cured([10, 256 | 40, 10, 256 | 90], 10, True, 256 | 90)
+    [10, 296, 10, 858]
     """
     out = list(cycles)
     for i in range(0, len(out), 2):
         code = out[i + 1]
+        if recorded >= 0 and code & ~_C_CURED != recorded:
+            continue
         if out[i] == day and code & _C_LATE and bool(code & _C_CURED) != cured:
             out[i + 1] = code ^ _C_CURED
             break
