@@ -461,12 +461,15 @@ def pipeline() -> Board:
         ),
         timeseries(
             "Dead-letter share of input",
-            "Dead letters over input records by "
-            "source topic. RiskwatchDeadLetterSpike fires above 1% for 10 minutes.",
+            "Rejected records over new input records by source topic; redelivered "
+            "duplicates (reason duplicate_event) are on neither side. "
+            "RiskwatchDeadLetterSpike fires above 1% for 10 minutes.",
             [
                 query(
-                    f"sum by (topic) (rate(riskwatch_dead_letters_total{{{SEL}}}[{RATE}]))"
-                    f" / sum by (topic) (rate(riskwatch_events_total{{{SEL}}}[{RATE}]))",
+                    f"sum by (topic) (rate(riskwatch_dead_letters_total{{{SEL}, "
+                    f'reason!="duplicate_event"}}[{RATE}]))'
+                    f" / sum by (topic) (rate(riskwatch_events_total{{{SEL}, "
+                    f'outcome!="duplicate"}}[{RATE}]))',
                     "{{topic}}",
                 )
             ],
