@@ -727,7 +727,9 @@ def portfolio() -> Board:
         ),
         stat(
             "Crisis mode",
-            "On while the policy's crisis mode is active (payment deferral, no limit cuts).",
+            "On while crisis mode is in force now: switched on in the policy and the "
+            "current time within its crisis window (payment deferral, no limit cuts). Off "
+            "before the window starts and after it ends.",
             query(f"max(riskwatch_crisis_mode{{{JOB}}})", "crisis", instant=True),
             steps=((None, "green"), (1, "orange")),
             mappings={"0": ("Off", "green"), "1": ("On", "orange")},
