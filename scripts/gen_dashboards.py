@@ -461,12 +461,15 @@ def pipeline() -> Board:
         ),
         timeseries(
             "Dead-letter share of input",
-            "Dead letters over input records by "
-            "source topic. RiskwatchDeadLetterSpike fires above 1% for 10 minutes.",
+            "Rejected records over new input records by source topic; redelivered "
+            "duplicates (reason duplicate_event) are on neither side. "
+            "RiskwatchDeadLetterSpike fires above 1% for 10 minutes.",
             [
                 query(
-                    f"sum by (topic) (rate(riskwatch_dead_letters_total{{{SEL}}}[{RATE}]))"
-                    f" / sum by (topic) (rate(riskwatch_events_total{{{SEL}}}[{RATE}]))",
+                    f"sum by (topic) (rate(riskwatch_dead_letters_total{{{SEL}, "
+                    f'reason!="duplicate_event"}}[{RATE}]))'
+                    f" / sum by (topic) (rate(riskwatch_events_total{{{SEL}, "
+                    f'outcome!="duplicate"}}[{RATE}]))',
                     "{{topic}}",
                 )
             ],
@@ -724,7 +727,9 @@ def portfolio() -> Board:
         ),
         stat(
             "Crisis mode",
-            "On while the policy's crisis mode is active (payment deferral, no limit cuts).",
+            "On while crisis mode is in force now: switched on in the policy and the "
+            "current time within its crisis window (payment deferral, no limit cuts). Off "
+            "before the window starts and after it ends.",
             query(f"max(riskwatch_crisis_mode{{{JOB}}})", "crisis", instant=True),
             steps=((None, "green"), (1, "orange")),
             mappings={"0": ("Off", "green"), "1": ("On", "orange")},

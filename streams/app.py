@@ -639,7 +639,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     metrics = metrics or Metrics()
     policy = load_policy(settings.policy_file)
     engine = Engine(policy)
-    metrics.set_policy(policy.version, policy.crisis.active)
+    metrics.set_policy(policy.version, policy.crisis)
     app = faust.App(
         settings.app_id,
         broker=[f"kafka://{h}" for h in settings.bootstrap_servers],
@@ -842,7 +842,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     def apply_policy(policy: Any, record: Any) -> None:
         engine.set_policy(policy)
-        metrics.set_policy(policy.version, policy.crisis.active)
+        metrics.set_policy(policy.version, policy.crisis)
 
     async def reject_policy(value: bytes, error: DecodeError, partition: int, offset: int) -> None:
         when = dt.datetime.now(dt.UTC)

@@ -13,15 +13,20 @@ one process do not collide.
 
 from __future__ import annotations
 
+import datetime as dt
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 from schemas.models import Product
 from schemas.topics import CONTRACT_VERSION
+
+if TYPE_CHECKING:
+    from alerts.policy import CrisisMode
 
 VERSION = "0.1.0"
 
@@ -31,6 +36,10 @@ disable_created_metrics()
 #: Values of the ``product`` label: the contracts' products, or ``unknown`` (an account whose
 #: product the ledger does not know, or a value outside the contract).
 PRODUCTS: tuple[str, ...] = (*get_args(Product), "unknown")
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 300.0)
@@ -136,7 +145,9 @@ class Metrics:
             "delinquent in the current window, by product and sector.",
             ["product", "sector"], registry=r)
         self.crisis_mode = Gauge(
-            "riskwatch_crisis_mode", "1 while the policy's crisis mode is active.", registry=r)
+            "riskwatch_crisis_mode", "1 while crisis mode is in force now: switched on in the "
+            "policy in force and the current time within its crisis window (start to end); "
+            "0 before the window starts, after it ends and once switched off.", registry=r)
         self.policy_info = Gauge(
             "riskwatch_policy_info", "The policy version in force (value 1).", ["version"],
             registry=r)
@@ -185,11 +196,18 @@ class Metrics:
             self.gc_pause.labels(str(info.get("generation", "?"))).observe(
                 time.perf_counter() - self._gc_started)
 
-    def set_policy(self, version: str, crisis: bool) -> None:
-        """Record the policy version in force and the crisis-mode switch."""
+    def set_policy(self, version: str, crisis: CrisisMode,
+                   clock: Callable[[], dt.datetime] = _utc_now) -> None:
+        """Record the policy version in force and its crisis mode.
+
+        ``riskwatch_crisis_mode`` is read at each scrape: whether ``crisis`` is in force
+        at ``clock()`` (:meth:`~alerts.policy.CrisisMode.in_force`), so it follows the
+        window's start and end on the clock, without a new policy. (Outputs apply the
+        window by event time: a late or replayed record inside it still gets crisis rules.)
+        """
         self.policy_info.clear()
         self.policy_info.labels(version).set(1)
-        self.crisis_mode.set(1 if crisis else 0)
+        self.crisis_mode.set_function(lambda: 1.0 if crisis.in_force(clock()) else 0.0)
 
     def topic(self, topic: str) -> TopicMetrics:
         """The per-topic series the hot path updates, resolved once per topic.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 
 from alerts.engine import Engine
-from alerts.policy import DEFAULT_POLICY
+from alerts.policy import DEFAULT_POLICY, CrisisMode
 from schemas.models import Evidence, InstallmentDue, RiskAlert, StatementDue
 from streams.metrics import PRODUCTS, Metrics
 
@@ -102,3 +102,36 @@ def test_gc_pauses_are_observed_by_generation():
     count = metrics.registry.get_sample_value("riskwatch_gc_pause_seconds_count",
                                               {"generation": "2"})
     assert count == 1
+
+
+def crisis_gauge(metrics: Metrics) -> float:
+    return metrics.registry.get_sample_value("riskwatch_crisis_mode")
+
+
+def test_the_crisis_gauge_is_1_only_while_the_crisis_window_is_in_force_now():
+    # On-call reads the gauge (and RiskwatchCrisisModeOn) as "crisis rules apply now":
+    # a switched-on window that has not started, or has ended, is not in force.
+    start, end = T0, T0 + dt.timedelta(days=3)
+    now = [T0 - dt.timedelta(hours=1)]
+    metrics = Metrics()
+    crisis = CrisisMode(active=True, start=start, end=end)
+    metrics.set_policy("v1", crisis, clock=lambda: now[0])
+    assert crisis_gauge(metrics) == 0  # scheduled, not yet in force
+    now[0] = T0
+    assert crisis_gauge(metrics) == 1  # the window opened: no new policy needed
+    now[0] = end - dt.timedelta(seconds=1)
+    assert crisis_gauge(metrics) == 1
+    now[0] = end
+    assert crisis_gauge(metrics) == 0  # ended (still switched on in the policy)
+    # Switched off, its window kept deferred: not in force either.
+    metrics.set_policy("v2", crisis.switched_off(T0 + dt.timedelta(days=1)),
+                       clock=lambda: T0 + dt.timedelta(hours=2))
+    assert crisis_gauge(metrics) == 0
+    # An open-ended window from the switch on: in force from then on.
+    metrics.set_policy("v3", CrisisMode().switched_on(T0), clock=lambda: T0 + dt.timedelta(days=400))
+    assert crisis_gauge(metrics) == 1
+    # Without a window (active, published by hand): in force, on the real clock too.
+    metrics.set_policy("v4", CrisisMode(active=True))
+    assert crisis_gauge(metrics) == 1
+    metrics.set_policy("v5", CrisisMode())
+    assert crisis_gauge(metrics) == 0

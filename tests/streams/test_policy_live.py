@@ -113,3 +113,40 @@ def test_publish_changes_live_decisions_on_every_worker(broker, two_workers, tmp
     assert again.exit_code == 2 and "already published" in again.output
     verify = runner.invoke(cli, ["audit", "verify", "--broker", broker.url])
     assert verify.exit_code == 0, verify.output
+
+
+def test_the_crisis_gauge_follows_the_crisis_window_on_the_clock(broker, worker, tmp_path,
+                                                                  restore_default_policy):
+    """``riskwatch_crisis_mode`` (and so RiskwatchCrisisModeOn) says whether crisis rules
+    are in force now: not for a window switched on that has not started, and no longer
+    once the window has ended, without a new policy."""
+    def publish(name: str, crisis: str) -> None:
+        policy = tmp_path / f"{name}.yaml"
+        policy.write_text(f"version: {name}\ncrisis:\n{crisis}", encoding="utf-8")
+        result = CliRunner().invoke(cli, ["policy", "publish", str(policy), "--actor", "tests",
+                                          "--why", "crisis gauge test", "--broker", broker.url])
+        assert result.exit_code == 0, result.output
+        wait_for_metric(worker, f'riskwatch_policy_info{{version="{name}"}} 1.0')
+
+    def gauge() -> str:
+        text = urllib.request.urlopen(f"http://{worker.metrics_addr}/metrics").read().decode()
+        return next(line for line in text.splitlines()
+                    if line.startswith("riskwatch_crisis_mode "))
+
+    def iso(at: dt.datetime) -> str:
+        return at.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    tag = time.time_ns()
+    # Scheduled: switched on, its window starts in 2099 (no event of the tests is in it).
+    publish(f"crisis-scheduled-{tag}", "  active: true\n  start: 2099-01-01T00:00:00Z\n")
+    assert gauge() == "riskwatch_crisis_mode 0.0"
+    # A window that is open now and ends in 25 s: 1, then 0 once it has ended.
+    now = dt.datetime.now(dt.UTC)
+    end = now + dt.timedelta(seconds=25)
+    publish(f"crisis-closing-{tag}", f"  active: true\n  start: {iso(now - dt.timedelta(minutes=1))}\n"
+                                     f"  end: {iso(end)}\n")
+    assert gauge() == "riskwatch_crisis_mode 1.0"
+    time.sleep(max(0.0, (end - dt.datetime.now(dt.UTC)).total_seconds()) + 1)
+    assert gauge() == "riskwatch_crisis_mode 0.0"
+    assert f'riskwatch_policy_info{{version="crisis-closing-{tag}"}} 1.0' in urllib.request.urlopen(
+        f"http://{worker.metrics_addr}/metrics").read().decode()
