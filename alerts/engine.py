@@ -152,6 +152,8 @@ class Result(NamedTuple):
     next_check: int | None = None
 
 
+_tuple_new = tuple.__new__
+
 #: The ``customer_id`` of segment-level alerts (they concern no single customer).
 SEGMENT_SUBJECT = "segments"
 
@@ -196,6 +198,18 @@ class Engine:
         #: The anomaly model last checked to take behaviour's feature rows unscaled.
         self._row_model: Any = None
         self._row_ok = False
+        #: ``Policy.pauses`` of the policy it was computed for (see :meth:`_pauses`).
+        self._pauses_of: Policy | None = None
+        self._pauses_list: list[tuple[int, int | None]] = []
+
+    def _pauses(self) -> list[tuple[int, int | None]]:
+        """The policy's global DPD-clock pauses (``Policy.pauses``), computed once per
+        policy (a policy is immutable); callers must not change the list."""
+        policy = self.policy
+        if self._pauses_of is not policy:
+            self._pauses_list = policy.pauses()
+            self._pauses_of = policy
+        return self._pauses_list
 
     def set_policy(self, policy: Policy) -> None:
         """Switch to a newly published policy (takes effect on the next event).
@@ -270,25 +284,29 @@ class Engine:
         as with ``learn=True``.
         """
         self._learn = learn
-        state = decode_state(raw_state)
+        state = CustomerState() if raw_state is None else _STATE_DECODER.decode(raw_state)
         fingerprint = event_fingerprint(event.event_id)
-        if fingerprint in state.seen:
+        seen = state.seen
+        if fingerprint in seen:
             return Result(None, [], duplicate=True)
         # Lateness is judged per topic: topics are consumed independently, so a
         # customer's events on two topics may interleave in any order.
         index = _TOPIC_INDEX.get(topic)
         if index is None:
             index = ENGINE_TOPICS.index(topic)  # ValueError, as for any unknown topic
-        if len(state.watermarks) <= index:
-            state.watermarks = [*state.watermarks, *[0] * (index + 1 - len(state.watermarks))]
-        event_ms = _ms(event.event_time)
-        watermark = state.watermarks[index]
-        lateness_ms = self.policy.allowed_lateness_days * 86_400_000
-        if watermark and event_ms < watermark - lateness_ms:
+        watermarks = state.watermarks
+        if len(watermarks) <= index:
+            watermarks = state.watermarks = [*watermarks, *[0] * (index + 1 - len(watermarks))]
+        when = event.event_time
+        # _ms(when): an aware datetime's timestamp() is that very total_seconds()
+        event_ms = int(when.timestamp() * 1000) if when.tzinfo is not None else _ms(when)
+        watermark = watermarks[index]
+        policy = self.policy
+        if watermark and event_ms < watermark - policy.allowed_lateness_days * 86_400_000:
             raise DecodeError(
                 "too_late",
-                f"event_time {event.event_time.isoformat()} is more than "
-                f"{self.policy.allowed_lateness_days} days behind the customer's newest "
+                f"event_time {when.isoformat()} is more than "
+                f"{policy.allowed_lateness_days} days behind the customer's newest "
                 f"event on {topic}",
                 topic=topic,
                 key=event.customer_id,
@@ -296,18 +314,21 @@ class Engine:
             )
         ledgers, grade, reminded = state.ledgers, _grade_index(state), state.reminded
         signals = self._dispatch(topic, event, state)
-        state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
-        state.watermarks[index] = max(watermark, event_ms)
-        customer_id, event_id, when = event.customer_id, event.event_id, event.event_time
+        state.seen = [*seen[-(SEEN_LIMIT - 1):], fingerprint]
+        if event_ms > watermark:
+            watermarks[index] = event_ms
+        customer_id, event_id = event.customer_id, event.event_id
         emits = self._emits(signals, state, customer_id, event_id, when) if signals else []
         day = delinquency.epoch_day(when)
         if topic != "customer-profiles":
             emits.extend(self._assess(topic, event, state, signals, day))
-        emits.extend(self._pre_due(state, customer_id, event_id, when, day))
+        if state.ledgers and _grade_index(state) >= 0:  # else no grade is marked (_pre_due)
+            emits.extend(self._pre_due(state, customer_id, event_id, when, day))
         if (state.ledgers is not ledgers or _grade_index(state) != grade
                 or state.reminded is not reminded):
             state.next_check = self._next_check(state, day)
-        return Result(encode_state(state), emits, next_check=state.next_check)
+        # Result(state, emits, False, next_check), without NamedTuple's keyword __new__
+        return _tuple_new(Result, (_STATE_ENCODER.encode(state), emits, False, state.next_check))
 
     def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
         """Let event time pass to ``as_of`` for one customer (the watermark sweep).
@@ -326,7 +347,7 @@ class Engine:
         ledger_check = self._ledger_check(state)
         if ledger_check is not None and ledger_check <= day:
             config = self.policy.delinquency
-            pauses = self.policy.pauses()
+            pauses = self._pauses()
             signals: list[Signal] = []
             ledgers = dict(state.ledgers)
             for account_id, ledger in state.ledgers.items():
@@ -355,7 +376,7 @@ class Engine:
     def _ledger_check(self, state: CustomerState) -> int | None:
         """Earliest day on which time alone changes one of the customer's ledgers."""
         config = self.policy.delinquency
-        pauses = self.policy.pauses()
+        pauses = self._pauses()
         days = [d for led in state.ledgers.values()
                 if (d := delinquency.next_check_day(led, config, pauses=pauses)) is not None]
         return min(days) if days else None
@@ -384,7 +405,7 @@ class Engine:
             return None
         rule = self.policy.actions.pre_due_reminder
         config = self.policy.delinquency
-        pauses = self.policy.pauses()
+        pauses = self._pauses()
         reminded = set(state.reminded)
         today = _today(state, day)
         days = []
@@ -407,7 +428,7 @@ class Engine:
             return []
         policy = self.policy
         rule = policy.actions.pre_due_reminder
-        pauses = policy.pauses()
+        pauses = self._pauses()
         timezone = state.profile.timezone if state.profile else "UTC"
         reminded = set(state.reminded)
         added: list[int] = []
@@ -447,7 +468,7 @@ class Engine:
         profile = state.profile
         dpd = {
             account: delinquency.days_past_due(led, led.clock, self.policy.delinquency,
-                                               pauses=self.policy.pauses())
+                                               pauses=self._pauses())
             for account, led in state.ledgers.items()
         }
         return {
@@ -524,7 +545,7 @@ class Engine:
         state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
                                      learn=self._learn)
         profile = state.profile
-        pauses = policy.pauses()
+        pauses = self._pauses()
         feats = scoring.features(
             profile.limit_minor if profile else None, state.ledgers, state.behaviour, day,
             behaviour_config=policy.behaviour, delinquency_config=policy.delinquency,
@@ -617,7 +638,7 @@ class Engine:
         product = ("credit_card" if isinstance(event, m.StatementDue)
                    else event.product if isinstance(event, m.InstallmentDue) else None)
         new, signals = delinquency.apply(ledger, event, self.policy.delinquency,
-                                         pauses=self.policy.pauses(), product=product)
+                                         pauses=self._pauses(), product=product)
         if new is not ledger:  # the next check day is recomputed once the event is done
             state.ledgers = {**state.ledgers, event.account_id: new}
             self._count_segment(state, new, signals)
@@ -645,7 +666,7 @@ class Engine:
             flags = seen | _SEG_OVERDUE | _SEG_NEW
         else:
             dpd = delinquency.days_past_due(ledger, day, self.policy.delinquency,
-                                            pauses=self.policy.pauses())
+                                            pauses=self._pauses())
             flags = window << 2 | (_SEG_OVERDUE if dpd > 0 else 0) | (_SEG_NEW if onset else 0)
             seen = -1
         product = ledger.product or (profile.products[0] if profile.products else "other")
