@@ -92,6 +92,7 @@ from detectors.online import (
     PageHinkleyParams,
     PHState,
     ph_update,
+    row_scaler,
     scale_values,
     scaling,
 )
@@ -412,6 +413,7 @@ class _Tables:
         "model_spec",
         "ordinary",
         "overrides",
+        "scale_row",
         "scale_spec",
         "severity",
     )
@@ -436,6 +438,9 @@ class _Tables:
         #: the raw feature row (of FEATURE_NAMES).
         self.model_spec = tuple(sorted(self.scale_spec))
         self.model_order = operator.itemgetter(*map(FEATURE_NAMES.index, MODEL_FEATURES))
+        #: scale_values(model_order(row), model_spec), compiled.
+        self.scale_row = row_scaler(self.model_spec, [FEATURE_NAMES.index(k)
+                                                      for k in MODEL_FEATURES])
         #: :data:`ORDINARY` scaled, in the model's order (None kept).
         self.ordinary: tuple[float | None, ...] = tuple(
             None if ORDINARY[k] is None else scale_values((ORDINARY[k],), ((k, lo, inv),))[0]
@@ -1128,7 +1133,7 @@ def on_transaction_row(
         math.log1p(max(gap_h, 0.0)),  # gap_hours
         math.log1p(n_prev),  # tenure
     )
-    features = scale_values(t.model_order(raw_features), t.model_spec)
+    features = t.scale_row(raw_features)  # scale_values(t.model_order(...), t.model_spec)
 
     # ---- learn ------------------------------------------------------------------------- #
     a = t.a_amt
