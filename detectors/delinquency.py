@@ -605,6 +605,8 @@ def _pauses(ledger: AccountLedger, pauses: Sequence[Pause]) -> list[tuple[int, i
     >>> _pauses(AccountLedger("a", 0, deferrals=[Deferral(1, 10, 20)]), [(15, 30)])
     [(10, 30)]
     """
+    if not pauses and not ledger.deferrals:
+        return []  # what _merge([]) gives
     return _merge([*_deferral_pauses(ledger.deferrals), *pauses])
 
 
@@ -668,8 +670,16 @@ def _oldest_unpaid(ledger: AccountLedger, cfg: DelinquencyConfig) -> Due | None:
     >>> _oldest_unpaid(led, DEFAULT_CONFIG).id
     'i2'
     """
+    plan = ledger.plan
+    tolerance = cfg.tolerance_minor
     for d in ledger.dues:  # sorted by (day, id)
-        if _unpaid(d, ledger.plan) > cfg.tolerance_minor:
+        # _unpaid(d, plan), inlined
+        if plan is not None and d.key < plan.key:
+            unpaid = 0
+        else:
+            obligation = min(d.minimum, d.amount) if d.kind == STATEMENT else d.amount
+            unpaid = max(0, obligation - d.paid)
+        if unpaid > tolerance:
             return d
     return None
 
