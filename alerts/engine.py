@@ -63,7 +63,10 @@ def _today(state: CustomerState, day: int) -> int:
 
 def _on_time_cycles(state: CustomerState) -> int:
     """Consecutive most recent repayment cycles paid on time, over all accounts."""
-    return min((delinquency.on_time_streak(led) for led in state.ledgers.values()), default=0)
+    ledgers = state.ledgers
+    if not ledgers:
+        return 0
+    return min([delinquency.on_time_streak(led) for led in ledgers.values()])
 
 
 _SEVERITY_ROUTING = {

@@ -1677,8 +1677,11 @@ def on_time_streak(ledger: AccountLedger) -> int:
     >>> on_time_streak(AccountLedger("a1", 0))
     0
     """
+    cycles = ledger.cycles
+    if len(cycles) < 2:
+        return 0
     run = 0
-    for code in reversed(_records(ledger.cycles)):
+    for code in cycles[(len(cycles) - 2) | 1::-2]:  # reversed(_records(cycles))
         if code & _C_LATE:
             break
         run += 1
