@@ -14,6 +14,7 @@ lateness is refused as too late.
 from __future__ import annotations
 
 import datetime as dt
+import typing
 from typing import Any, NamedTuple
 
 import msgspec
@@ -51,7 +52,7 @@ SEEN_LIMIT = 48
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _grade_index(state: CustomerState) -> int:
+def _grade_index(state: CustomerState | _LeanState) -> int:
     """Index of the customer's current grade in ``alerts.grades.GRADES`` (-1: none yet)."""
     return state.score.last_grade if state.score is not None else -1
 
@@ -143,6 +144,61 @@ def decode_state(raw: bytes | None) -> CustomerState:
 def encode_state(state: CustomerState) -> bytes:
     """A customer's state as stored bytes."""
     return _STATE_ENCODER.encode(state)
+
+
+#: msgpack of an empty array, an empty map and nil (msgspec's encodings of [], {}, None).
+_MP_ARRAY0, _MP_MAP0, _MP_NIL = b"\x90", b"\x80", b"\xc0"
+
+
+class _LeanState(Struct, array_like=True, gc=False):
+    """:class:`CustomerState`'s layout, with the fields that a card transaction which
+    raises nothing on a day the customer was already scored never reads kept as their
+    msgpack bytes (``msgspec.Raw``): those are neither decoded nor encoded again, and
+    encoding a lean state gives the very bytes of the customer state it was decoded
+    from (with the same changes). ``Engine.process`` turns it into a full state
+    (:func:`_full_state`) as soon as the event needs more.
+
+    >>> raw = encode_state(CustomerState(seen=[7], scored_day=3, reminded=[1, 2]))
+    >>> lean = _LEAN_DECODER.decode(raw)
+    >>> _STATE_ENCODER.encode(lean) == raw, bytes(lean.reminded) == _STATE_ENCODER.encode([1, 2])
+    (True, True)
+    >>> _full_state(lean).reminded, _full_state(lean).scored_day
+    ([1, 2], 3)
+    """
+
+    seen: list[int] = []
+    watermarks: list[int] = []
+    profile: Profile | None = None
+    spend: SpendState | None = None
+    behaviour: BehaviourState | None = None
+    ledgers: msgspec.Raw = msgspec.Raw(_MP_MAP0)
+    next_check: int | None = None
+    sent: msgspec.Raw = msgspec.Raw(_MP_ARRAY0)
+    segment_window: int = -1
+    score: ScoreState | None = None
+    lines: msgspec.Raw = msgspec.Raw(_MP_NIL)
+    limit: msgspec.Raw = msgspec.Raw(_MP_NIL)
+    scored_day: int = -1
+    reminded: msgspec.Raw = msgspec.Raw(_MP_ARRAY0)
+    segment_accounts: msgspec.Raw = msgspec.Raw(_MP_MAP0)
+
+
+_LEAN_DECODER = msgspec.msgpack.Decoder(_LeanState)
+_FIELD_TYPES = typing.get_type_hints(CustomerState)
+#: Decoders of the fields a lean state keeps as bytes.
+_DEC_LEDGERS, _DEC_SENT, _DEC_LINES, _DEC_LIMIT, _DEC_REMINDED, _DEC_SEGMENT_ACCOUNTS = (
+    msgspec.msgpack.Decoder(_FIELD_TYPES[name]).decode
+    for name in ("ledgers", "sent", "lines", "limit", "reminded", "segment_accounts"))
+
+
+def _full_state(lean: _LeanState) -> CustomerState:
+    """The customer state of a lean one (the same objects, the rest decoded)."""
+    return CustomerState(
+        lean.seen, lean.watermarks, lean.profile, lean.spend, lean.behaviour,
+        _DEC_LEDGERS(lean.ledgers), lean.next_check, _DEC_SENT(lean.sent),
+        lean.segment_window, lean.score, _DEC_LINES(lean.lines), _DEC_LIMIT(lean.limit),
+        lean.scored_day, _DEC_REMINDED(lean.reminded),
+        _DEC_SEGMENT_ACCOUNTS(lean.segment_accounts))
 
 
 class Result(NamedTuple):
@@ -287,9 +343,9 @@ class Engine:
         as with ``learn=True``.
         """
         self._learn = learn
-        state = CustomerState() if raw_state is None else _STATE_DECODER.decode(raw_state)
+        lean = _LeanState() if raw_state is None else _LEAN_DECODER.decode(raw_state)
         fingerprint = event_fingerprint(event.event_id)
-        seen = state.seen
+        seen = lean.seen
         if fingerprint in seen:
             return Result(None, [], duplicate=True)
         # Lateness is judged per topic: topics are consumed independently, so a
@@ -297,9 +353,9 @@ class Engine:
         index = _TOPIC_INDEX.get(topic)
         if index is None:
             index = ENGINE_TOPICS.index(topic)  # ValueError, as for any unknown topic
-        watermarks = state.watermarks
+        watermarks = lean.watermarks
         if len(watermarks) <= index:
-            watermarks = state.watermarks = [*watermarks, *[0] * (index + 1 - len(watermarks))]
+            watermarks = lean.watermarks = [*watermarks, *[0] * (index + 1 - len(watermarks))]
         when = event.event_time
         # _ms(when): an aware datetime's timestamp() is that very total_seconds()
         event_ms = int(when.timestamp() * 1000) if when.tzinfo is not None else _ms(when)
@@ -315,14 +371,31 @@ class Engine:
                 key=event.customer_id,
                 field="event_time",
             )
+        day = delinquency.epoch_day(when)
+        signals: list[Signal] | None = None
+        if topic == "card-transactions" and isinstance(event, m.CardTransaction):
+            signals = self._on_transaction(event, lean)
+            # Nothing raised on a day already scored: no alert, no re-score (_assess_at),
+            # no reminder unless the grade is marked (_pre_due), no ledger or grade change
+            # (_next_check), so the fields kept as bytes stay as they are.
+            if (not signals and lean.scored_day == day
+                    and (bytes(lean.ledgers) == _MP_MAP0 or self._marked_index(
+                        _grade_index(lean)) is None)):
+                lean.seen = [*seen[-(SEEN_LIMIT - 1):], fingerprint]
+                if event_ms > watermark:
+                    watermarks[index] = event_ms
+                return _tuple_new(Result, (_STATE_ENCODER.encode(lean), [], False,
+                                           lean.next_check))
+        state = _full_state(lean)
+        # (as they were before a card transaction's _on_transaction: it changes none of them)
         ledgers, grade, reminded = state.ledgers, _grade_index(state), state.reminded
-        signals = self._dispatch(topic, event, state)
+        if signals is None:
+            signals = self._dispatch(topic, event, state)
         state.seen = [*seen[-(SEEN_LIMIT - 1):], fingerprint]
         if event_ms > watermark:
             watermarks[index] = event_ms
         customer_id, event_id = event.customer_id, event.event_id
         emits = self._emits(signals, state, customer_id, event_id, when) if signals else []
-        day = delinquency.epoch_day(when)
         if topic != "customer-profiles":
             emits.extend(self._assess(topic, event, state, signals, day))
         if state.ledgers and _grade_index(state) >= 0:  # else no grade is marked (_pre_due)
@@ -395,10 +468,14 @@ class Engine:
 
     def _marked_grade(self, state: CustomerState) -> str | None:
         """The customer's grade, when pre-due reminders are on and the policy marks it."""
+        return self._marked_index(_grade_index(state)) if state.ledgers else None
+
+    def _marked_index(self, index: int) -> str | None:
+        """The grade of ``GRADES`` index ``index`` (-1: none), when pre-due reminders are
+        on and the policy marks it (for a customer with a ledger)."""
         actions = self.policy.actions
         rule = actions.pre_due_reminder
-        index = _grade_index(state)
-        if not (actions.enabled and rule.enabled and state.ledgers) or index < 0:
+        if not (actions.enabled and rule.enabled) or index < 0:
             return None
         grade = grading.GRADES[index]
         return grade if grade in rule.grades else None
@@ -681,7 +758,8 @@ class Engine:
         state.segment_accounts = {**counted, ledger.account_id: flags}
         state.segment_window = window
 
-    def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
+    def _on_transaction(self, tx: m.CardTransaction,
+                        state: CustomerState | _LeanState) -> list[Signal]:
         policy = self.policy
         profile = state.profile
         state.behaviour, signals, row = behaviour.on_transaction_row(
