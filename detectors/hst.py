@@ -148,6 +148,10 @@ class FlatHalfSpaceTrees:
         """Anomaly score in [0, 1] of the event whose :meth:`leaves` are ``leaves``."""
         if self.first_window:
             return 0.0
+        try:  # every tree's part already memoised (about 7 events in 8)
+            return 1 - sum(map(list.__getitem__, self._leaf_score, leaves)) / self.max_score
+        except TypeError:  # a part not yet known (None)
+            pass
         paths = self._paths
         score = 0
         for memo, r_mass, leaf in zip(self._leaf_score, self._r_mass, leaves, strict=True):
