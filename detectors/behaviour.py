@@ -785,7 +785,15 @@ def on_transaction_row(
     t = _tables(cfg)
     s = _EMPTY if state is None else state
     zone_name = timezone or cfg.timezone
-    epoch, local = _local_epoch(tx.event_time, zone_name)
+    when = tx.event_time
+    epoch = int(when.timestamp())
+    # _local_epoch(when, zone_name), its cached case inlined (an offset known for the hour)
+    hour_off = (_HOUR_OFFSETS.get((zone_name, epoch // 3_600))
+                if epoch >= 0 and when.tzinfo is not None else None)
+    if hour_off is None or hour_off is False:
+        epoch, local = _local_epoch(when, zone_name)
+    else:
+        local = epoch + hour_off
     day_b = local // 86_400
     hour_b = (epoch + (local - epoch) % 3_600) // 3_600  # _hour_bucket, inlined
     kind = tx.type
