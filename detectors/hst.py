@@ -117,6 +117,7 @@ class FlatHalfSpaceTrees:
         self._leaf_score: list[list[int | None]] = [
             [None] * (inner + 1) for _ in range(self.n_trees)]
         self._leaves = _leaf_finder(self._feature, self._threshold, height)
+        self._count = _leaf_counter(self.n_trees)
 
     def path(self, x: Sequence[float]) -> list[tuple[int, ...]]:
         """Each tree's root-to-leaf node indices for ``x`` (``height + 1`` each)."""
@@ -168,8 +169,7 @@ class FlatHalfSpaceTrees:
 
     def learn_leaves(self, leaves: Sequence[int]) -> None:
         """Count the event whose :meth:`leaves` are ``leaves``; pivot at the window's end."""
-        for l_leaf, leaf in zip(self._l_leaf, leaves, strict=True):
-            l_leaf[leaf] += 1
+        self._count(self._l_leaf, leaves)  # l_leaf[leaf] += 1 for each tree's pair
         self.counter += 1
         if self.counter == self.window_size:
             self._r_mass = self._full_l_mass()
@@ -220,7 +220,8 @@ class FlatHalfSpaceTrees:
 
 
 #: Attributes :meth:`FlatHalfSpaceTrees._prepare` derives (not pickled).
-_DERIVED = frozenset({"_inner", "_split", "_paths", "_l_leaf", "_leaf_score", "_leaves"})
+_DERIVED = frozenset({"_inner", "_split", "_paths", "_l_leaf", "_leaf_score", "_leaves",
+                      "_count"})
 
 #: Largest forest (internal nodes over all trees) :func:`_leaf_finder` compiles.
 _MAX_COMPILED_NODES = 20_000
@@ -272,6 +273,31 @@ def _compiled(features: tuple[tuple[int, ...], ...], thresholds: tuple[tuple[flo
     exec(compile("\n".join(lines), "<FlatHalfSpaceTrees leaves>", "exec"), namespace)
     leaves: Callable[[Sequence[float]], tuple[int, ...]] = namespace["leaves"]
     return leaves
+
+
+@lru_cache(maxsize=16)
+def _leaf_counter(n_trees: int) -> Callable[[Sequence[list[int]], Sequence[int]], None]:
+    """A function adding one to ``counts[t][leaves[t]]`` for each of ``n_trees`` trees,
+    compiled as straight-line code (a ValueError if either is not ``n_trees`` long, as
+    ``zip(..., strict=True)`` gives).
+
+    >>> counts = [[0, 0], [0, 0, 0]]
+    >>> _leaf_counter(2)(counts, (1, 2))
+    >>> counts
+    [[0, 1], [0, 0, 1]]
+    """
+    names = [f"l{t}" for t in range(n_trees)]
+    leaves = [f"a{t}" for t in range(n_trees)]
+    lines = [
+        "def count(counts, leaves):",
+        f" {', '.join(names)}, = counts",
+        f" {', '.join(leaves)}, = leaves",
+        *(f" {n}[{a}] += 1" for n, a in zip(names, leaves, strict=True)),
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<FlatHalfSpaceTrees count>", "exec"), namespace)
+    count: Callable[[Sequence[list[int]], Sequence[int]], None] = namespace["count"]
+    return count
 
 
 @lru_cache(maxsize=16)
