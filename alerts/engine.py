@@ -690,14 +690,11 @@ class Engine:
             state.limit = limits.new_state(profile.limit_minor)
         crisis = policy.crisis.suspend_limit_cuts and policy.crisis.in_force(when)
         balance = state.behaviour.balance if state.behaviour else 0
-        state.limit, adjustment = limits.propose(
-            state.limit, customer_id=customer_id, account_id=None, trigger_event_id=trigger,
-            event_time=when, grade=outcome.grade, previous_grade=outcome.previous,
-            score=score_value, balance_minor=max(0, balance),
-            utilisation=feats.get("utilisation"), on_time_cycles=_on_time_cycles(state),
-            crisis_in_force=crisis, currency=profile.currency, policy=policy.limits,
-            policy_version=policy.version, model_version=policy.model_version,
-            tightening=tightening, days_past_due=feats.get("max_dpd", 0.0))
+        state.limit, adjustment = limits.propose_positional(
+            state.limit, customer_id, None, trigger, when, outcome.grade, outcome.previous,
+            score_value, max(0, balance), feats.get("utilisation"), _on_time_cycles(state),
+            crisis, profile.currency, policy.limits, policy.version, policy.model_version,
+            tightening, feats.get("max_dpd", 0.0))
         if adjustment is None:
             return []
         return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]
