@@ -440,6 +440,10 @@ class SegmentMonitor:
         self._rate_memo: dict[tuple[SegmentKey, int], _RateState] = {}
         #: The newest window any entry of _rate_memo read (_NO_WINDOW: none).
         self._rate_memo_last = _NO_WINDOW
+        #: key() by its arguments; emptied whenever a value is admitted; never pickled.
+        self._key_memo: dict[tuple[str, str, str], SegmentKey] = {}
+        #: The configured indicators, sorted (never pickled: the config's).
+        self._indicator_names = tuple(sorted(c.indicators))
 
     # -- pickling (the caches are rebuilt on demand) ---------------------------
 
@@ -448,12 +452,16 @@ class SegmentMonitor:
         state["_cache"] = {}
         state.pop("_rate_memo", None)
         state.pop("_rate_memo_last", None)
+        state.pop("_key_memo", None)
+        state.pop("_indicator_names", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._rate_memo = {}
         self._rate_memo_last = _NO_WINDOW
+        self._key_memo = {}
+        self._indicator_names = tuple(sorted(self.config.indicators))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SegmentMonitor):
@@ -486,6 +494,7 @@ class SegmentMonitor:
         if len(admitted) < self._bound[dim]:
             if admit:
                 admitted.add(value)
+                self._key_memo.clear()  # key() of this value (and past the bound) changes
             return value
         return OTHER
 
@@ -497,11 +506,18 @@ class SegmentMonitor:
         >>> mon.key("retail", "credit_card", "south"), mon.key("retail", "mortgage", "north")
         (('retail', 'credit_card', 'other'), ('retail', 'other', 'north'))
         """
-        return (
+        memo = self._key_memo.get((sector, product, region))
+        if memo is not None:
+            return memo
+        key = (
             self._canon(0, sector, False),
             self._canon(1, product, False),
             self._canon(2, region, False),
         )
+        if len(self._key_memo) >= 4_096:
+            self._key_memo.clear()
+        self._key_memo[(sector, product, region)] = key
+        return key
 
     def _admit(self, key: SegmentKey) -> SegmentKey:
         return (
@@ -720,7 +736,7 @@ class SegmentMonitor:
         add = 0
         key = self.key(sector, product, region)
         sector_key = key[0]
-        for indicator in sorted(c.indicators):
+        for indicator in self._indicator_names:  # sorted(c.indicators)
             st = self._indicator_state(sector_key, indicator, day)
             if st is not None and st.tightened:
                 reasons.append(self._indicator_reason(sector_key, indicator, st))

@@ -388,6 +388,20 @@ def test_memoised_rate_folds_follow_every_update(steps: list[tuple[Any, ...]]) -
             mon.observe_account(keys[k], day, overdue, new)
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 4), st.integers(0, 4)), max_size=60))
+def test_memoised_segment_keys_follow_admissions(steps: list[tuple[bool, int, int]]) -> None:
+    """key() answers as a monitor with nothing memoised does, as values are admitted up to
+    the bounds (and past them: ``other``)."""
+    mon = SegmentMonitor(SegmentConfig(max_sectors=2, max_regions=3))
+    for observe_it, sector, region in steps:
+        values = (f"s{sector}", "credit_card", f"r{region}")
+        if observe_it:
+            mon.observe_account(values, 0, False, False)
+        else:
+            assert mon.key(*values) == copy.deepcopy(mon).key(*values)
+
+
 def test_segment_rate_tightening_lasts_its_minimum() -> None:
     mon = rate_monitor(min_tightened_windows=3)
     observe(mon, KEY, 0, 50, new=2)  # 4 % newly delinquent
