@@ -1148,7 +1148,8 @@ def score(
                         ),
                     )
                 )
-    candidates.sort(key=lambda c: (-c[0], c[1]))
+    if len(candidates) > 1:
+        candidates.sort(key=lambda c: (-c[0], c[1]))
     total = model_pts + rule_part + beh_part
     value = round(min(1000.0, max(0.0, total)))
     pending = s.pending
@@ -1173,7 +1174,7 @@ def score(
         model_points=round(model_pts),
         rule_points=round(rule_part),
         behaviour_points=round(beh_part),
-        factors=[c[2] for c in candidates[: config.max_factors]],
+        factors=[c[2] for c in candidates[: config.max_factors]] if candidates else [],
         snapshot_taken=taken,
         model_ready=ready,
     )
