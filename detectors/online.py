@@ -654,8 +654,19 @@ class AnomalyModel:
         >>> m.score_learn_scaled((0.2, 0.9)), m.n_learnt
         ((0.0, False), 1)
         """
-        score = self._score_scaled(xs)
-        flagged = self.is_anomalous(score)
+        # self._score_scaled(xs) and self.is_anomalous(score), inlined
+        if xs == self._cache_key:
+            score = self._cache_score
+        else:
+            hst = self.hst
+            leaves = self._cache_leaves = hst.leaves(xs)
+            score = float(hst.score_leaves(leaves))
+            self._cache_key, self._cache_score = xs, score
+        if self.n_learnt >= self.warmup:
+            q = self.quantile.get()  # the threshold property
+            flagged = score >= (self.min_score if q is None else max(float(q), self.min_score))
+        else:
+            flagged = False
         if learn:  # _learn_scaled(xs), whose score and verdict are those above
             self.quantile.update(score)
             self.n_learnt += 1
