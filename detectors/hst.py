@@ -149,8 +149,9 @@ class FlatHalfSpaceTrees:
         """Anomaly score in [0, 1] of the event whose :meth:`leaves` are ``leaves``."""
         if self.first_window:
             return 0.0
-        try:  # every tree's part already memoised (about 7 events in 8)
-            return 1 - sum(map(list.__getitem__, self._leaf_score, leaves)) / self.max_score
+        try:  # every tree's part already memoised (about 7 events in 8); a None raises
+            parts = map(list.__getitem__, self._leaf_score, leaves)
+            return 1 - sum(parts) / self.max_score  # type: ignore[arg-type]
         except TypeError:  # a part not yet known (None)
             pass
         paths = self._paths
