@@ -659,7 +659,8 @@ class Engine:
                           "utilisation": feats.get("utilisation", 0.0),
                           "score": float(result.score)}, day, policy.early_warning)
         extra.extend(line_signals)
-        emits.extend(self._emits(extra, state, customer_id, trigger, when))
+        if extra:
+            emits.extend(self._emits(extra, state, customer_id, trigger, when))
         if outcome.changed and outcome.grade != "low":
             emits.extend(self._tier_actions(outcome, state, customer_id, trigger, when))
         emits.extend(self._limit(state, outcome, result.score, feats, customer_id, trigger,
