@@ -14,6 +14,7 @@ lateness is refused as too late.
 from __future__ import annotations
 
 import datetime as dt
+import typing
 from typing import Any, NamedTuple
 
 import msgspec
@@ -51,7 +52,7 @@ SEEN_LIMIT = 48
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _grade_index(state: CustomerState) -> int:
+def _grade_index(state: CustomerState | _LeanState) -> int:
     """Index of the customer's current grade in ``alerts.grades.GRADES`` (-1: none yet)."""
     return state.score.last_grade if state.score is not None else -1
 
@@ -63,7 +64,10 @@ def _today(state: CustomerState, day: int) -> int:
 
 def _on_time_cycles(state: CustomerState) -> int:
     """Consecutive most recent repayment cycles paid on time, over all accounts."""
-    return min((delinquency.on_time_streak(led) for led in state.ledgers.values()), default=0)
+    ledgers = state.ledgers
+    if not ledgers:
+        return 0
+    return min([delinquency.on_time_streak(led) for led in ledgers.values()])
 
 
 _SEVERITY_ROUTING = {
@@ -142,6 +146,61 @@ def encode_state(state: CustomerState) -> bytes:
     return _STATE_ENCODER.encode(state)
 
 
+#: msgpack of an empty array, an empty map and nil (msgspec's encodings of [], {}, None).
+_MP_ARRAY0, _MP_MAP0, _MP_NIL = b"\x90", b"\x80", b"\xc0"
+
+
+class _LeanState(Struct, array_like=True, gc=False):
+    """:class:`CustomerState`'s layout, with the fields that a card transaction which
+    raises nothing on a day the customer was already scored never reads kept as their
+    msgpack bytes (``msgspec.Raw``): those are neither decoded nor encoded again, and
+    encoding a lean state gives the very bytes of the customer state it was decoded
+    from (with the same changes). ``Engine.process`` turns it into a full state
+    (:func:`_full_state`) as soon as the event needs more.
+
+    >>> raw = encode_state(CustomerState(seen=[7], scored_day=3, reminded=[1, 2]))
+    >>> lean = _LEAN_DECODER.decode(raw)
+    >>> _STATE_ENCODER.encode(lean) == raw, bytes(lean.reminded) == _STATE_ENCODER.encode([1, 2])
+    (True, True)
+    >>> _full_state(lean).reminded, _full_state(lean).scored_day
+    ([1, 2], 3)
+    """
+
+    seen: list[int] = []
+    watermarks: list[int] = []
+    profile: Profile | None = None
+    spend: SpendState | None = None
+    behaviour: BehaviourState | None = None
+    ledgers: msgspec.Raw = msgspec.Raw(_MP_MAP0)
+    next_check: int | None = None
+    sent: msgspec.Raw = msgspec.Raw(_MP_ARRAY0)
+    segment_window: int = -1
+    score: ScoreState | None = None
+    lines: msgspec.Raw = msgspec.Raw(_MP_NIL)
+    limit: msgspec.Raw = msgspec.Raw(_MP_NIL)
+    scored_day: int = -1
+    reminded: msgspec.Raw = msgspec.Raw(_MP_ARRAY0)
+    segment_accounts: msgspec.Raw = msgspec.Raw(_MP_MAP0)
+
+
+_LEAN_DECODER = msgspec.msgpack.Decoder(_LeanState)
+_FIELD_TYPES = typing.get_type_hints(CustomerState)
+#: Decoders of the fields a lean state keeps as bytes.
+_DEC_LEDGERS, _DEC_SENT, _DEC_LINES, _DEC_LIMIT, _DEC_REMINDED, _DEC_SEGMENT_ACCOUNTS = (
+    msgspec.msgpack.Decoder(_FIELD_TYPES[name]).decode
+    for name in ("ledgers", "sent", "lines", "limit", "reminded", "segment_accounts"))
+
+
+def _full_state(lean: _LeanState) -> CustomerState:
+    """The customer state of a lean one (the same objects, the rest decoded)."""
+    return CustomerState(
+        lean.seen, lean.watermarks, lean.profile, lean.spend, lean.behaviour,
+        _DEC_LEDGERS(lean.ledgers), lean.next_check, _DEC_SENT(lean.sent),
+        lean.segment_window, lean.score, _DEC_LINES(lean.lines), _DEC_LIMIT(lean.limit),
+        lean.scored_day, _DEC_REMINDED(lean.reminded),
+        _DEC_SEGMENT_ACCOUNTS(lean.segment_accounts))
+
+
 class Result(NamedTuple):
     """What processing one event produced."""
 
@@ -151,6 +210,8 @@ class Result(NamedTuple):
     #: Epoch day the customer needs a watermark sweep (None: no pending check).
     next_check: int | None = None
 
+
+_tuple_new = tuple.__new__
 
 #: The ``customer_id`` of segment-level alerts (they concern no single customer).
 SEGMENT_SUBJECT = "segments"
@@ -196,6 +257,18 @@ class Engine:
         #: The anomaly model last checked to take behaviour's feature rows unscaled.
         self._row_model: Any = None
         self._row_ok = False
+        #: ``Policy.pauses`` of the policy it was computed for (see :meth:`_pauses`).
+        self._pauses_of: Policy | None = None
+        self._pauses_list: list[tuple[int, int | None]] = []
+
+    def _pauses(self) -> list[tuple[int, int | None]]:
+        """The policy's global DPD-clock pauses (``Policy.pauses``), computed once per
+        policy (a policy is immutable); callers must not change the list."""
+        policy = self.policy
+        if self._pauses_of is not policy:
+            self._pauses_list = policy.pauses()
+            self._pauses_of = policy
+        return self._pauses_list
 
     def set_policy(self, policy: Policy) -> None:
         """Switch to a newly published policy (takes effect on the next event).
@@ -270,44 +343,68 @@ class Engine:
         as with ``learn=True``.
         """
         self._learn = learn
-        state = decode_state(raw_state)
+        lean = _LeanState() if raw_state is None else _LEAN_DECODER.decode(raw_state)
         fingerprint = event_fingerprint(event.event_id)
-        if fingerprint in state.seen:
+        seen = lean.seen
+        if fingerprint in seen:
             return Result(None, [], duplicate=True)
         # Lateness is judged per topic: topics are consumed independently, so a
         # customer's events on two topics may interleave in any order.
         index = _TOPIC_INDEX.get(topic)
         if index is None:
             index = ENGINE_TOPICS.index(topic)  # ValueError, as for any unknown topic
-        if len(state.watermarks) <= index:
-            state.watermarks = [*state.watermarks, *[0] * (index + 1 - len(state.watermarks))]
-        event_ms = _ms(event.event_time)
-        watermark = state.watermarks[index]
-        lateness_ms = self.policy.allowed_lateness_days * 86_400_000
-        if watermark and event_ms < watermark - lateness_ms:
+        watermarks = lean.watermarks
+        if len(watermarks) <= index:
+            watermarks = lean.watermarks = [*watermarks, *[0] * (index + 1 - len(watermarks))]
+        when = event.event_time
+        # _ms(when): an aware datetime's timestamp() is that very total_seconds()
+        event_ms = int(when.timestamp() * 1000) if when.tzinfo is not None else _ms(when)
+        watermark = watermarks[index]
+        policy = self.policy
+        if watermark and event_ms < watermark - policy.allowed_lateness_days * 86_400_000:
             raise DecodeError(
                 "too_late",
-                f"event_time {event.event_time.isoformat()} is more than "
-                f"{self.policy.allowed_lateness_days} days behind the customer's newest "
+                f"event_time {when.isoformat()} is more than "
+                f"{policy.allowed_lateness_days} days behind the customer's newest "
                 f"event on {topic}",
                 topic=topic,
                 key=event.customer_id,
                 field="event_time",
             )
-        ledgers, grade, reminded = state.ledgers, _grade_index(state), state.reminded
-        signals = self._dispatch(topic, event, state)
-        state.seen = [*state.seen[-(SEEN_LIMIT - 1):], fingerprint]
-        state.watermarks[index] = max(watermark, event_ms)
-        customer_id, event_id, when = event.customer_id, event.event_id, event.event_time
-        emits = self._emits(signals, state, customer_id, event_id, when) if signals else []
         day = delinquency.epoch_day(when)
+        signals: list[Signal] | None = None
+        if topic == "card-transactions" and isinstance(event, m.CardTransaction):
+            signals = self._on_transaction(event, lean)
+            # Nothing raised on a day already scored: no alert, no re-score (_assess_at),
+            # no reminder unless the grade is marked (_pre_due), no ledger or grade change
+            # (_next_check), so the fields kept as bytes stay as they are.
+            if (not signals and lean.scored_day == day
+                    and (bytes(lean.ledgers) == _MP_MAP0 or self._marked_index(
+                        _grade_index(lean)) is None)):
+                lean.seen = [*seen[-(SEEN_LIMIT - 1):], fingerprint]
+                if event_ms > watermark:
+                    watermarks[index] = event_ms
+                return _tuple_new(Result, (_STATE_ENCODER.encode(lean), [], False,
+                                           lean.next_check))
+        state = _full_state(lean)
+        # (as they were before a card transaction's _on_transaction: it changes none of them)
+        ledgers, grade, reminded = state.ledgers, _grade_index(state), state.reminded
+        if signals is None:
+            signals = self._dispatch(topic, event, state)
+        state.seen = [*seen[-(SEEN_LIMIT - 1):], fingerprint]
+        if event_ms > watermark:
+            watermarks[index] = event_ms
+        customer_id, event_id = event.customer_id, event.event_id
+        emits = self._emits(signals, state, customer_id, event_id, when) if signals else []
         if topic != "customer-profiles":
             emits.extend(self._assess(topic, event, state, signals, day))
-        emits.extend(self._pre_due(state, customer_id, event_id, when, day))
+        if state.ledgers and _grade_index(state) >= 0:  # else no grade is marked (_pre_due)
+            emits.extend(self._pre_due(state, customer_id, event_id, when, day))
         if (state.ledgers is not ledgers or _grade_index(state) != grade
                 or state.reminded is not reminded):
             state.next_check = self._next_check(state, day)
-        return Result(encode_state(state), emits, next_check=state.next_check)
+        # Result(state, emits, False, next_check), without NamedTuple's keyword __new__
+        return _tuple_new(Result, (_STATE_ENCODER.encode(state), emits, False, state.next_check))
 
     def advance(self, customer_id: str, raw_state: bytes | None, as_of: dt.datetime) -> Result:
         """Let event time pass to ``as_of`` for one customer (the watermark sweep).
@@ -326,7 +423,7 @@ class Engine:
         ledger_check = self._ledger_check(state)
         if ledger_check is not None and ledger_check <= day:
             config = self.policy.delinquency
-            pauses = self.policy.pauses()
+            pauses = self._pauses()
             signals: list[Signal] = []
             ledgers = dict(state.ledgers)
             for account_id, ledger in state.ledgers.items():
@@ -355,7 +452,7 @@ class Engine:
     def _ledger_check(self, state: CustomerState) -> int | None:
         """Earliest day on which time alone changes one of the customer's ledgers."""
         config = self.policy.delinquency
-        pauses = self.policy.pauses()
+        pauses = self._pauses()
         days = [d for led in state.ledgers.values()
                 if (d := delinquency.next_check_day(led, config, pauses=pauses)) is not None]
         return min(days) if days else None
@@ -371,10 +468,14 @@ class Engine:
 
     def _marked_grade(self, state: CustomerState) -> str | None:
         """The customer's grade, when pre-due reminders are on and the policy marks it."""
+        return self._marked_index(_grade_index(state)) if state.ledgers else None
+
+    def _marked_index(self, index: int) -> str | None:
+        """The grade of ``GRADES`` index ``index`` (-1: none), when pre-due reminders are
+        on and the policy marks it (for a customer with a ledger)."""
         actions = self.policy.actions
         rule = actions.pre_due_reminder
-        index = _grade_index(state)
-        if not (actions.enabled and rule.enabled and state.ledgers) or index < 0:
+        if not (actions.enabled and rule.enabled) or index < 0:
             return None
         grade = grading.GRADES[index]
         return grade if grade in rule.grades else None
@@ -384,7 +485,7 @@ class Engine:
             return None
         rule = self.policy.actions.pre_due_reminder
         config = self.policy.delinquency
-        pauses = self.policy.pauses()
+        pauses = self._pauses()
         reminded = set(state.reminded)
         today = _today(state, day)
         days = []
@@ -407,7 +508,7 @@ class Engine:
             return []
         policy = self.policy
         rule = policy.actions.pre_due_reminder
-        pauses = policy.pauses()
+        pauses = self._pauses()
         timezone = state.profile.timezone if state.profile else "UTC"
         reminded = set(state.reminded)
         added: list[int] = []
@@ -447,7 +548,7 @@ class Engine:
         profile = state.profile
         dpd = {
             account: delinquency.days_past_due(led, led.clock, self.policy.delinquency,
-                                               pauses=self.policy.pauses())
+                                               pauses=self._pauses())
             for account, led in state.ledgers.items()
         }
         return {
@@ -524,7 +625,7 @@ class Engine:
         state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
                                      learn=self._learn)
         profile = state.profile
-        pauses = policy.pauses()
+        pauses = self._pauses()
         feats = scoring.features(
             profile.limit_minor if profile else None, state.ledgers, state.behaviour, day,
             behaviour_config=policy.behaviour, delinquency_config=policy.delinquency,
@@ -558,7 +659,8 @@ class Engine:
                           "utilisation": feats.get("utilisation", 0.0),
                           "score": float(result.score)}, day, policy.early_warning)
         extra.extend(line_signals)
-        emits.extend(self._emits(extra, state, customer_id, trigger, when))
+        if extra:
+            emits.extend(self._emits(extra, state, customer_id, trigger, when))
         if outcome.changed and outcome.grade != "low":
             emits.extend(self._tier_actions(outcome, state, customer_id, trigger, when))
         emits.extend(self._limit(state, outcome, result.score, feats, customer_id, trigger,
@@ -589,14 +691,11 @@ class Engine:
             state.limit = limits.new_state(profile.limit_minor)
         crisis = policy.crisis.suspend_limit_cuts and policy.crisis.in_force(when)
         balance = state.behaviour.balance if state.behaviour else 0
-        state.limit, adjustment = limits.propose(
-            state.limit, customer_id=customer_id, account_id=None, trigger_event_id=trigger,
-            event_time=when, grade=outcome.grade, previous_grade=outcome.previous,
-            score=score_value, balance_minor=max(0, balance),
-            utilisation=feats.get("utilisation"), on_time_cycles=_on_time_cycles(state),
-            crisis_in_force=crisis, currency=profile.currency, policy=policy.limits,
-            policy_version=policy.version, model_version=policy.model_version,
-            tightening=tightening, days_past_due=feats.get("max_dpd", 0.0))
+        state.limit, adjustment = limits.propose_positional(
+            state.limit, customer_id, None, trigger, when, outcome.grade, outcome.previous,
+            score_value, max(0, balance), feats.get("utilisation"), _on_time_cycles(state),
+            crisis, profile.currency, policy.limits, policy.version, policy.model_version,
+            tightening, feats.get("max_dpd", 0.0))
         if adjustment is None:
             return []
         return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]
@@ -617,7 +716,7 @@ class Engine:
         product = ("credit_card" if isinstance(event, m.StatementDue)
                    else event.product if isinstance(event, m.InstallmentDue) else None)
         new, signals = delinquency.apply(ledger, event, self.policy.delinquency,
-                                         pauses=self.policy.pauses(), product=product)
+                                         pauses=self._pauses(), product=product)
         if new is not ledger:  # the next check day is recomputed once the event is done
             state.ledgers = {**state.ledgers, event.account_id: new}
             self._count_segment(state, new, signals)
@@ -645,7 +744,7 @@ class Engine:
             flags = seen | _SEG_OVERDUE | _SEG_NEW
         else:
             dpd = delinquency.days_past_due(ledger, day, self.policy.delinquency,
-                                            pauses=self.policy.pauses())
+                                            pauses=self._pauses())
             flags = window << 2 | (_SEG_OVERDUE if dpd > 0 else 0) | (_SEG_NEW if onset else 0)
             seen = -1
         product = ledger.product or (profile.products[0] if profile.products else "other")
@@ -657,7 +756,8 @@ class Engine:
         state.segment_accounts = {**counted, ledger.account_id: flags}
         state.segment_window = window
 
-    def _on_transaction(self, tx: m.CardTransaction, state: CustomerState) -> list[Signal]:
+    def _on_transaction(self, tx: m.CardTransaction,
+                        state: CustomerState | _LeanState) -> list[Signal]:
         policy = self.policy
         profile = state.profile
         state.behaviour, signals, row = behaviour.on_transaction_row(

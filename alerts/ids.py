@@ -48,8 +48,11 @@ def event_fingerprint(event_id: str) -> int:
     if fingerprint is None:
         # Memoised: an event's id is fingerprinted by the engine, then again by the limit
         # guardrails for the same trigger; due reminders fingerprint the same dues.
-        digest = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
-        fingerprint = int.from_bytes(digest, "big") >> 1
+        # hashlib.blake2b(event_id.encode(), digest_size=8), from a copy of an empty one
+        # (a third cheaper than the constructor's keyword parsing and set-up)
+        blake = _BLAKE2B_8.copy()
+        blake.update(event_id.encode())
+        fingerprint = int.from_bytes(blake.digest(), "big") >> 1
         if len(_FINGERPRINTS) >= 8_192:
             _FINGERPRINTS.clear()
         _FINGERPRINTS[event_id] = fingerprint
@@ -57,3 +60,4 @@ def event_fingerprint(event_id: str) -> int:
 
 
 _FINGERPRINTS: dict[str, int] = {}
+_BLAKE2B_8 = hashlib.blake2b(digest_size=8)

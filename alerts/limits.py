@@ -114,6 +114,7 @@ __all__ = [
     "encode_state",
     "new_state",
     "propose",
+    "propose_positional",
     "sync_limit",
 ]
 
@@ -524,6 +525,42 @@ def propose(
     True
     >>> propose(state, **kw)  # the same trigger again: nothing new
     (LimitState(limit_minor=200000, ...), None)
+    """
+    return propose_positional(
+        state, customer_id, account_id, trigger_event_id, event_time, grade, previous_grade,
+        score, balance_minor, utilisation, on_time_cycles, crisis_in_force, currency, policy,
+        policy_version, model_version, tightening, days_past_due)
+
+
+def propose_positional(
+    state: LimitState,
+    customer_id: str,
+    account_id: str | None,
+    trigger_event_id: str,
+    event_time: dt.datetime,
+    grade: Grade,
+    previous_grade: Grade | None,
+    score: int,
+    balance_minor: int,
+    utilisation: float | None,
+    on_time_cycles: int,
+    crisis_in_force: bool,
+    currency: str,
+    policy: LimitPolicy,
+    policy_version: str,
+    model_version: str,
+    tightening: Tightening | None,
+    days_past_due: float,
+    /,
+) -> tuple[LimitState, LimitAdjustment | None]:
+    """:func:`propose` with every argument given by position, in its order (for the
+    engine's once-a-day call: eighteen keyword arguments cost a Python call about 0.6 us).
+
+    >>> import datetime as dt
+    >>> t = dt.datetime(2026, 3, 2, tzinfo=dt.UTC)
+    >>> propose_positional(new_state(200_000), "c1", None, "e7", t, "high", "medium", 640, 0,
+    ...     0.4, 1, False, "EUR", DEFAULT_LIMIT_POLICY, "p1", "m1", None, 0)[1].direction
+    'freeze'
     """
     if not policy.enabled or state.limit_minor <= 0:
         return state, None

@@ -606,6 +606,8 @@ def _pauses(ledger: AccountLedger, pauses: Sequence[Pause]) -> list[tuple[int, i
     >>> _pauses(AccountLedger("a", 0, deferrals=[Deferral(1, 10, 20)]), [(15, 30)])
     [(10, 30)]
     """
+    if not pauses and not ledger.deferrals:
+        return []  # what _merge([]) gives
     return _merge([*_deferral_pauses(ledger.deferrals), *pauses])
 
 
@@ -669,8 +671,16 @@ def _oldest_unpaid(ledger: AccountLedger, cfg: DelinquencyConfig) -> Due | None:
     >>> _oldest_unpaid(led, DEFAULT_CONFIG).id
     'i2'
     """
+    plan = ledger.plan
+    tolerance = cfg.tolerance_minor
     for d in ledger.dues:  # sorted by (day, id)
-        if _unpaid(d, ledger.plan) > cfg.tolerance_minor:
+        # _unpaid(d, plan), inlined
+        if plan is not None and d.key < plan.key:
+            unpaid = 0
+        else:
+            obligation = min(d.minimum, d.amount) if d.kind == STATEMENT else d.amount
+            unpaid = max(0, obligation - d.paid)
+        if unpaid > tolerance:
             return d
     return None
 
@@ -1680,8 +1690,11 @@ def on_time_streak(ledger: AccountLedger) -> int:
     >>> on_time_streak(AccountLedger("a1", 0))
     0
     """
+    cycles = ledger.cycles
+    if len(cycles) < 2:
+        return 0
     run = 0
-    for code in reversed(_records(ledger.cycles)):
+    for code in cycles[(len(cycles) - 2) | 1::-2]:  # reversed(_records(cycles))
         if code & _C_LATE:
             break
         run += 1

@@ -117,6 +117,7 @@ class FlatHalfSpaceTrees:
         self._leaf_score: list[list[int | None]] = [
             [None] * (inner + 1) for _ in range(self.n_trees)]
         self._leaves = _leaf_finder(self._feature, self._threshold, height)
+        self._count = _leaf_counter(self.n_trees)
 
     def path(self, x: Sequence[float]) -> list[tuple[int, ...]]:
         """Each tree's root-to-leaf node indices for ``x`` (``height + 1`` each)."""
@@ -148,6 +149,11 @@ class FlatHalfSpaceTrees:
         """Anomaly score in [0, 1] of the event whose :meth:`leaves` are ``leaves``."""
         if self.first_window:
             return 0.0
+        try:  # every tree's part already memoised (about 7 events in 8); a None raises
+            parts = map(list.__getitem__, self._leaf_score, leaves)
+            return 1 - sum(parts) / self.max_score  # type: ignore[arg-type]
+        except TypeError:  # a part not yet known (None)
+            pass
         paths = self._paths
         score = 0
         for memo, r_mass, leaf in zip(self._leaf_score, self._r_mass, leaves, strict=True):
@@ -164,8 +170,7 @@ class FlatHalfSpaceTrees:
 
     def learn_leaves(self, leaves: Sequence[int]) -> None:
         """Count the event whose :meth:`leaves` are ``leaves``; pivot at the window's end."""
-        for l_leaf, leaf in zip(self._l_leaf, leaves, strict=True):
-            l_leaf[leaf] += 1
+        self._count(self._l_leaf, leaves)  # l_leaf[leaf] += 1 for each tree's pair
         self.counter += 1
         if self.counter == self.window_size:
             self._r_mass = self._full_l_mass()
@@ -216,7 +221,8 @@ class FlatHalfSpaceTrees:
 
 
 #: Attributes :meth:`FlatHalfSpaceTrees._prepare` derives (not pickled).
-_DERIVED = frozenset({"_inner", "_split", "_paths", "_l_leaf", "_leaf_score", "_leaves"})
+_DERIVED = frozenset({"_inner", "_split", "_paths", "_l_leaf", "_leaf_score", "_leaves",
+                      "_count"})
 
 #: Largest forest (internal nodes over all trees) :func:`_leaf_finder` compiles.
 _MAX_COMPILED_NODES = 20_000
@@ -225,9 +231,9 @@ _MAX_COMPILED_NODES = 20_000
 def _leaf_finder(features: Sequence[Sequence[int]], thresholds: Sequence[Sequence[float]],
                  height: int) -> Callable[[Sequence[float]], tuple[int, ...]] | None:
     """A function of ``x`` giving each tree's leaf (offset among the leaves), compiled
-    from the splits as nested ``if x[f] < threshold`` tests: the same comparisons as
-    the walk in :meth:`FlatHalfSpaceTrees.path`, without the indexing (about 3x
-    faster). ``None`` (walk the lists instead) for a large forest or a split that is
+    from the splits as nested ``if x[f] < threshold`` tests (each ``x[f]`` read once, into
+    a local, first): the same comparisons as the walk in :meth:`FlatHalfSpaceTrees.path`,
+    without the indexing (about 3x faster). ``None`` (walk the lists instead) for a large forest or a split that is
     not a plain int feature and finite float threshold.
 
     >>> find = _leaf_finder([[0, 1, 1]], [[0.5, 0.2, 0.7]], 2)
@@ -257,17 +263,44 @@ def _compiled(features: tuple[tuple[int, ...], ...], thresholds: tuple[tuple[flo
             if depth == height:
                 lines.append(f"{pad}l{tree} = {i - inner}")
                 return
-            lines.append(f"{pad}if x[{feature[i]}] < {threshold[i]!r}:")
+            lines.append(f"{pad}if x{feature[i]} < {threshold[i]!r}:")
             emit(2 * i + 1, depth + 1)
             lines.append(f"{pad}else:")
             emit(2 * i + 2, depth + 1)
 
         emit(0, 0)
     lines.append(" return (" + "".join(f"l{t}, " for t in range(len(features))) + ")")
+    # Each feature read from x once, into a local (x3 = x[3]), before the tests.
+    lines[1:1] = [f" x{f} = x[{f}]" for f in sorted({f for fs in features for f in fs})]
     namespace: dict[str, Any] = {}
     exec(compile("\n".join(lines), "<FlatHalfSpaceTrees leaves>", "exec"), namespace)
     leaves: Callable[[Sequence[float]], tuple[int, ...]] = namespace["leaves"]
     return leaves
+
+
+@lru_cache(maxsize=16)
+def _leaf_counter(n_trees: int) -> Callable[[Sequence[list[int]], Sequence[int]], None]:
+    """A function adding one to ``counts[t][leaves[t]]`` for each of ``n_trees`` trees,
+    compiled as straight-line code (a ValueError if either is not ``n_trees`` long, as
+    ``zip(..., strict=True)`` gives).
+
+    >>> counts = [[0, 0], [0, 0, 0]]
+    >>> _leaf_counter(2)(counts, (1, 2))
+    >>> counts
+    [[0, 1], [0, 0, 1]]
+    """
+    names = [f"l{t}" for t in range(n_trees)]
+    leaves = [f"a{t}" for t in range(n_trees)]
+    lines = [
+        "def count(counts, leaves):",
+        f" {', '.join(names)}, = counts",
+        f" {', '.join(leaves)}, = leaves",
+        *(f" {n}[{a}] += 1" for n, a in zip(names, leaves, strict=True)),
+    ]
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<FlatHalfSpaceTrees count>", "exec"), namespace)
+    count: Callable[[Sequence[list[int]], Sequence[int]], None] = namespace["count"]
+    return count
 
 
 @lru_cache(maxsize=16)

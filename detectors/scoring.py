@@ -237,9 +237,12 @@ def summarise_ledgers(
         if dpd > 0:
             overdue += 1
             max_dpd = max(max_dpd, dpd)
+        if not led.cycles:
+            continue
         recs = led.cycles[1::2]
-        stmts = [c for c in recs if c & _C_STMT][-_MIN_ONLY_WINDOW:]
-        min_only += sum(1 for c in stmts if c & _C_MIN)
+        for c in [c for c in recs if c & _C_STMT][-_MIN_ONLY_WINDOW:]:
+            if c & _C_MIN:
+                min_only += 1
         for c in recs[-_RATIO_WINDOW:]:
             ratio_sum += c & _C_RATIO
             ratio_n += 1
@@ -288,25 +291,13 @@ def features(
         led = ledgers
     else:
         led = summarise_ledgers(ledgers, now_day, delinquency_config, pauses=pauses)
-    raw = [
-        float(led.max_dpd),
-        float(led.overdue_accounts),
-        float(led.min_only),
-        led.payment_ratio,
-        float(led.late),
-        float(led.cured),
-        0.0,  # utilisation
-        0.0,  # cash_share_7d
-        0.0,  # cash_share_90d
-        1.0,  # spend_ratio
-        0.0,  # applications_30d
-        float(led.accounts),
-        90.0,  # inactive_days
-    ]
+    utilisation = cash_7d = cash_90d = applications = 0.0
+    spend_ratio = 1.0
+    inactive: float = 90.0
     b = behaviour_state
     if b is not None:
         if profile_limit:
-            raw[6] = b.balance / profile_limit
+            utilisation = b.balance / profile_limit
         first = now_day - behaviour_config.short_window_days + 1
         recent = cash = 0
         if b.day >= first:
@@ -317,23 +308,59 @@ def features(
                     recent += sp
                     cash += ca
         if recent > 0:
-            raw[7] = cash / recent
+            cash_7d = cash / recent
         if b.spend_long_raw > 0:
-            raw[8] = b.cash_long_raw / b.spend_long_raw
+            cash_90d = b.cash_long_raw / b.spend_long_raw
             if b.n_long >= behaviour_config.min_norm_days:
                 a = 1.0 / behaviour_config.long_window_days
                 norm = b.spend_long_raw / (1.0 - (1.0 - a) ** b.n_long)
                 if norm >= behaviour_config.min_daily_norm_minor:
-                    raw[9] = recent / (behaviour_config.short_window_days * norm)
-        since = (now_day + 1) * _DAY_S - 30 * _DAY_S
-        raw[10] = float(sum(1 for t, _ in b.applications if t >= since))
+                    spend_ratio = recent / (behaviour_config.short_window_days * norm)
+        if b.applications:
+            since = (now_day + 1) * _DAY_S - 30 * _DAY_S
+            applications = float(sum(1 for t, _ in b.applications if t >= since))
         if b.last_epoch >= 0:
-            raw[12] = (now_day + 1) - (b.last_epoch // _DAY_S + 1)
-    out: dict[str, float] = {}
-    for name, v, scale, cap in zip(FEATURES, raw, _SCALES, _CAP_OF, strict=True):
-        # _fix(v, scale) / scale: v is 0.0 or in (0, cap], finite
-        out[name] = round(min(v, cap) * scale) / scale if v > 0.0 else 0.0
-    return out
+            inactive = (now_day + 1) - (b.last_epoch // _DAY_S + 1)
+    return _quantised(
+        float(led.max_dpd),
+        float(led.overdue_accounts),
+        float(led.min_only),
+        led.payment_ratio,
+        float(led.late),
+        float(led.cured),
+        utilisation,
+        cash_7d,
+        cash_90d,
+        spend_ratio,
+        applications,
+        float(led.accounts),
+        inactive,
+    )
+
+
+def _quantiser() -> Any:
+    """``_quantised(*raw)``: the feature dict of raw values in the order of ``FEATURES``,
+    each clipped to its cap and rounded to its scale (``_fix(v, scale) / scale`` of a
+    value that is 0.0 or in (0, cap], finite), compiled as straight-line code.
+
+    >>> _quantised(3.0, 0.0, -1.0, 0.456, 0.0, 0.0, 2.5, 0.0, 0.0, 1.234, 0.0, 1.0, 90.0)
+    ... # doctest: +ELLIPSIS
+    {'max_dpd': 3.0, 'overdue_accounts': 0.0, 'min_only_cycles': 0.0, 'payment_ratio': 0.46, 'late_cycles': 0.0, 'late_cured': 0.0, 'utilisation': 2.0, 'cash_share_7d': 0.0, 'cash_share_90d': 0.0, 'spend_ratio': 1.2, 'applications_30d': 0.0, 'open_accounts': 1.0, 'inactive_days': 90.0}
+    """
+    names = [f"v{i}" for i in range(_N_FEATURES)]
+    lines = [f"def _quantised({', '.join(names)}):", " return {"]
+    for name, v, scale, cap in zip(FEATURES, names, _SCALES, _CAP_OF, strict=True):
+        # round(min(v, cap) * scale) / scale if v > 0.0 else 0.0 (min(v, cap) is cap
+        # exactly when cap < v)
+        lines.append(f"  {name!r}: round(({cap!r} if {cap!r} < {v} else {v}) * {scale!r}) "
+                     f"/ {scale!r} if {v} > 0.0 else 0.0,")
+    lines.append(" }")
+    namespace: dict[str, Any] = {}
+    exec(compile("\n".join(lines), "<scoring features>", "exec"), namespace)
+    return namespace["_quantised"]
+
+
+_quantised = _quantiser()
 
 
 # --------------------------------------------------------------------------- #
@@ -1121,7 +1148,8 @@ def score(
                         ),
                     )
                 )
-    candidates.sort(key=lambda c: (-c[0], c[1]))
+    if len(candidates) > 1:
+        candidates.sort(key=lambda c: (-c[0], c[1]))
     total = model_pts + rule_part + beh_part
     value = round(min(1000.0, max(0.0, total)))
     pending = s.pending
@@ -1146,7 +1174,7 @@ def score(
         model_points=round(model_pts),
         rule_points=round(rule_part),
         behaviour_points=round(beh_part),
-        factors=[c[2] for c in candidates[: config.max_factors]],
+        factors=[c[2] for c in candidates[: config.max_factors]] if candidates else [],
         snapshot_taken=taken,
         model_ready=ready,
     )

@@ -371,6 +371,10 @@ def _kpi(counters: list[int], window: int, window_days: int) -> dict[str, Any]:
     }
 
 
+#: A window number below every real one (``SegmentMonitor._rate_memo_last`` of no entry).
+_NO_WINDOW = -(1 << 62)
+
+
 class _RateState(NamedTuple):
     tightened: bool
     since: int  # window the tightening started (-1: never)
@@ -431,8 +435,15 @@ class SegmentMonitor:
         self.ignored_indicators = 0
         self._cache: dict[tuple[str, str], _Ind] = {}
         #: _rate_state results by (segment, last complete window); emptied whenever
-        #: counters are handed out for an update (_counters), never pickled.
+        #: counters are handed out for an update (_counters) of a window one of them
+        #: read, or the retained windows move; never pickled.
         self._rate_memo: dict[tuple[SegmentKey, int], _RateState] = {}
+        #: The newest window any entry of _rate_memo read (_NO_WINDOW: none).
+        self._rate_memo_last = _NO_WINDOW
+        #: key() by its arguments; emptied whenever a value is admitted; never pickled.
+        self._key_memo: dict[tuple[str, str, str], SegmentKey] = {}
+        #: The configured indicators, sorted (never pickled: the config's).
+        self._indicator_names = tuple(sorted(c.indicators))
 
     # -- pickling (the caches are rebuilt on demand) ---------------------------
 
@@ -440,11 +451,17 @@ class SegmentMonitor:
         state = dict(self.__dict__)
         state["_cache"] = {}
         state.pop("_rate_memo", None)
+        state.pop("_rate_memo_last", None)
+        state.pop("_key_memo", None)
+        state.pop("_indicator_names", None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._rate_memo = {}
+        self._rate_memo_last = _NO_WINDOW
+        self._key_memo = {}
+        self._indicator_names = tuple(sorted(self.config.indicators))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SegmentMonitor):
@@ -477,6 +494,7 @@ class SegmentMonitor:
         if len(admitted) < self._bound[dim]:
             if admit:
                 admitted.add(value)
+                self._key_memo.clear()  # key() of this value (and past the bound) changes
             return value
         return OTHER
 
@@ -488,11 +506,18 @@ class SegmentMonitor:
         >>> mon.key("retail", "credit_card", "south"), mon.key("retail", "mortgage", "north")
         (('retail', 'credit_card', 'other'), ('retail', 'other', 'north'))
         """
-        return (
+        memo = self._key_memo.get((sector, product, region))
+        if memo is not None:
+            return memo
+        key = (
             self._canon(0, sector, False),
             self._canon(1, product, False),
             self._canon(2, region, False),
         )
+        if len(self._key_memo) >= 4_096:
+            self._key_memo.clear()
+        self._key_memo[(sector, product, region)] = key
+        return key
 
     def _admit(self, key: SegmentKey) -> SegmentKey:
         return (
@@ -506,8 +531,12 @@ class SegmentMonitor:
     def _counters(self, key: SegmentKey, day: int) -> list[int] | None:
         """The counters of ``key`` in the window of ``day`` (None: window already dropped)."""
         c = self.config
-        self._rate_memo.clear()
         w = day // c.window_days
+        if self._newest is None or w > self._newest or w <= self._rate_memo_last:
+            # The retained windows move, or a memoised fold read this window (a fold of
+            # windows before the one being counted, the usual case, stays as it is).
+            self._rate_memo.clear()
+            self._rate_memo_last = _NO_WINDOW
         if self._newest is None or w > self._newest:
             self._newest = w
             oldest = w - c.keep_windows + 1
@@ -665,7 +694,12 @@ class SegmentMonitor:
                     and w - since >= c.min_tightened_windows
                 ):
                     tightened = False
+        if len(self._rate_memo) >= 4_096:  # bounded: segments x days between window moves
+            self._rate_memo.clear()
+            self._rate_memo_last = _NO_WINDOW
         rs = self._rate_memo[(key, last)] = _RateState(tightened, since, codes, seen_w, seen_c)
+        if last > self._rate_memo_last:
+            self._rate_memo_last = last
         return rs
 
     def _indicator_reason(self, sector: str, indicator: str, st: _Ind) -> str:
@@ -702,7 +736,7 @@ class SegmentMonitor:
         add = 0
         key = self.key(sector, product, region)
         sector_key = key[0]
-        for indicator in sorted(c.indicators):
+        for indicator in self._indicator_names:  # sorted(c.indicators)
             st = self._indicator_state(sector_key, indicator, day)
             if st is not None and st.tightened:
                 reasons.append(self._indicator_reason(sector_key, indicator, st))

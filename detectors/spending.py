@@ -71,6 +71,16 @@ def large_transaction(
                     ],
                 )
             )
-    alpha = 1.0 - math.exp(-math.log(2) / half_life_events)
-    mean = float(amount_minor) if state.n == 0 else state.mean + alpha * (amount_minor - state.mean)
-    return SpendState(n=min(state.n + 1, 1_000_000), mean=mean), signals
+    alpha = _ALPHAS.get(half_life_events)
+    if alpha is None:
+        alpha = 1.0 - math.exp(-math.log(2) / half_life_events)
+        if len(_ALPHAS) >= 64:
+            _ALPHAS.clear()
+        _ALPHAS[half_life_events] = alpha
+    n = state.n
+    mean = float(amount_minor) if n == 0 else state.mean + alpha * (amount_minor - state.mean)
+    return SpendState(n + 1 if n < 1_000_000 else 1_000_000, mean), signals
+
+
+#: The learning rate of each half-life seen (``1 - exp(-ln 2 / half_life_events)``).
+_ALPHAS: dict[float, float] = {}

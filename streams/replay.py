@@ -218,10 +218,10 @@ def replay(
             elif emit.topic == "limit-adjustments":
                 report.limit_proposals[emit.record.direction] += 1
 
-    def sweep(due: DueIndex, as_of: dt.datetime) -> None:
+    def sweep(due: DueIndex, as_of: dt.datetime, day: int) -> None:
         # As the worker does per partition: event time passing a due date, with no
-        # further event from the customer, is what detects the miss.
-        for customer_id in due.pop_due(epoch_day(as_of)):
+        # further event from the customer, is what detects the miss (day: epoch_day(as_of)).
+        for customer_id in due.pop_due(day):
             result = engine.advance(customer_id, states.get(customer_id), as_of)
             if result.state is not None:
                 states[customer_id] = result.state
@@ -238,8 +238,8 @@ def replay(
             if key and topic in customer_topics and event_time > watermarks[part]:
                 watermarks[part] = event_time
                 as_of = event_time - lateness
-                swept_days[part] = epoch_day(as_of)
-                sweep(dues[part], as_of)
+                swept_days[part] = day = epoch_day(as_of)
+                sweep(dues[part], as_of, day)
             emits: list[Emit] = []
             late_check = False
             error: DecodeError | None = obj if isinstance(obj, DecodeError) else None
@@ -270,10 +270,12 @@ def replay(
                 emits = [dead_letter_emit(
                     dead_letter(topic, -1, line_no, None, raw, error, event_time))]
                 report.dead_letters[error.reason] += 1
-            emit_all(emits)
+            if emits:
+                emit_all(emits)
             if error is None and late_check:
                 # A check day already behind the partition's watermark is due now.
-                sweep(dues[part], watermarks[part] - lateness)
+                as_of = watermarks[part] - lateness
+                sweep(dues[part], as_of, epoch_day(as_of))
         report.seconds = time.perf_counter() - started
     finally:
         writers.close()

@@ -439,3 +439,34 @@ def test_anomaly_alerts_say_which_traits_made_them(tmp_path) -> None:
         assert all(e["code"].startswith("anomaly_") and e["value"] > 0 for e in factors)
         assert [e["value"] for e in factors] == sorted((e["value"] for e in factors),
                                                        reverse=True)
+
+
+def test_state_bytes_are_canonical_whichever_path_an_event_takes(monkeypatch):
+    """Card transactions that raise nothing on a day already scored leave most of the state
+    as bytes (a lean state); the bytes written are those of the full state all the same,
+    and the other events go the full way."""
+    import alerts.engine as engine_module
+    from alerts.engine import encode_state
+
+    full = []
+    original = engine_module._full_state
+    monkeypatch.setattr(engine_module, "_full_state",
+                        lambda lean: full.append(1) or original(lean))
+    engine = Engine(DEFAULT_POLICY)
+    profile = CustomerProfile(event_id="p1", event_time=T0, customer_id="c1",
+                              credit_limit_minor=500_000, currency="EUR",
+                              products=["credit_card"], sector="s", region="r", segment="g")
+    due = InstallmentDue(event_id="d1", event_time=T0, customer_id="c1", account_id="a2",
+                         due_id="i1", due_date=(T0 + dt.timedelta(days=3)).date(),
+                         amount_minor=10_000, currency="EUR")
+    state = engine.process("customer-profiles", profile, None).state
+    state = engine.process("repayments", due, state).state
+    n = 0
+    for i in range(40):  # four a day, over ten days
+        result = engine.process("card-transactions", tx(i, 1_500 + 37 * i, hours=6 * i), state)
+        assert result.state is not None
+        assert encode_state(decode_state(result.state)) == result.state
+        state = result.state
+        n += 1
+    assert 0 < len(full) - 2 < n  # the profile and the due went the full way, and so did some
+    assert decode_state(state).ledgers["a2"].dues

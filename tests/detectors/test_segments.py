@@ -370,6 +370,38 @@ def test_segment_rates_tighten_on_complete_windows_with_hysteresis() -> None:
     assert [s.reason_codes for s in mon.changes(35)] == [["segment_rates_recovered"]]
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 80), st.integers(0, 3),
+                          st.booleans(), st.booleans()), max_size=150))
+def test_memoised_rate_folds_follow_every_update(steps: list[tuple[Any, ...]]) -> None:
+    """Queries between updates (in and out of order, any window) answer as a monitor
+    with nothing memoised does."""
+    mon = rate_monitor(min_accounts=2, keep_windows=4)
+    keys = [KEY, ("retail", "personal_loan", "north"), ("energy", "credit_card", "south"),
+            ("energy", "mortgage", "north")]
+    for query, day, k, overdue, new in steps:
+        if query:
+            got = mon.tightening(*keys[k], day)
+            fresh = copy.deepcopy(mon)  # nothing memoised (not copied)
+            assert got == fresh.tightening(*keys[k], day)
+        else:
+            mon.observe_account(keys[k], day, overdue, new)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 4), st.integers(0, 4)), max_size=60))
+def test_memoised_segment_keys_follow_admissions(steps: list[tuple[bool, int, int]]) -> None:
+    """key() answers as a monitor with nothing memoised does, as values are admitted up to
+    the bounds (and past them: ``other``)."""
+    mon = SegmentMonitor(SegmentConfig(max_sectors=2, max_regions=3))
+    for observe_it, sector, region in steps:
+        values = (f"s{sector}", "credit_card", f"r{region}")
+        if observe_it:
+            mon.observe_account(values, 0, False, False)
+        else:
+            assert mon.key(*values) == copy.deepcopy(mon).key(*values)
+
+
 def test_segment_rate_tightening_lasts_its_minimum() -> None:
     mon = rate_monitor(min_tightened_windows=3)
     observe(mon, KEY, 0, 50, new=2)  # 4 % newly delinquent
