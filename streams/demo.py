@@ -26,7 +26,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 from schemas.codec import encode, loads
 from schemas.errors import BrokerError
-from schemas.topics import OUTPUT_TOPICS
+from schemas.topics import CUSTOMER_TOPICS, OUTPUT_TOPICS
 from streams.admin import ensure_topics
 from streams.broker import EmbeddedBroker, free_port
 from streams.config import Settings
@@ -49,6 +49,8 @@ class DemoStats:
     """What the demo has seen so far."""
 
     produced: int = 0
+    #: Records produced per topic (reference topics are not counted as processed).
+    produced_by: Counter[str] = field(default_factory=Counter)
     outputs: Counter[str] = field(default_factory=Counter)
     severity: Counter[str] = field(default_factory=Counter)
     reasons: Counter[str] = field(default_factory=Counter)
@@ -113,6 +115,7 @@ async def _produce(bootstrap: str, customers: int, days: int, seed: int, rate: f
             value = record if isinstance(record, bytes) else encode(record)
             await producer.send(topic, key=key.encode(), value=value)
             stats.produced += 1
+            stats.produced_by[topic] += 1
             if rate > 0 and stats.produced % 100 == 0:
                 ahead = stats.produced / rate - (time.monotonic() - started)
                 if ahead > 0:
@@ -225,7 +228,12 @@ async def _summarise(metrics_addr: str, stats: DemoStats, stop: asyncio.Event, d
 
 def _final(stats: DemoStats, out: TextIO) -> None:
     print("\n== Riskwatch demo summary", file=out)
+    reference = Counter({t: n for t, n in stats.produced_by.items()
+                         if t not in CUSTOMER_TOPICS})
     print(f"events produced     {stats.produced}", file=out)
+    if reference:
+        print(f"  of which reference data every worker reads: {_fmt(reference)} "
+              "(not counted as processed)", file=out)
     print(f"events processed    {int(stats.processed)}", file=out)
     print(f"outputs             {_fmt(stats.outputs)}", file=out)
     print(f"alerts by severity  {_fmt(stats.severity)}", file=out)
