@@ -417,17 +417,25 @@ def row_scaler(spec: ScaleSpec, order: Sequence[int]
     >>> f = row_scaler(spec, (1, 0, 2, 4))
     >>> f(row), scale_values((5.0, float("nan"), None, 9.0), spec)
     ((0.5, 0.0, 0.0, 1.0), (0.5, 0.0, 0.0, 1.0))
+    >>> row_scaler(scaling(("a",), {"a": (-math.inf, 0.0)}), (0,))((-3.0,))
+    (0.0,)
     """
     if len(order) != len(spec) or not all(type(i) is int for i in order):
         raise ValueError("row_scaler: one int position per feature of the spec")
-    lines = ["def scale_row(row):"]
-    for n, ((_, lo, inv), i) in enumerate(zip(spec, order, strict=True)):
+    # The bounds are bound as local defaults, not written as literals: an infinite
+    # bound (a range like (-inf, 0), or 1 / (high - low) overflowing) has no literal.
+    namespace: dict[str, Any] = {}
+    for n, (_, lo, inv) in enumerate(spec):
+        namespace[f"lo{n}"], namespace[f"inv{n}"] = float(lo), float(inv)
+    lines = ["def scale_row(row, " + "".join(f"lo{n}=lo{n}, inv{n}=inv{n}, "
+                                              for n in range(len(spec))) + "):"]
+    for n, i in enumerate(order):
         lines += [
             f" v = row[{i}]",
             " if v is None:",
             f"  s{n} = 0.0",
             " else:",
-            f"  s{n} = (v - {float(lo)!r}) * {float(inv)!r}",
+            f"  s{n} = (v - lo{n}) * inv{n}",
             f"  if s{n} > 1.0:",
             f"   s{n} = 1.0",
             f"  elif not s{n} >= 0.0:",  # negative or NaN
@@ -436,7 +444,6 @@ def row_scaler(spec: ScaleSpec, order: Sequence[int]
             f"   s{n} = float(s{n})",
         ]
     lines.append(" return (" + "".join(f"s{n}, " for n in range(len(spec))) + ")")
-    namespace: dict[str, Any] = {}
     exec(compile("\n".join(lines), "<row_scaler>", "exec"), namespace)
     scale_row: Callable[[Sequence[float | None]], tuple[float, ...]] = namespace["scale_row"]
     return scale_row
