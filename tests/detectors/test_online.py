@@ -1,0 +1,29 @@
+"""detectors.online helpers (the models themselves: test_conformance and their own tests)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from detectors.online import row_scaler, scale_values, scaling
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.floats(-1e6, 1e6), st.floats(1e-3, 1e6)), min_size=1, max_size=6
+    ),
+    st.data(),
+)
+def test_row_scaler_equals_scale_values(ranges: list[tuple[float, float]],
+                                        data: st.DataObject) -> None:
+    """The generated row scaler does what ``scale_values`` does, value for value."""
+    names = [f"f{i}" for i in range(len(ranges))]
+    spec = scaling(names, {n: (lo, lo + w) for n, (lo, w) in zip(names, ranges, strict=True)})
+    width = len(spec) + data.draw(st.integers(0, 3))
+    row = data.draw(st.lists(st.none() | st.floats(allow_nan=True, allow_infinity=True),
+                             min_size=width, max_size=width))
+    order = data.draw(st.permutations(range(width)))[: len(spec)]
+    got = row_scaler(spec, order)(row)
+    assert got == scale_values(tuple(row[i] for i in order), spec)
+    assert all(type(v) is float for v in got)
