@@ -661,14 +661,15 @@ class AnomalyModel:
         >>> m.score_learn_scaled((0.2, 0.9)), m.n_learnt
         ((0.0, False), 1)
         """
-        # self._score_scaled(xs) and self.is_anomalous(score), inlined
-        if xs == self._cache_key:
-            score = self._cache_score
+        # self._score_scaled(xs) and self.is_anomalous(score), inlined; a new event is
+        # cached only when it is left unlearnt (learning it would clear the cache again)
+        hit = xs == self._cache_key
+        if hit:
+            score, leaves = self._cache_score, self._cache_leaves
         else:
             hst = self.hst
-            leaves = self._cache_leaves = hst.leaves(xs)
+            leaves = hst.leaves(xs)
             score = float(hst.score_leaves(leaves))
-            self._cache_key, self._cache_score = xs, score
         if self.n_learnt >= self.warmup:
             q = self.quantile.get()  # the threshold property
             flagged = score >= (self.min_score if q is None else max(float(q), self.min_score))
@@ -677,11 +678,13 @@ class AnomalyModel:
         if learn:  # _learn_scaled(xs), whose score and verdict are those above
             self.quantile.update(score)
             self.n_learnt += 1
-            if flagged:
-                self.n_flagged += 1
-            else:
-                self.hst.learn_leaves(self._cache_leaves)
+            if not flagged:
+                self.hst.learn_leaves(leaves)
                 self._cache_key = None
+                return score, flagged
+            self.n_flagged += 1
+        if not hit:
+            self._cache_key, self._cache_leaves, self._cache_score = xs, leaves, score
         return score, flagged
 
     def __getstate__(self) -> dict[str, Any]:
