@@ -93,7 +93,6 @@ from detectors.online import (
     PageHinkleyParams,
     PHState,
     args_scaler,
-    ph_update,
     row_scaler,
     scale_values,
     scaling,
@@ -407,7 +406,12 @@ class _Tables:
         "a_mix",
         "a_share",
         "a_util",
+        "b_amt",
+        "b_cnt",
+        "b_long",
+        "b_share",
         "cfg",
+        "cooldown",
         "debias_cnt",
         "debias_long",
         "debias_mix",
@@ -417,6 +421,7 @@ class _Tables:
         "mix_step",
         "model_order",
         "model_spec",
+        "night",
         "ordinary",
         "overrides",
         "scale_args",
@@ -435,6 +440,14 @@ class _Tables:
         self.a_mix = 1.0 / cfg.mix_window_tx
         self.a_util = 1.0 / cfg.utilisation_window_payments
         self.a_share = 1.0 / cfg.share_window_tx
+        #: 1 - a_* (the same floats as computing ``1 - a`` where it is used)
+        self.b_amt, self.b_cnt = 1 - self.a_amt, 1 - self.a_cnt
+        self.b_long, self.b_share = 1 - self.a_long, 1 - self.a_share
+        self.cooldown = cfg.cooldown_hours * 3_600
+        #: night[h]: whether local hour h (0..23) is in the night window
+        ns, ne = cfg.night_start_hour, cfg.night_end_hour
+        self.night = tuple((ns <= h < ne) if ns <= ne else (h >= ns or h < ne)
+                           for h in range(24))
         self.overrides = {m: _CAT_INDEX[c] for m, c in cfg.mcc_categories}
         self.high_risk_mask = 0
         for c in cfg.high_risk_categories:
@@ -595,6 +608,7 @@ class BehaviourState(Struct, frozen=True, array_like=True, gc=False):
 
 
 _EMPTY = BehaviourState()
+_PH_FRESH = PHState()
 #: The field order :func:`on_transaction_row` builds states in (positionally).
 _FIELDS = (
     "v", "n_tx", "last_epoch", "amt_mean", "amt_var", "amt_fast", "ph", "day", "n_days",
@@ -881,29 +895,31 @@ def on_transaction_row(
     if day < 0:
         day = day_b
     elif day_b > day:
-        closed = min(day_b - day, _MAX_GAP_DAYS)  # the current day plus empty days
-        a_l = t.a_long
+        closed = day_b - day  # the current day plus empty days, at most _MAX_GAP_DAYS
+        if closed > _MAX_GAP_DAYS:
+            closed = _MAX_GAP_DAYS
+        a_l, b_l = t.a_long, t.b_long  # b_l: 1 - a_l
         if closed == 1 and len(week) == t.keep:
             # _push_days(week, (day_spend, day_cash), 0, t.keep) and the loop below, for
             # the usual roll (to the next day, the ring full): the oldest day leaves
             x_spend, x_cash = week[0]
             week = (*week[1:], (day_spend, day_cash))
-            sp_l = a_l * x_spend + (1 - a_l) * sp_l
-            ca_l = a_l * x_cash + (1 - a_l) * ca_l
+            sp_l = a_l * x_spend + b_l * sp_l
+            ca_l = a_l * x_cash + b_l * ca_l
             n_long += 1
         else:
             week, aged, zeros_out = _push_days(week, (day_spend, day_cash), closed - 1, t.keep)
             for x_spend, x_cash in aged:  # at most short_window_days iterations
-                sp_l = a_l * x_spend + (1 - a_l) * sp_l
-                ca_l = a_l * x_cash + (1 - a_l) * ca_l
+                sp_l = a_l * x_spend + b_l * sp_l
+                ca_l = a_l * x_cash + b_l * ca_l
             if zeros_out:
-                f_l = (1 - a_l) ** zeros_out
+                f_l = b_l ** zeros_out
                 sp_l, ca_l = sp_l * f_l, ca_l * f_l
             n_long += len(aged) + zeros_out
-        a_c = t.a_cnt
-        cnt = a_c * day_count + (1 - a_c) * cnt
+        b_c = t.b_cnt  # 1 - a_cnt
+        cnt = t.a_cnt * day_count + b_c * cnt
         if closed > 1:
-            cnt *= (1 - a_c) ** (closed - 1)
+            cnt *= b_c ** (closed - 1)
         n_days += closed
         day, day_spend, day_cash, day_count = day_b, 0, 0, 0
     late_day = day_b < day
@@ -922,11 +938,9 @@ def on_transaction_row(
     home = home_country or cfg.home_country
     foreign = home is not None and tx.country != home
     cnp = tx.channel in ("ecom", "moto")
-    lh = (local // 3_600) % 24
-    ns, ne = cfg.night_start_hour, cfg.night_end_hour
-    night = (ns <= lh < ne) if ns <= ne else (lh >= ns or lh < ne)
+    night = t.night[(local // 3_600) % 24]  # the local hour in the night window
     history = s.n_tx >= cfg.min_history_tx and n_days >= cfg.min_history_days
-    cooldown = cfg.cooldown_hours * 3_600
+    cooldown = t.cooldown  # cfg.cooldown_hours in seconds
     signals: list[Signal] = []
     # fired with the rules that fire now, as a list made on the first (most events: none)
     new_fired: list[int] | None = None
@@ -1191,7 +1205,26 @@ def on_transaction_row(
 
     # habit_drift (Page-Hinkley on the log amount)
     log_amt = math.log1p(amount / 100.0)  # scale-free use only: z-score and drift
-    ph, direction = ph_update(s.ph, log_amt, cfg.drift)
+    # ph, direction = ph_update(s.ph, log_amt, cfg.drift), inlined (the same operations;
+    # tests/detectors/test_behaviour.py checks the states agree)
+    ph = s.ph
+    if ph.drift:
+        ph = _PH_FRESH
+    p = cfg.drift
+    ph_n = ph.n + 1
+    ph_mean = ph.mean + (1.0 / ph_n) * (log_amt - ph.mean)
+    dev = log_amt - ph_mean
+    sum_inc = p.alpha * ph.sum_inc + dev - p.delta
+    sum_dec = p.alpha * ph.sum_dec + dev + p.delta
+    min_inc = sum_inc if (ph_n == 1 or sum_inc < ph.min_inc) else ph.min_inc
+    max_dec = sum_dec if sum_dec > ph.max_dec else ph.max_dec
+    direction = 0
+    if ph_n >= p.min_instances:
+        if p.mode != "down" and sum_inc - min_inc > p.threshold:
+            direction = 1
+        elif p.mode != "up" and max_dec - sum_dec > p.threshold:
+            direction = -1
+    ph = PHState(ph_n, ph_mean, sum_inc, sum_dec, min_inc, max_dec, direction != 0)
     a_f = t.a_fast
     amt_fast = log_amt if s.n_tx == 0 else s.amt_fast + a_f * (log_amt - s.amt_fast)
     if direction:
@@ -1232,8 +1265,8 @@ def on_transaction_row(
     features = t.scale_args(
         log_amt,  # log_amount
         z,  # amount_z
-        float(hour_count),  # hour_count
-        float(day_count),  # day_count
+        hour_count,  # hour_count (an int: the scaler's arithmetic makes it a float)
+        day_count,  # day_count
         spend_ratio,  # spend_ratio
         novelty,  # category_novelty
         1.0 if bit & t.high_risk_mask else 0.0,  # high_risk
@@ -1253,7 +1286,7 @@ def on_transaction_row(
     else:
         d = log_amt - s.amt_mean
         amt_mean = s.amt_mean + a * d
-        amt_var = (1 - a) * (s.amt_var + a * d * d)
+        amt_var = t.b_amt * (s.amt_var + a * d * d)  # b_amt: 1 - a
     if len(mix_raw) == len(CATEGORIES):
         mix = t.mix_step[cat](mix_raw)  # the list below, by straight-line code
     else:
@@ -1262,7 +1295,7 @@ def on_transaction_row(
         mix_l = [keep * m for m in mix_raw]
         mix_l[cat] = keep * mix_raw[cat] + am
         mix = tuple(mix_l)
-    sh = t.a_share
+    sh, b_sh = t.a_share, t.b_share  # b_sh: 1 - sh
     last_epoch = s.last_epoch
     # msgspec.structs.replace(s, v=2, n_tx=..., ..., balance=..., fired=...), built
     # positionally (in the order of _FIELDS) at a third of the cost
@@ -1288,9 +1321,9 @@ def on_transaction_row(
         hour_count,
         s.seen_mask | bit,  # seen_mask
         mix,  # mix_raw
-        (1 - sh) * s.night_raw + (sh if night else 0.0),  # night_raw
-        (1 - sh) * s.foreign_raw + (sh if foreign else 0.0),  # foreign_raw
-        (1 - sh) * s.cnp_raw + (sh if cnp else 0.0),  # cnp_raw
+        b_sh * s.night_raw + (sh if night else 0.0),  # night_raw
+        b_sh * s.foreign_raw + (sh if foreign else 0.0),  # foreign_raw
+        b_sh * s.cnp_raw + (sh if cnp else 0.0),  # cnp_raw
         s.conversions,
         balance,
         s.n_payments,

@@ -454,7 +454,7 @@ def _scaler(spec: ScaleSpec, order: Sequence[int], width: int | None) -> Callabl
     params = "row, " if width is None else "".join(f"v{i}, " for i in range(width))
     lines = ["def scale_row(" + params + "".join(f"lo{n}=lo{n}, inv{n}=inv{n}, "
                                                  for n in range(len(spec))) + "):"]
-    for n, i in enumerate(order):
+    for n, ((_, _, inv), i) in enumerate(zip(spec, order, strict=True)):
         if width is None:
             lines += [
                 f" v = row[{i}]",
@@ -469,9 +469,9 @@ def _scaler(spec: ScaleSpec, order: Sequence[int], width: int | None) -> Callabl
                 "  else:",
                 f"   s{n} = float(s{n})",
             ]
-        else:
+        else:  # (x * 1.0 is x: no multiplication by an inverse width of 1.0)
             lines += [
-                f" s{n} = (v{i} - lo{n}) * inv{n}",
+                f" s{n} = v{i} - lo{n}" if inv == 1.0 else f" s{n} = (v{i} - lo{n}) * inv{n}",
                 f" if s{n} > 1.0:",
                 f"  s{n} = 1.0",
                 f" elif not s{n} >= 0.0:",  # negative or NaN
