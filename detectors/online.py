@@ -697,16 +697,20 @@ class AnomalyModel:
         """
         # self._score_scaled(xs) and self.is_anomalous(score), inlined; a new event is
         # cached only when it is left unlearnt (learning it would clear the cache again)
-        hit = xs == self._cache_key
+        key = self._cache_key
+        hit = key is not None and xs == key
         if hit:
             score, leaves = self._cache_score, self._cache_leaves
         else:
             hst = self.hst
             leaves = hst.leaves(xs)
-            score = float(hst.score_leaves(leaves))
+            score = hst.score_leaves(leaves)  # a float (FlatHalfSpaceTrees)
         if self.n_learnt >= self.warmup:
-            q = self.quantile.get()  # the threshold property
-            flagged = score >= (self.min_score if q is None else max(float(q), self.min_score))
+            # the threshold property: max(float(q), min_score), without the calls (q is a
+            # float; max keeps q on a tie, an equal value)
+            q = self.quantile.get()
+            min_score = self.min_score
+            flagged = score >= (min_score if q is None or min_score > q else q)
         else:
             flagged = False
         if learn:  # _learn_scaled(xs), whose score and verdict are those above
