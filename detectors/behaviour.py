@@ -859,10 +859,13 @@ def on_transaction_row(
     config: BehaviourConfig = DEFAULT_CONFIG,
     *,
     timezone: str | None = None,
+    epoch: int | None = None,
 ) -> tuple[BehaviourState, list[Signal], tuple[float, ...] | None]:
     """:func:`on_transaction` with the features as a row: their values in the order of
     :data:`MODEL_FEATURES` (what :meth:`AnomalyModel.score_learn_scaled` of
     :func:`make_anomaly_model` takes), ``None`` where the feature dict is empty.
+    ``epoch``, if given, must be ``int(tx.event_time.timestamp())`` (a caller that has
+    it saves computing it again).
     """
     cfg = config
     t = _LAST_TABLES
@@ -871,7 +874,8 @@ def on_transaction_row(
     s = _EMPTY if state is None else state
     zone_name = timezone or cfg.timezone
     when = tx.event_time
-    epoch = int(when.timestamp())
+    if epoch is None:
+        epoch = int(when.timestamp())
     # _local_epoch(when, zone_name), its cached case inlined (an offset known for the hour)
     hour_off = (_HOUR_OFFSETS.get((zone_name, epoch // 3_600))
                 if epoch >= 0 and when.tzinfo is not None else None)
