@@ -358,7 +358,11 @@ class Engine:
             watermarks = lean.watermarks = [*watermarks, *[0] * (index + 1 - len(watermarks))]
         when = event.event_time
         # _ms(when): an aware datetime's timestamp() is that very total_seconds()
-        event_ms = int(when.timestamp() * 1000) if when.tzinfo is not None else _ms(when)
+        if when.tzinfo is not None:
+            ts = when.timestamp()
+            event_ms, epoch = int(ts * 1000), int(ts)  # epoch: for _on_transaction
+        else:
+            event_ms, epoch = _ms(when), None
         watermark = watermarks[index]
         policy = self.policy
         if watermark and event_ms < watermark - policy.allowed_lateness_days * 86_400_000:
@@ -374,7 +378,7 @@ class Engine:
         day = delinquency.epoch_day(when)
         signals: list[Signal] | None = None
         if topic == "card-transactions" and isinstance(event, m.CardTransaction):
-            signals = self._on_transaction(event, lean)
+            signals = self._on_transaction(event, lean, epoch)
             # Nothing raised on a day already scored: no alert, no re-score (_assess_at),
             # no reminder unless the grade is marked (_pre_due), no ledger or grade change
             # (_next_check), so the fields kept as bytes stay as they are.
@@ -756,8 +760,10 @@ class Engine:
         state.segment_accounts = {**counted, ledger.account_id: flags}
         state.segment_window = window
 
-    def _on_transaction(self, tx: m.CardTransaction,
-                        state: CustomerState | _LeanState) -> list[Signal]:
+    def _on_transaction(self, tx: m.CardTransaction, state: CustomerState | _LeanState,
+                        epoch: int | None = None) -> list[Signal]:
+        """Behaviour, the anomaly model and the large-transaction rule on a card transaction
+        (``epoch``: ``int(tx.event_time.timestamp())`` if the caller has it)."""
         policy = self.policy
         profile = state.profile
         state.behaviour, signals, row = behaviour.on_transaction_row(
@@ -767,6 +773,7 @@ class Engine:
             profile.country if profile else None,
             policy.behaviour,
             timezone=profile.timezone if profile else None,
+            epoch=epoch,
         )
         self.last_anomaly_score = None
         if row is not None and policy.anomaly.enabled:

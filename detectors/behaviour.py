@@ -76,6 +76,7 @@ import math
 import operator
 import random
 import zlib
+from collections.abc import Callable
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -91,7 +92,7 @@ from detectors.online import (
     ConformanceSpec,
     PageHinkleyParams,
     PHState,
-    ph_update,
+    args_scaler,
     row_scaler,
     scale_values,
     scaling,
@@ -405,14 +406,25 @@ class _Tables:
         "a_mix",
         "a_share",
         "a_util",
+        "b_amt",
+        "b_cnt",
+        "b_long",
+        "b_share",
         "cfg",
+        "cooldown",
+        "debias_cnt",
+        "debias_long",
+        "debias_mix",
         "high_risk_mask",
         "keep",
         "mcc_cache",
+        "mix_step",
         "model_order",
         "model_spec",
+        "night",
         "ordinary",
         "overrides",
+        "scale_args",
         "scale_row",
         "scale_spec",
         "severity",
@@ -428,6 +440,14 @@ class _Tables:
         self.a_mix = 1.0 / cfg.mix_window_tx
         self.a_util = 1.0 / cfg.utilisation_window_payments
         self.a_share = 1.0 / cfg.share_window_tx
+        #: 1 - a_* (the same floats as computing ``1 - a`` where it is used)
+        self.b_amt, self.b_cnt = 1 - self.a_amt, 1 - self.a_cnt
+        self.b_long, self.b_share = 1 - self.a_long, 1 - self.a_share
+        self.cooldown = cfg.cooldown_hours * 3_600
+        #: night[h]: whether local hour h (0..23) is in the night window
+        ns, ne = cfg.night_start_hour, cfg.night_end_hour
+        self.night = tuple((ns <= h < ne) if ns <= ne else (h >= ns or h < ne)
+                           for h in range(24))
         self.overrides = {m: _CAT_INDEX[c] for m, c in cfg.mcc_categories}
         self.high_risk_mask = 0
         for c in cfg.high_risk_categories:
@@ -441,6 +461,17 @@ class _Tables:
         #: scale_values(model_order(row), model_spec), compiled.
         self.scale_row = row_scaler(self.model_spec, [FEATURE_NAMES.index(k)
                                                       for k in MODEL_FEATURES])
+        #: scale_row(row) taking the row's values as arguments (no row tuple).
+        self.scale_args = args_scaler(self.model_spec, [FEATURE_NAMES.index(k)
+                                                        for k in MODEL_FEATURES],
+                                      len(FEATURE_NAMES))
+        #: _debias denominators 1 - (1 - a) ** n, n = 0 .. _DEBIAS_TABLE - 1 (n = 0: unused).
+        self.debias_long = _debias_table(self.a_long)
+        self.debias_cnt = _debias_table(self.a_cnt)
+        self.debias_mix = _debias_table(self.a_mix)
+        #: mix_step[cat](mix): the category mix after a transaction of cat (_mix_step).
+        self.mix_step = tuple(_mix_step(len(CATEGORIES), i, 1 - self.a_mix, self.a_mix)
+                              for i in range(len(CATEGORIES)))
         #: :data:`ORDINARY` scaled, in the model's order (None kept).
         self.ordinary: tuple[float | None, ...] = tuple(
             None if ORDINARY[k] is None else scale_values((ORDINARY[k],), ((k, lo, inv),))[0]
@@ -462,12 +493,53 @@ _TABLES: dict[int, _Tables] = {}
 
 
 def _tables(cfg: BehaviourConfig) -> _Tables:
+    global _LAST_TABLES
     t = _TABLES.get(id(cfg))
     if t is None or t.cfg is not cfg:
         if len(_TABLES) >= 64:
             _TABLES.clear()
         t = _TABLES[id(cfg)] = _Tables(cfg)
+    _LAST_TABLES = t
     return t
+
+
+#: Length of the _Tables.debias_* tables (larger counts compute the denominator).
+_DEBIAS_TABLE = 1_024
+
+
+def _debias_table(a: float) -> list[float]:
+    """``1.0 - (1.0 - a) ** n`` for n = 0 .. _DEBIAS_TABLE - 1, as :func:`_debias` computes
+    it (the same expression, so the same bits)."""
+    return [1.0 - (1.0 - a) ** n for n in range(_DEBIAS_TABLE)]
+
+
+def _mix_step(size: int, cat: int, keep: float, a: float
+              ) -> Callable[[tuple[float, ...]], tuple[float, ...]]:
+    """A function of the category mix (a tuple of ``size`` floats) giving the mix after a
+    transaction of category ``cat``: every share times ``keep``, plus ``a`` for ``cat``,
+    compiled as straight-line code. It replaces building the list
+    ``[keep * m for m in mix]``, adding to its ``cat`` item and making it a tuple (the same
+    operations on each item).
+
+    >>> _mix_step(3, 1, 0.5, 0.5)((0.2, 0.4, 0.4))
+    (0.1, 0.7, 0.2)
+    """
+    names = [f"m{i}" for i in range(size)]
+    lines = [
+        "def mix_step(mix, keep=keep, a=a):",
+        f" {', '.join(names)}, = mix",
+        " return (" + "".join(f"keep * {n} + a, " if i == cat else f"keep * {n}, "
+                              for i, n in enumerate(names)) + ")",
+    ]
+    namespace: dict[str, Any] = {"keep": keep, "a": a}
+    exec(compile("\n".join(lines), "<behaviour mix_step>", "exec"), namespace)
+    step: Callable[[tuple[float, ...]], tuple[float, ...]] = namespace["mix_step"]
+    return step
+
+
+#: The tables _tables returned last (the hot path checks ``_LAST_TABLES.cfg is cfg``
+#: before calling it: one config at a time is the usual case).
+_LAST_TABLES = _tables(DEFAULT_CONFIG)
 
 
 # --------------------------------------------------------------------------- #
@@ -536,6 +608,7 @@ class BehaviourState(Struct, frozen=True, array_like=True, gc=False):
 
 
 _EMPTY = BehaviourState()
+_PH_FRESH = PHState()
 #: The field order :func:`on_transaction_row` builds states in (positionally).
 _FIELDS = (
     "v", "n_tx", "last_epoch", "amt_mean", "amt_var", "amt_fast", "ph", "day", "n_days",
@@ -786,17 +859,23 @@ def on_transaction_row(
     config: BehaviourConfig = DEFAULT_CONFIG,
     *,
     timezone: str | None = None,
+    epoch: int | None = None,
 ) -> tuple[BehaviourState, list[Signal], tuple[float, ...] | None]:
     """:func:`on_transaction` with the features as a row: their values in the order of
     :data:`MODEL_FEATURES` (what :meth:`AnomalyModel.score_learn_scaled` of
     :func:`make_anomaly_model` takes), ``None`` where the feature dict is empty.
+    ``epoch``, if given, must be ``int(tx.event_time.timestamp())`` (a caller that has
+    it saves computing it again).
     """
     cfg = config
-    t = _tables(cfg)
+    t = _LAST_TABLES
+    if t.cfg is not cfg:
+        t = _tables(cfg)
     s = _EMPTY if state is None else state
     zone_name = timezone or cfg.timezone
     when = tx.event_time
-    epoch = int(when.timestamp())
+    if epoch is None:
+        epoch = int(when.timestamp())
     # _local_epoch(when, zone_name), its cached case inlined (an offset known for the hour)
     hour_off = (_HOUR_OFFSETS.get((zone_name, epoch // 3_600))
                 if epoch >= 0 and when.tzinfo is not None else None)
@@ -820,20 +899,31 @@ def on_transaction_row(
     if day < 0:
         day = day_b
     elif day_b > day:
-        closed = min(day_b - day, _MAX_GAP_DAYS)  # the current day plus empty days
-        week, aged, zeros_out = _push_days(week, (day_spend, day_cash), closed - 1, t.keep)
-        a_l = t.a_long
-        for x_spend, x_cash in aged:  # at most short_window_days iterations
-            sp_l = a_l * x_spend + (1 - a_l) * sp_l
-            ca_l = a_l * x_cash + (1 - a_l) * ca_l
-        if zeros_out:
-            f_l = (1 - a_l) ** zeros_out
-            sp_l, ca_l = sp_l * f_l, ca_l * f_l
-        n_long += len(aged) + zeros_out
-        a_c = t.a_cnt
-        cnt = a_c * day_count + (1 - a_c) * cnt
+        closed = day_b - day  # the current day plus empty days, at most _MAX_GAP_DAYS
+        if closed > _MAX_GAP_DAYS:
+            closed = _MAX_GAP_DAYS
+        a_l, b_l = t.a_long, t.b_long  # b_l: 1 - a_l
+        if closed == 1 and len(week) == t.keep:
+            # _push_days(week, (day_spend, day_cash), 0, t.keep) and the loop below, for
+            # the usual roll (to the next day, the ring full): the oldest day leaves
+            x_spend, x_cash = week[0]
+            week = (*week[1:], (day_spend, day_cash))
+            sp_l = a_l * x_spend + b_l * sp_l
+            ca_l = a_l * x_cash + b_l * ca_l
+            n_long += 1
+        else:
+            week, aged, zeros_out = _push_days(week, (day_spend, day_cash), closed - 1, t.keep)
+            for x_spend, x_cash in aged:  # at most short_window_days iterations
+                sp_l = a_l * x_spend + b_l * sp_l
+                ca_l = a_l * x_cash + b_l * ca_l
+            if zeros_out:
+                f_l = b_l ** zeros_out
+                sp_l, ca_l = sp_l * f_l, ca_l * f_l
+            n_long += len(aged) + zeros_out
+        b_c = t.b_cnt  # 1 - a_cnt
+        cnt = t.a_cnt * day_count + b_c * cnt
         if closed > 1:
-            cnt *= (1 - a_c) ** (closed - 1)
+            cnt *= b_c ** (closed - 1)
         n_days += closed
         day, day_spend, day_cash, day_count = day_b, 0, 0, 0
     late_day = day_b < day
@@ -844,19 +934,20 @@ def on_transaction_row(
         hour, hour_count = hour_b, 0
     late_hour = hour_b < hour
 
-    cat = t.category(tx.mcc)
+    cat = t.mcc_cache.get(tx.mcc)  # t.category(tx.mcc), its cached case inlined
+    if cat is None:
+        cat = t.category(tx.mcc)
     bit = 1 << cat
     is_cash = kind == "cash_advance" or tx.channel == "atm" or cat == _CASH_CAT
     home = home_country or cfg.home_country
     foreign = home is not None and tx.country != home
     cnp = tx.channel in ("ecom", "moto")
-    lh = (local // 3_600) % 24
-    ns, ne = cfg.night_start_hour, cfg.night_end_hour
-    night = (ns <= lh < ne) if ns <= ne else (lh >= ns or lh < ne)
+    night = t.night[(local // 3_600) % 24]  # the local hour in the night window
     history = s.n_tx >= cfg.min_history_tx and n_days >= cfg.min_history_days
-    cooldown = cfg.cooldown_hours * 3_600
+    cooldown = t.cooldown  # cfg.cooldown_hours in seconds
     signals: list[Signal] = []
-    new_fired = list(fired)
+    # fired with the rules that fire now, as a list made on the first (most events: none)
+    new_fired: list[int] | None = None
     account = tx.account_id
     cur = tx.currency
 
@@ -892,6 +983,7 @@ def on_transaction_row(
                         account,
                     )
                 )
+                new_fired = new_fired or list(fired)
                 new_fired[_F_INST] = epoch
             # A list, not a set: two conversions in the same second are two conversions
             # (a redelivered event never gets here: the engine drops it by event id).
@@ -914,7 +1006,7 @@ def on_transaction_row(
             v=2,
             balance=balance,
             conversions=conversions,
-            fired=tuple(new_fired),
+            fired=fired if new_fired is None else tuple(new_fired),
         )
         return new, signals, None
 
@@ -935,7 +1027,11 @@ def on_transaction_row(
         week_cash += x_cash
     recent_spend = day_spend + week_spend
     recent_cash = day_cash + week_cash
-    norm_spend = _debias(sp_l, t.a_long, n_long)  # per day
+    # _debias(sp_l, t.a_long, n_long), per day, its denominator from the table
+    if 0 < n_long < _DEBIAS_TABLE:
+        norm_spend = sp_l / t.debias_long[n_long]
+    else:
+        norm_spend = _debias(sp_l, t.a_long, n_long)
     norm_window = norm_spend * window_days
     spend_ratio = recent_spend / norm_window if norm_spend >= cfg.min_daily_norm_minor else 1.0
 
@@ -962,9 +1058,14 @@ def on_transaction_row(
                 account,
             )
         )
+        new_fired = new_fired or list(fired)
         new_fired[_F_BURST_H] = epoch
     if not late_day and history:
-        count_norm = _debias(cnt, t.a_cnt, n_days)
+        # _debias(cnt, t.a_cnt, n_days), its denominator from the table
+        if 0 < n_days < _DEBIAS_TABLE:
+            count_norm = cnt / t.debias_cnt[n_days]
+        else:
+            count_norm = _debias(cnt, t.a_cnt, n_days)
         day_limit = max(cfg.burst_per_day, cfg.burst_day_multiple * count_norm)
         if day_count >= day_limit and _cooled(fired, _F_BURST_D, epoch, cooldown):
             signals.append(
@@ -984,6 +1085,7 @@ def on_transaction_row(
                     account,
                 )
             )
+            new_fired = new_fired or list(fired)
             new_fired[_F_BURST_D] = epoch
 
     # spend_spike
@@ -1021,6 +1123,7 @@ def on_transaction_row(
                 account,
             )
         )
+        new_fired = new_fired or list(fired)
         new_fired[_F_SPIKE] = epoch
 
     # new_high_risk_category
@@ -1072,6 +1175,7 @@ def on_transaction_row(
                     account,
                 )
             )
+            new_fired = new_fired or list(fired)
             new_fired[_F_CASH] = epoch
 
     # utilisation_jump (only once payments make the balance meaningful)
@@ -1100,11 +1204,31 @@ def on_transaction_row(
                     account,
                 )
             )
+            new_fired = new_fired or list(fired)
             new_fired[_F_UTIL] = epoch
 
     # habit_drift (Page-Hinkley on the log amount)
     log_amt = math.log1p(amount / 100.0)  # scale-free use only: z-score and drift
-    ph, direction = ph_update(s.ph, log_amt, cfg.drift)
+    # ph, direction = ph_update(s.ph, log_amt, cfg.drift), inlined (the same operations;
+    # tests/detectors/test_behaviour.py checks the states agree)
+    ph = s.ph
+    if ph.drift:
+        ph = _PH_FRESH
+    p = cfg.drift
+    ph_n = ph.n + 1
+    ph_mean = ph.mean + (1.0 / ph_n) * (log_amt - ph.mean)
+    dev = log_amt - ph_mean
+    sum_inc = p.alpha * ph.sum_inc + dev - p.delta
+    sum_dec = p.alpha * ph.sum_dec + dev + p.delta
+    min_inc = sum_inc if (ph_n == 1 or sum_inc < ph.min_inc) else ph.min_inc
+    max_dec = sum_dec if sum_dec > ph.max_dec else ph.max_dec
+    direction = 0
+    if ph_n >= p.min_instances:
+        if p.mode != "down" and sum_inc - min_inc > p.threshold:
+            direction = 1
+        elif p.mode != "up" and max_dec - sum_dec > p.threshold:
+            direction = -1
+    ph = PHState(ph_n, ph_mean, sum_inc, sum_dec, min_inc, max_dec, direction != 0)
     a_f = t.a_fast
     amt_fast = log_amt if s.n_tx == 0 else s.amt_fast + a_f * (log_amt - s.amt_fast)
     if direction:
@@ -1133,13 +1257,20 @@ def on_transaction_row(
     n_prev = s.n_tx
     z = (log_amt - s.amt_mean) / math.sqrt(s.amt_var + 1e-6) if n_prev >= 5 else 0.0
     mix_raw = s.mix_raw or (0.0,) * len(CATEGORIES)
-    novelty = 1.0 - _debias(mix_raw[cat], t.a_mix, n_prev) if n_prev else 1.0
+    if not n_prev:
+        novelty = 1.0
+    elif n_prev < _DEBIAS_TABLE:  # 1 - _debias(...), its denominator from the table
+        novelty = 1.0 - mix_raw[cat] / t.debias_mix[n_prev]
+    else:
+        novelty = 1.0 - _debias(mix_raw[cat], t.a_mix, n_prev)
     gap_h = (epoch - s.last_epoch) / 3_600 if s.last_epoch >= 0 else 0.0
-    raw_features = (  # in the order of FEATURE_NAMES (t.model_order: of MODEL_FEATURES)
+    # t.scale_row((log_amt, z, ...)): the raw features (in the order of FEATURE_NAMES) as
+    # arguments, scaled and returned in the order of MODEL_FEATURES (no raw row built)
+    features = t.scale_args(
         log_amt,  # log_amount
         z,  # amount_z
-        float(hour_count),  # hour_count
-        float(day_count),  # day_count
+        hour_count,  # hour_count (an int: the scaler's arithmetic makes it a float)
+        day_count,  # day_count
         spend_ratio,  # spend_ratio
         novelty,  # category_novelty
         1.0 if bit & t.high_risk_mask else 0.0,  # high_risk
@@ -1148,10 +1279,9 @@ def on_transaction_row(
         1.0 if foreign else 0.0,  # foreign
         1.0 if night else 0.0,  # night
         utilisation,  # utilisation
-        math.log1p(max(gap_h, 0.0)),  # gap_hours
+        math.log1p(0.0 if gap_h < 0.0 else gap_h),  # gap_hours: max(gap_h, 0.0)
         math.log1p(n_prev),  # tenure
     )
-    features = t.scale_row(raw_features)  # scale_values(t.model_order(...), t.model_spec)
 
     # ---- learn ------------------------------------------------------------------------- #
     a = t.a_amt
@@ -1160,13 +1290,16 @@ def on_transaction_row(
     else:
         d = log_amt - s.amt_mean
         amt_mean = s.amt_mean + a * d
-        amt_var = (1 - a) * (s.amt_var + a * d * d)
-    am = t.a_mix
-    keep = 1 - am
-    mix_l = [keep * m for m in mix_raw]
-    mix_l[cat] = keep * mix_raw[cat] + am
-    mix = tuple(mix_l)
-    sh = t.a_share
+        amt_var = t.b_amt * (s.amt_var + a * d * d)  # b_amt: 1 - a
+    if len(mix_raw) == len(CATEGORIES):
+        mix = t.mix_step[cat](mix_raw)  # the list below, by straight-line code
+    else:
+        am = t.a_mix
+        keep = 1 - am
+        mix_l = [keep * m for m in mix_raw]
+        mix_l[cat] = keep * mix_raw[cat] + am
+        mix = tuple(mix_l)
+    sh, b_sh = t.a_share, t.b_share  # b_sh: 1 - sh
     last_epoch = s.last_epoch
     # msgspec.structs.replace(s, v=2, n_tx=..., ..., balance=..., fired=...), built
     # positionally (in the order of _FIELDS) at a third of the cost
@@ -1192,15 +1325,15 @@ def on_transaction_row(
         hour_count,
         s.seen_mask | bit,  # seen_mask
         mix,  # mix_raw
-        (1 - sh) * s.night_raw + (sh if night else 0.0),  # night_raw
-        (1 - sh) * s.foreign_raw + (sh if foreign else 0.0),  # foreign_raw
-        (1 - sh) * s.cnp_raw + (sh if cnp else 0.0),  # cnp_raw
+        b_sh * s.night_raw + (sh if night else 0.0),  # night_raw
+        b_sh * s.foreign_raw + (sh if foreign else 0.0),  # foreign_raw
+        b_sh * s.cnp_raw + (sh if cnp else 0.0),  # cnp_raw
         s.conversions,
         balance,
         s.n_payments,
         s.pay_balance_raw,
         s.applications,
-        tuple(new_fired) if signals else fired,  # (nothing fired without a signal)
+        fired if new_fired is None else tuple(new_fired),
     )
     return new, signals, features
 

@@ -420,6 +420,30 @@ def row_scaler(spec: ScaleSpec, order: Sequence[int]
     >>> row_scaler(scaling(("a",), {"a": (-math.inf, 0.0)}), (0,))((-3.0,))
     (0.0,)
     """
+    scale_row: Callable[[Sequence[float | None]], tuple[float, ...]] = _scaler(spec, order, None)
+    return scale_row
+
+
+def args_scaler(spec: ScaleSpec, order: Sequence[int], width: int
+                ) -> Callable[..., tuple[float, ...]]:
+    """:func:`row_scaler` taking the row as ``width`` positional arguments rather than a
+    tuple (the caller builds no row): ``args_scaler(spec, order, len(row))(*row) ==
+    row_scaler(spec, order)(row)``, bit for bit, for a row of Python floats and ints
+    (never None: there is no None test, and no ``float()`` of each result, which is a
+    float already: the bounds are floats).
+
+    >>> spec = scaling(("a", "b", "c", "d"), {"a": (0, 10), "d": (2, 4)})
+    >>> args_scaler(spec, (1, 0, 2, 4), 5)(float("nan"), 5.0, -1.0, 3, 9.0)
+    (0.5, 0.0, 0.0, 1.0)
+    """
+    if not all(0 <= i < width for i in order):
+        raise ValueError("args_scaler: a position beyond the row's width")
+    return _scaler(spec, order, width)
+
+
+def _scaler(spec: ScaleSpec, order: Sequence[int], width: int | None) -> Callable[..., Any]:
+    """The compiled scaler of :func:`row_scaler` (``width`` None: takes a row) or of
+    :func:`args_scaler` (takes ``width`` values)."""
     if len(order) != len(spec) or not all(type(i) is int for i in order):
         raise ValueError("row_scaler: one int position per feature of the spec")
     # The bounds are bound as local defaults, not written as literals: an infinite
@@ -427,25 +451,35 @@ def row_scaler(spec: ScaleSpec, order: Sequence[int]
     namespace: dict[str, Any] = {}
     for n, (_, lo, inv) in enumerate(spec):
         namespace[f"lo{n}"], namespace[f"inv{n}"] = float(lo), float(inv)
-    lines = ["def scale_row(row, " + "".join(f"lo{n}=lo{n}, inv{n}=inv{n}, "
-                                              for n in range(len(spec))) + "):"]
-    for n, i in enumerate(order):
-        lines += [
-            f" v = row[{i}]",
-            " if v is None:",
-            f"  s{n} = 0.0",
-            " else:",
-            f"  s{n} = (v - lo{n}) * inv{n}",
-            f"  if s{n} > 1.0:",
-            f"   s{n} = 1.0",
-            f"  elif not s{n} >= 0.0:",  # negative or NaN
-            f"   s{n} = 0.0",
-            "  else:",
-            f"   s{n} = float(s{n})",
-        ]
+    params = "row, " if width is None else "".join(f"v{i}, " for i in range(width))
+    lines = ["def scale_row(" + params + "".join(f"lo{n}=lo{n}, inv{n}=inv{n}, "
+                                                 for n in range(len(spec))) + "):"]
+    for n, ((_, _, inv), i) in enumerate(zip(spec, order, strict=True)):
+        if width is None:
+            lines += [
+                f" v = row[{i}]",
+                " if v is None:",
+                f"  s{n} = 0.0",
+                " else:",
+                f"  s{n} = (v - lo{n}) * inv{n}",
+                f"  if s{n} > 1.0:",
+                f"   s{n} = 1.0",
+                f"  elif not s{n} >= 0.0:",  # negative or NaN
+                f"   s{n} = 0.0",
+                "  else:",
+                f"   s{n} = float(s{n})",
+            ]
+        else:  # (x * 1.0 is x: no multiplication by an inverse width of 1.0)
+            lines += [
+                f" s{n} = v{i} - lo{n}" if inv == 1.0 else f" s{n} = (v{i} - lo{n}) * inv{n}",
+                f" if s{n} > 1.0:",
+                f"  s{n} = 1.0",
+                f" elif not s{n} >= 0.0:",  # negative or NaN
+                f"  s{n} = 0.0",
+            ]
     lines.append(" return (" + "".join(f"s{n}, " for n in range(len(spec))) + ")")
     exec(compile("\n".join(lines), "<row_scaler>", "exec"), namespace)
-    scale_row: Callable[[Sequence[float | None]], tuple[float, ...]] = namespace["scale_row"]
+    scale_row: Callable[..., Any] = namespace["scale_row"]
     return scale_row
 
 
@@ -661,27 +695,34 @@ class AnomalyModel:
         >>> m.score_learn_scaled((0.2, 0.9)), m.n_learnt
         ((0.0, False), 1)
         """
-        # self._score_scaled(xs) and self.is_anomalous(score), inlined
-        if xs == self._cache_key:
-            score = self._cache_score
+        # self._score_scaled(xs) and self.is_anomalous(score), inlined; a new event is
+        # cached only when it is left unlearnt (learning it would clear the cache again)
+        key = self._cache_key
+        hit = key is not None and xs == key
+        if hit:
+            score, leaves = self._cache_score, self._cache_leaves
         else:
             hst = self.hst
-            leaves = self._cache_leaves = hst.leaves(xs)
-            score = float(hst.score_leaves(leaves))
-            self._cache_key, self._cache_score = xs, score
+            leaves = hst.leaves(xs)
+            score = hst.score_leaves(leaves)  # a float (FlatHalfSpaceTrees)
         if self.n_learnt >= self.warmup:
-            q = self.quantile.get()  # the threshold property
-            flagged = score >= (self.min_score if q is None else max(float(q), self.min_score))
+            # the threshold property: max(float(q), min_score), without the calls (q is a
+            # float; max keeps q on a tie, an equal value)
+            q = self.quantile.get()
+            min_score = self.min_score
+            flagged = score >= (min_score if q is None or min_score > q else q)
         else:
             flagged = False
         if learn:  # _learn_scaled(xs), whose score and verdict are those above
             self.quantile.update(score)
             self.n_learnt += 1
-            if flagged:
-                self.n_flagged += 1
-            else:
-                self.hst.learn_leaves(self._cache_leaves)
+            if not flagged:
+                self.hst.learn_leaves(leaves)
                 self._cache_key = None
+                return score, flagged
+            self.n_flagged += 1
+        if not hit:
+            self._cache_key, self._cache_leaves, self._cache_score = xs, leaves, score
         return score, flagged
 
     def __getstate__(self) -> dict[str, Any]:

@@ -407,6 +407,26 @@ def test_compact_page_hinkley_matches_river_on_any_stream(
         assert bool(d) == ref.drift_detected
 
 
+
+@pytest.mark.parametrize("mode", ["up", "down", "both"])
+def test_inlined_page_hinkley_step_equals_ph_update(mode: Literal["up", "down", "both"]) -> None:
+    """on_transaction inlines ph_update: its states and habit_drift signals are ph_update's,
+    field for field, through detections (and the reset after each)."""
+    p = PageHinkleyParams(min_instances=5, delta=0.05, threshold=2.0, mode=mode)
+    cfg = BehaviourConfig(drift=p)
+    rng = random.Random(5)
+    amounts = [int(math.exp(rng.gauss(m, 0.3)) * 100) for m in [3.0] * 40 + [5.0] * 30 + [2.0] * 40]
+    state: BehaviourState | None = None
+    ph, flagged = PHState(), 0
+    for i, amount in enumerate(amounts):
+        tx = make_tx(T0 + dt.timedelta(hours=5 * i), amount)
+        state, sigs, _ = on_transaction(state, tx, LIMIT, HOME, cfg)
+        ph, direction = ph_update(ph, math.log1p(amount / 100.0), p)
+        assert state.ph == ph
+        assert ("habit_drift" in reasons([("", s) for s in sigs])) == (direction != 0)
+        flagged += direction != 0
+    assert flagged >= 1
+
 def test_utilisation_jump() -> None:
     r, day = with_history(days=125)  # four monthly payments, about 35% of the limit each
     events = [
