@@ -642,10 +642,9 @@ class Engine:
             if tightening.score_add:
                 result = msgspec.structs.replace(
                     result, score=min(1000, result.score + tightening.score_add))
-        outcome = grading.grade_outputs(
-            state.score, result, customer_id=customer_id, trigger_event_id=trigger,
-            event_time=when, day=day, policy_version=policy.version,
-            model_version=policy.model_version, policy=policy.grades, tiers=policy.tiers)
+        outcome = grading.grade_outputs_positional(
+            state.score, result, customer_id, trigger, when, day, policy.version,
+            policy.model_version, policy.grades, policy.tiers)
         state.score = outcome.state
         emits: list[Emit] = []
         if outcome.changed:
