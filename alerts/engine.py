@@ -638,8 +638,10 @@ class Engine:
         tightening = None
         if profile is not None:
             product = profile.products[0] if profile.products else "other"
-            tightening = self.segments.tightening(profile.sector, product, profile.region, day)
-            if tightening.score_add:
+            # None: no tightening (limits.propose_positional takes None as NO_TIGHTENING)
+            tightening = self.segments.tightening_or_none(profile.sector, product,
+                                                          profile.region, day)
+            if tightening is not None and tightening.score_add:
                 result = msgspec.structs.replace(
                     result, score=min(1000, result.score + tightening.score_add))
         outcome = grading.grade_outputs_positional(

@@ -277,6 +277,8 @@ def _epoch_day(t: dt.datetime) -> int:
     >>> _epoch_day(dt.datetime(1970, 1, 2, 23, 59, tzinfo=dt.UTC))
     1
     """
+    if t.tzinfo is dt.UTC:  # the usual case: astimezone(dt.UTC) would change nothing
+        return t.toordinal() - _EPOCH_ORDINAL
     return t.astimezone(dt.UTC).date().toordinal() - _EPOCH_ORDINAL
 
 

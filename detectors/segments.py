@@ -730,6 +730,18 @@ class SegmentMonitor:
         oldest retained value gets the checkpoint's answer), rates on the
         complete window before the one holding ``day``.
         """
+        found = self.tightening_or_none(sector, product, region, day)
+        return Tightening() if found is None else found  # a fresh value: the caller may
+        # keep or change its lists
+
+    def tightening_or_none(self, sector: str, product: str, region: str,
+                           day: int) -> Tightening | None:
+        """:meth:`tightening`, or ``None`` where it is equal to :data:`NO_TIGHTENING`
+        (the engine's once-a-day re-score: nothing is built for the usual segment).
+
+        >>> SegmentMonitor().tightening_or_none("retail", "credit_card", "north", 90) is None
+        True
+        """
         c = self.config
         reasons: list[str] = []
         codes: list[str] = []
@@ -749,7 +761,7 @@ class SegmentMonitor:
             codes.extend(rs.codes)
             add += c.rate_score_add
         if not codes:
-            return Tightening()  # a fresh value: the caller may keep or change its lists
+            return None
         return Tightening(
             score_add=min(add, c.max_score_add),
             limit_raise_suspended=c.suspend_raises,
