@@ -625,8 +625,9 @@ class Engine:
         if not always and state.scored_day == day:
             return []
         state.scored_day = day
-        state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
-                                     learn=self._learn)
+        if scoring.expire_due(state.score, day, cfg):  # else expire changes nothing
+            state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
+                                         learn=self._learn)
         profile = state.profile
         pauses = self._pauses()
         # scoring.features and scoring.score, on the feature values as a tuple (no dict)

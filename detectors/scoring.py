@@ -101,6 +101,7 @@ from detectors.delinquency import (
     AccountLedger,
     DelinquencyConfig,
     Pause,
+    _oldest_unpaid,
     days_past_due,
     epoch_day,
 )
@@ -122,6 +123,7 @@ __all__ = [
     "decode_state",
     "encode_state",
     "expire",
+    "expire_due",
     "features",
     "features_row",
     "label_from_outcome",
@@ -236,12 +238,29 @@ def summarise_ledgers(
     >>> s.max_dpd, s.min_only, s.payment_ratio, s.accounts
     (10, 1, 0.6, 1)
     """
+    return _tuple_new(LedgerSummary, _summary(ledgers, now_day, config, pauses))
+
+
+#: What :func:`_summary` gives for no ledgers (``LedgerSummary()``).
+_NO_LEDGERS = (0, 0, 0, 1.0, 0, 0, 0)
+_tuple_new = tuple.__new__
+
+
+def _summary(
+    ledgers: Mapping[str, AccountLedger], now_day: int, config: DelinquencyConfig,
+    pauses: Sequence[Pause],
+) -> tuple[int, int, int, float, int, int, int]:
+    """:func:`summarise_ledgers` as a plain tuple, in :class:`LedgerSummary`'s order."""
+    if not ledgers:
+        return _NO_LEDGERS
     max_dpd = overdue = min_only = late = cured = ratio_n = ratio_sum = 0
     for led in ledgers.values():
-        dpd = days_past_due(led, now_day, config, pauses=pauses)
-        if dpd > 0:
-            overdue += 1
-            max_dpd = max(max_dpd, dpd)
+        # days_past_due is 0 without an unpaid due (checked first: the usual case)
+        if _oldest_unpaid(led, config) is not None:
+            dpd = days_past_due(led, now_day, config, pauses=pauses)
+            if dpd > 0:
+                overdue += 1
+                max_dpd = max(max_dpd, dpd)
         if not led.cycles:
             continue
         recs = led.cycles[1::2]
@@ -257,7 +276,7 @@ def summarise_ledgers(
                 if c & _C_CURED:
                     cured += 1
     ratio = ratio_sum / (100.0 * ratio_n) if ratio_n else 1.0
-    return LedgerSummary(max_dpd, overdue, min_only, ratio, late, cured, len(ledgers))
+    return (max_dpd, overdue, min_only, ratio, late, cured, len(ledgers))
 
 
 def features(
@@ -315,9 +334,14 @@ def features_row(
     (12.0, 0.0)
     """
     if isinstance(ledgers, LedgerSummary):
-        led = ledgers
+        quantised = _quantised_row
+        max_dpd, overdue, min_only, ratio, late, cured, accounts = ledgers
     else:
-        led = summarise_ledgers(ledgers, now_day, delinquency_config, pauses=pauses)
+        # Whole counts (and applications and inactive days): the clip-and-round of a
+        # count is the count itself, clipped (_quantised_counts_row skips the rounding).
+        quantised = _quantised_counts_row
+        max_dpd, overdue, min_only, ratio, late, cured, accounts = _summary(
+            ledgers, now_day, delinquency_config, pauses)
     utilisation = cash_7d = cash_90d = applications = 0.0
     spend_ratio = 1.0
     inactive: float = 90.0
@@ -347,39 +371,49 @@ def features_row(
             since = (now_day + 1) * _DAY_S - 30 * _DAY_S
             applications = float(sum(1 for t, _ in b.applications if t >= since))
         if b.last_epoch >= 0:
-            inactive = (now_day + 1) - (b.last_epoch // _DAY_S + 1)
-    return _quantised_row(
-        float(led.max_dpd),
-        float(led.overdue_accounts),
-        float(led.min_only),
-        led.payment_ratio,
-        float(led.late),
-        float(led.cured),
+            inactive = float((now_day + 1) - (b.last_epoch // _DAY_S + 1))
+    return quantised(
+        float(max_dpd),
+        float(overdue),
+        float(min_only),
+        ratio,
+        float(late),
+        float(cured),
         utilisation,
         cash_7d,
         cash_90d,
         spend_ratio,
         applications,
-        float(led.accounts),
+        float(accounts),
         inactive,
     )
 
 
-def _quantiser() -> Any:
+def _quantiser(whole: bool = False) -> Any:
     """``_quantised_row(*raw)``: the feature values of raw values in the order of
     ``FEATURES``, each clipped to its cap and rounded to its scale (``_fix(v, scale) /
     scale`` of a value that is 0.0 or in (0, cap], finite), compiled as straight-line code.
 
-    >>> _quantised_row(3.0, 0.0, -1.0, 0.456, 0.0, 0.0, 2.5, 0.0, 0.0, 1.234, 0.0, 1.0, 90.0)
-    (3.0, 0.0, 0.0, 0.46, 0.0, 0.0, 2.0, 0.0, 0.0, 1.2, 0.0, 1.0, 90.0)
+    ``whole``: ``_quantised_counts_row``, for raw values of which those of a feature at
+    scale 1 with a whole cap are whole floats: such a value is kept as it is, clipped
+    (what rounding it would give), not rounded.
+
+    >>> raw = (3.0, 0.0, -1.0, 0.456, 0.0, 0.0, 2.5, 0.0, 0.0, 1.234, 0.0, 9.0, 90.0)
+    >>> _quantised_row(*raw)
+    (3.0, 0.0, 0.0, 0.46, 0.0, 0.0, 2.0, 0.0, 0.0, 1.2, 0.0, 8.0, 90.0)
+    >>> _quantised_counts_row(*raw) == _quantised_row(*raw)
+    True
     """
     names = [f"v{i}" for i in range(_N_FEATURES)]
     lines = [f"def _quantised_row({', '.join(names)}):", " return ("]
     for name, v, scale, cap in zip(FEATURES, names, _SCALES, _CAP_OF, strict=True):
-        # round(min(v, cap) * scale) / scale if v > 0.0 else 0.0 (min(v, cap) is cap
-        # exactly when cap < v)
-        lines.append(f"  round(({cap!r} if {cap!r} < {v} else {v}) * {scale!r}) "
-                     f"/ {scale!r} if {v} > 0.0 else 0.0,  # {name}")
+        clipped = f"({cap!r} if {cap!r} < {v} else {v})"  # min(v, cap): cap when cap < v
+        if whole and scale == 1 and cap.is_integer():
+            lines.append(f"  {clipped} if {v} > 0.0 else 0.0,  # {name}")
+        else:
+            # round(min(v, cap) * scale) / scale if v > 0.0 else 0.0
+            lines.append(f"  round({clipped} * {scale!r}) / {scale!r} if {v} > 0.0 else 0.0,"
+                         f"  # {name}")
     lines.append(" )")
     namespace: dict[str, Any] = {}
     exec(compile("\n".join(lines), "<scoring features>", "exec"), namespace)
@@ -387,6 +421,7 @@ def _quantiser() -> Any:
 
 
 _quantised_row = _quantiser()
+_quantised_counts_row = _quantiser(whole=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -1311,6 +1346,19 @@ def expire(
             if len(snap) == _N_FEATURES + 1:
                 _learn(snap, False, model, progress, day)
     return msgspec.structs.replace(s, pending=pending[due:])
+
+
+def expire_due(state: ScoreState | None, day: int, config: ScoreConfig) -> bool:
+    """Whether :func:`expire` at ``day`` has a snapshot to learn or drop; else it returns
+    the state as it is (``None``: the fresh state, and a state of another feature layout
+    without its snapshots, which :func:`score` makes of either all the same).
+
+    >>> st = ScoreState(pending=((100, *[0] * len(FEATURES)),))
+    >>> expire_due(st, 189, ScoreConfig()), expire_due(st, 190, ScoreConfig())
+    (False, True)
+    """
+    return (state is not None and bool(state.pending)
+            and day - state.pending[0][0] >= config.horizon_days)
 
 
 def on_label(
