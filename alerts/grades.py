@@ -643,7 +643,10 @@ def update_lines(
     >>> out
     [[], [], ['approaching'], [], ['breached'], [], [], [], ['approaching']]
     """
-    _lines, keys, specs, keep = _line_plan(lines)
+    plan = _PLAN_CACHE[0]
+    if plan is None or plan.lines is not lines:  # (_line_plan's check, read here first)
+        plan = _line_plan(lines)
+    _lines, keys, specs, keep = plan
     laid = (state if state is not None and state.keys == keys and len(state.flags) == len(keys)
             else _rekeyed(state, keys))
     points = list(laid.points)

@@ -566,7 +566,7 @@ def propose_positional(
     """
     if not policy.enabled or state.limit_minor <= 0:
         return state, None
-    fingerprint = _fingerprint(trigger_event_id)
+    fingerprint = event_fingerprint(trigger_event_id) & 0xFFFF_FFFF  # _fingerprint, inlined
     if fingerprint in state.triggers:
         return state, None
     day = _epoch_day(event_time)
@@ -584,7 +584,7 @@ def propose_positional(
             state = replace(state, pre_limit_minor=None, acted=0)
         elif state.pre_limit_minor != state.limit_minor or state.acted:
             state = replace(state, pre_limit_minor=state.limit_minor, acted=0)
-    if _blocked(state, day, policy):
+    if state.history and _blocked(state, day, policy):  # (no history: never blocked)
         return state, None
     balance = max(0, balance_minor)
     plan: _Plan | None

@@ -744,7 +744,13 @@ class RiskModel:
         >>> m._explain_row((3.0,) + (0.0,) * 12) == m.explain({"max_dpd": 3.0})
         True
         """
-        return self._explained_key(_ROW_KEY(*row), row)
+        key = _ROW_KEY(*row)
+        memo = self.__dict__.get("_explained")
+        if memo is not None and memo[0] == self.n_learned:  # a hit, read here first
+            hit = memo[1].get(key)
+            if hit is not None:
+                return hit
+        return self._explained_key(key, row)
 
     def _explained_key(
         self, key: bytes, x: Mapping[str, Any] | tuple[float, ...]
@@ -1185,7 +1191,7 @@ def score_row(
     """
     t = _tables(config)
     s = _current(state)
-    rules = _apply_signals(s.rules, signals, t, day)
+    rules = _apply_signals(s.rules, signals, t, day) if signals else s.rules
     p_model, terms = model._explain_row(row)  # terms: read only
     dpd = row[0]  # max_dpd
     delinquent = dpd >= LABEL_DPD

@@ -748,14 +748,16 @@ class SegmentMonitor:
         add = 0
         key = self.key(sector, product, region)
         sector_key = key[0]
-        for indicator in self._indicator_names:  # sorted(c.indicators)
+        # (no series at all: no indicator state to read, the usual case)
+        for indicator in self._indicator_names if self._series else ():  # sorted(c.indicators)
             st = self._indicator_state(sector_key, indicator, day)
             if st is not None and st.tightened:
                 reasons.append(self._indicator_reason(sector_key, indicator, st))
                 if "sector_indicator_drop" not in codes:
                     codes.append("sector_indicator_drop")
                     add += c.indicator_score_add
-        rs = self._rate_state(key, day)
+        # _rate_state's memo, read here first (a memoised fold is the usual case)
+        rs = self._rate_memo.get((key, day // c.window_days - 1)) or self._rate_state(key, day)
         if rs.tightened:
             reasons.append(self._rate_reason(key, rs))
             codes.extend(rs.codes)
