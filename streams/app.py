@@ -387,12 +387,23 @@ class Handler:
                 merged[key] = offset
         return merged
 
-    async def sweep(self, partition: int, as_of_ms: int) -> None:
-        """Advance every customer of ``partition`` whose check day is at or before ``as_of``."""
+    async def sweep(self, partition: int, as_of_ms: int, cause: str = "") -> None:
+        """Advance every customer of ``partition`` whose check day is at or before ``as_of``
+        (``cause``: what moved the partition's time there, for the log line)."""
         as_of = dt.datetime.fromtimestamp(as_of_ms / 1000, dt.UTC)
         index = self.clock(partition).due
         day = epoch_day(as_of)
-        for key in index.pop_due(day):
+        due = index.pop_due(day)
+        if due:
+            # One line per sweep that has customers to advance (about one a day per
+            # partition on a live stream): what a false missed payment needs explained,
+            # how far each topic of the partition was read when event time got here.
+            read = {topic: self.last_offsets.get((topic, partition), -1)
+                    for topic in CUSTOMER_TOPICS}
+            log.info("partition %d: sweep to %s (%s), %d customers due; read to offsets %s",
+                     partition, as_of.isoformat(timespec="seconds"), cause or "request",
+                     len(due), read)
+        for key in due:
             # One customer's failure (a detector bug, an output not sent) must not stop
             # the sweep, nor escape into the record whose release ran it (that record
             # would be neither applied nor dead-lettered, and its partition never
@@ -427,7 +438,7 @@ class Handler:
                 log.warning("%s[%d]: tick value %r is not a time in ms: ignored",
                             self.ticks_topic, partition, bytes(value[:32]))
                 return
-            await self.sweep(partition, as_of_ms)
+            await self.sweep(partition, as_of_ms, "wall-clock tick")
         finally:
             # A tick is only a request: finished whatever happened (a later one asks
             # again), so it never holds up its partition's acknowledgements.
@@ -488,7 +499,8 @@ class Handler:
                 if next_day is not None:
                     lateness_ms = self.engine.policy.sweep_lateness_hours * 3_600_000
                     if next_day <= (event_ms - lateness_ms) // 86_400_000:
-                        await self.sweep(partition, event_ms - lateness_ms)
+                        await self.sweep(partition, event_ms - lateness_ms,
+                                         f"watermark moved by {item.topic}@{item.offset}")
             await self.apply(item)
 
     async def release_all(self) -> None:
@@ -569,7 +581,8 @@ class Handler:
         if result.next_check is not None and clock.watermark_ms:
             as_of_ms = clock.watermark_ms - self.engine.policy.sweep_lateness_hours * 3_600_000
             if result.next_check <= as_of_ms // 86_400_000:
-                await self.sweep(partition, as_of_ms)
+                await self.sweep(partition, as_of_ms,
+                                 f"late record {topic}@{offset} due behind the watermark")
         if topic == "card-transactions" and self.engine.last_anomaly_score is not None:
             self.metrics.anomaly_score.observe(self.engine.last_anomaly_score)
         series = self.metrics.topic(topic)

@@ -523,3 +523,23 @@ async def test_the_model_checkpoint_counts_learned_records_only_and_never_goes_b
     for i in (1, 2):
         await restarted.receive("card-transactions", 0, i, b"c1", _tx(i), None, None)
     assert learned == [(1, False), (2, True)]
+
+
+async def test_a_sweep_logs_its_cause_and_read_offsets_without_customers(caplog: Any) -> None:
+    """A sweep with customers due logs one line that explains it (what moved the
+    partition's time, how far each customer topic was read), naming no customer."""
+    import logging
+
+    from streams.app import StateStore
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), StateStore(_StoreTable()), _send)
+    handler.clock(0).due.add("c9", 0)  # a recovered customer, its check day long past
+    with caplog.at_level(logging.INFO, logger="riskwatch.worker"):
+        await handler.receive("card-transactions", 0, 7, b"c1", _tx(0), None, ("ct", 7))
+        await handler.receive("card-transactions", 0, 8, b"c1", _tx(1), None, ("ct", 8))
+    lines = [r.getMessage() for r in caplog.records if "sweep to" in r.getMessage()]
+    assert len(lines) == 1, lines  # nothing due the second time: no line
+    assert "watermark moved by card-transactions@7" in lines[0]
+    assert "1 customers due" in lines[0]
+    assert "'card-transactions': 7" in lines[0] and "'repayments': -1" in lines[0]
+    assert "c9" not in lines[0] and "c1" not in lines[0]
