@@ -8,7 +8,11 @@ loopback only.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -34,17 +38,33 @@ def test_two_workers_lose_nothing_through_kills_and_a_blackout(tmp_path):
                       "kills": result["kills"], "recovery_s": result["recovery_seconds"],
                       "throughput": result["throughput"], "crashes": result["crashes"]},
                      indent=1, default=str))
-    assert result["timeline"]["input_committed_s"] is not None, "input not all committed"
-    assert result["kills"]["total"] >= 3
-    assert out["missing"] == 0, out["missing_examples"]
-    assert out["not_in_oracle"] == 0, out["not_in_oracle_examples"]
-    assert out["ids_with_different_payloads"] == 0, out["different_payload_examples"]
-    assert out["dead_letter_ids_with_different_payloads"] == 0
-    # Input has no bad records: redeliveries recognised as duplicates are the only
-    # dead letters a fault may cause.
-    assert set(out["dead_letters_by_reason"]) <= {"duplicate_event"}, out
-    assert not result["crashes"], result["crashes"]
-    assert elapsed < 120, f"took {elapsed:.0f}s"
+    try:
+        assert result["timeline"]["input_committed_s"] is not None, "input not all committed"
+        assert result["kills"]["total"] >= 3
+        assert out["missing"] == 0, out["missing_examples"]
+        assert out["not_in_oracle"] == 0, out["not_in_oracle_examples"]
+        assert out["ids_with_different_payloads"] == 0, out["different_payload_examples"]
+        assert out["dead_letter_ids_with_different_payloads"] == 0
+        # Input has no bad records: redeliveries recognised as duplicates are the only
+        # dead letters a fault may cause.
+        assert set(out["dead_letters_by_reason"]) <= {"duplicate_event"}, out
+        assert not result["crashes"], result["crashes"]
+        assert elapsed < 120, f"took {elapsed:.0f}s"
+    except AssertionError:
+        _keep_run(tmp_path / "run", result)
+        raise
+
+
+def _keep_run(work: Path, result: dict) -> None:
+    """Keep a failed run's input, oracle and worker logs (with their sweep lines) where
+    pytest's temporary-directory cleanup does not reach: ``$RISKWATCH_FAULTS_KEEP`` or
+    ``<tmp>/riskwatch-faults-failed``, one directory per failure."""
+    root = Path(os.environ.get("RISKWATCH_FAULTS_KEEP")
+                or Path(tempfile.gettempdir()) / "riskwatch-faults-failed")
+    dest = root / time.strftime("%Y%m%dT%H%M%S")
+    shutil.copytree(work, dest, ignore=shutil.ignore_patterns("*-data"), dirs_exist_ok=True)
+    (dest / "result.json").write_text(json.dumps(result, indent=1, default=str))
+    print(f"failed run kept in {dest}")
 
 
 def test_a_burst_past_saturation_drains_with_bounded_memory(tmp_path):
