@@ -84,7 +84,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import Struct
 
-from detectors.base import Evidence, Severity, Signal
+from detectors.base import Evidence, Severity, Signal, compiled_function
 from detectors.money import major as _major
 from detectors.money import money as _money
 from detectors.online import (
@@ -93,6 +93,7 @@ from detectors.online import (
     PageHinkleyParams,
     PHState,
     args_scaler,
+    ph_update,
     row_scaler,
     scale_values,
     scaling,
@@ -531,9 +532,8 @@ def _mix_step(size: int, cat: int, keep: float, a: float
         " return (" + "".join(f"keep * {n} + a, " if i == cat else f"keep * {n}, "
                               for i, n in enumerate(names)) + ")",
     ]
-    namespace: dict[str, Any] = {"keep": keep, "a": a}
-    exec(compile("\n".join(lines), "<behaviour mix_step>", "exec"), namespace)
-    step: Callable[[tuple[float, ...]], tuple[float, ...]] = namespace["mix_step"]
+    step: Callable[[tuple[float, ...]], tuple[float, ...]] = compiled_function(
+        lines, "<behaviour mix_step>", "mix_step", {"keep": keep, "a": a})
     return step
 
 
@@ -608,7 +608,6 @@ class BehaviourState(Struct, frozen=True, array_like=True, gc=False):
 
 
 _EMPTY = BehaviourState()
-_PH_FRESH = PHState()
 #: The field order :func:`on_transaction_row` builds states in (positionally).
 _FIELDS = (
     "v", "n_tx", "last_epoch", "amt_mean", "amt_var", "amt_fast", "ph", "day", "n_days",
@@ -1209,26 +1208,7 @@ def on_transaction_row(
 
     # habit_drift (Page-Hinkley on the log amount)
     log_amt = math.log1p(amount / 100.0)  # scale-free use only: z-score and drift
-    # ph, direction = ph_update(s.ph, log_amt, cfg.drift), inlined (the same operations;
-    # tests/detectors/test_behaviour.py checks the states agree)
-    ph = s.ph
-    if ph.drift:
-        ph = _PH_FRESH
-    p = cfg.drift
-    ph_n = ph.n + 1
-    ph_mean = ph.mean + (1.0 / ph_n) * (log_amt - ph.mean)
-    dev = log_amt - ph_mean
-    sum_inc = p.alpha * ph.sum_inc + dev - p.delta
-    sum_dec = p.alpha * ph.sum_dec + dev + p.delta
-    min_inc = sum_inc if (ph_n == 1 or sum_inc < ph.min_inc) else ph.min_inc
-    max_dec = sum_dec if sum_dec > ph.max_dec else ph.max_dec
-    direction = 0
-    if ph_n >= p.min_instances:
-        if p.mode != "down" and sum_inc - min_inc > p.threshold:
-            direction = 1
-        elif p.mode != "up" and max_dec - sum_dec > p.threshold:
-            direction = -1
-    ph = PHState(ph_n, ph_mean, sum_inc, sum_dec, min_inc, max_dec, direction != 0)
+    ph, direction = ph_update(s.ph, log_amt, cfg.drift)
     a_f = t.a_fast
     amt_fast = log_amt if s.n_tx == 0 else s.amt_fast + a_f * (log_amt - s.amt_fast)
     if direction:

@@ -41,6 +41,8 @@ from typing import Any
 
 from river.tree.padded import make_padded_tree
 
+from detectors.base import compiled_function
+
 
 class FlatHalfSpaceTrees:
     """Half-Space Trees over ``features`` (each in [0, 1]), River-identical scores.
@@ -277,9 +279,8 @@ def _compiled(features: tuple[tuple[int, ...], ...], thresholds: tuple[tuple[flo
     lines.append(" return (" + "".join(f"l{t}, " for t in range(len(features))) + ")")
     # Each feature read from x once, into a local (x3 = x[3]), before the tests.
     lines[1:1] = [f" x{f} = x[{f}]" for f in sorted({f for fs in features for f in fs})]
-    namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<FlatHalfSpaceTrees leaves>", "exec"), namespace)
-    leaves: Callable[[Sequence[float]], tuple[int, ...]] = namespace["leaves"]
+    leaves: Callable[[Sequence[float]], tuple[int, ...]] = compiled_function(
+        lines, "<FlatHalfSpaceTrees leaves>", "leaves")
     return leaves
 
 
@@ -302,9 +303,8 @@ def _leaf_counter(n_trees: int) -> Callable[[Sequence[list[int]], Sequence[int]]
         f" {', '.join(leaves)}, = leaves",
         *(f" {n}[{a}] += 1" for n, a in zip(names, leaves, strict=True)),
     ]
-    namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<FlatHalfSpaceTrees count>", "exec"), namespace)
-    count: Callable[[Sequence[list[int]], Sequence[int]], None] = namespace["count"]
+    count: Callable[[Sequence[list[int]], Sequence[int]], None] = compiled_function(
+        lines, "<FlatHalfSpaceTrees count>", "count")
     return count
 
 
@@ -325,9 +325,8 @@ def _part_summer(n_trees: int) -> Callable[[Sequence[list[int]], Sequence[int]],
         f" {', '.join(leaves)}, = leaves",
         " return " + " + ".join(f"{n}[{a}]" for n, a in zip(names, leaves, strict=True)),
     ]
-    namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<FlatHalfSpaceTrees sum_parts>", "exec"), namespace)
-    sum_parts: Callable[[Sequence[list[int]], Sequence[int]], int] = namespace["sum_parts"]
+    sum_parts: Callable[[Sequence[list[int]], Sequence[int]], int] = compiled_function(
+        lines, "<FlatHalfSpaceTrees sum_parts>", "sum_parts")
     return sum_parts
 
 

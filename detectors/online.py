@@ -43,6 +43,7 @@ from typing import Any, Literal
 import msgspec
 from river import drift, stats
 
+from detectors.base import compiled_function
 from detectors.hst import FlatHalfSpaceTrees
 
 __all__ = [
@@ -478,8 +479,8 @@ def _scaler(spec: ScaleSpec, order: Sequence[int], width: int | None) -> Callabl
                 f"  s{n} = 0.0",
             ]
     lines.append(" return (" + "".join(f"s{n}, " for n in range(len(spec))) + ")")
-    exec(compile("\n".join(lines), "<row_scaler>", "exec"), namespace)
-    scale_row: Callable[..., Any] = namespace["scale_row"]
+    scale_row: Callable[..., Any] = compiled_function(lines, "<row_scaler>", "scale_row",
+                                                      namespace)
     return scale_row
 
 

@@ -88,7 +88,7 @@ import msgspec
 from msgspec import Struct
 from river import compose, linear_model, metrics, optim, preprocessing
 
-from detectors.base import Evidence, Signal
+from detectors.base import Evidence, Signal, compiled_function
 from detectors.behaviour import DEFAULT_CONFIG as DEFAULT_BEHAVIOUR
 from detectors.behaviour import RULES as BEHAVIOUR_RULES
 from detectors.behaviour import BehaviourConfig, BehaviourState
@@ -415,9 +415,7 @@ def _quantiser(whole: bool = False) -> Any:
             lines.append(f"  round({clipped} * {scale!r}) / {scale!r} if {v} > 0.0 else 0.0,"
                          f"  # {name}")
     lines.append(" )")
-    namespace: dict[str, Any] = {}
-    exec(compile("\n".join(lines), "<scoring features>", "exec"), namespace)
-    return namespace["_quantised_row"]
+    return compiled_function(lines, "<scoring features>", "_quantised_row")
 
 
 _quantised_row = _quantiser()

@@ -409,8 +409,8 @@ def test_compact_page_hinkley_matches_river_on_any_stream(
 
 
 @pytest.mark.parametrize("mode", ["up", "down", "both"])
-def test_inlined_page_hinkley_step_equals_ph_update(mode: Literal["up", "down", "both"]) -> None:
-    """on_transaction inlines ph_update: its states and habit_drift signals are ph_update's,
+def test_habit_drift_follows_ph_update(mode: Literal["up", "down", "both"]) -> None:
+    """on_transaction's Page-Hinkley states and habit_drift signals are ph_update's,
     field for field, through detections (and the reset after each)."""
     p = PageHinkleyParams(min_instances=5, delta=0.05, threshold=2.0, mode=mode)
     cfg = BehaviourConfig(drift=p)
