@@ -225,6 +225,9 @@ _STANDING_KINDS = frozenset({"delinquency", "warning"})
 #: Flags of ``CustomerState.segment_accounts`` entries.
 _SEG_OVERDUE, _SEG_NEW = 2, 1
 
+#: Positions of features the engine reads in ``scoring.features_row``'s tuple.
+_MAX_DPD, _UTILISATION = (scoring.FEATURES.index(name) for name in ("max_dpd", "utilisation"))
+
 #: Ledger products whose payments move behaviour's card balance ("": not known yet).
 _CARD_OR_UNKNOWN = frozenset({"credit_card", ""})
 
@@ -626,27 +629,29 @@ class Engine:
         if not always and state.scored_day == day:
             return []
         state.scored_day = day
-        state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
-                                     learn=self._learn)
+        if scoring.expire_due(state.score, day, cfg):  # else expire changes nothing
+            state.score = scoring.expire(state.score, day, self.risk_model, self.quality, cfg,
+                                         learn=self._learn)
         profile = state.profile
         pauses = self._pauses()
-        feats = scoring.features(
+        # scoring.features and scoring.score, on the feature values as a tuple (no dict)
+        feats = scoring.features_row(
             profile.limit_minor if profile else None, state.ledgers, state.behaviour, day,
-            behaviour_config=policy.behaviour, delinquency_config=policy.delinquency,
-            pauses=pauses)
-        state.score, result = scoring.score(state.score, feats, signals, self.risk_model, cfg,
-                                            day)
+            policy.behaviour, policy.delinquency, pauses)
+        state.score, result = scoring.score_row(state.score, feats, signals, self.risk_model,
+                                                cfg, day)
         tightening = None
         if profile is not None:
             product = profile.products[0] if profile.products else "other"
-            tightening = self.segments.tightening(profile.sector, product, profile.region, day)
-            if tightening.score_add:
+            # None: no tightening (limits.propose_positional takes None as NO_TIGHTENING)
+            tightening = self.segments.tightening_or_none(profile.sector, product,
+                                                          profile.region, day)
+            if tightening is not None and tightening.score_add:
                 result = msgspec.structs.replace(
                     result, score=min(1000, result.score + tightening.score_add))
-        outcome = grading.grade_outputs(
-            state.score, result, customer_id=customer_id, trigger_event_id=trigger,
-            event_time=when, day=day, policy_version=policy.version,
-            model_version=policy.model_version, policy=policy.grades, tiers=policy.tiers)
+        outcome = grading.grade_outputs_positional(
+            state.score, result, customer_id, trigger, when, day, policy.version,
+            policy.model_version, policy.grades, policy.tiers)
         state.score = outcome.state
         emits: list[Emit] = []
         if outcome.changed:
@@ -659,8 +664,7 @@ class Engine:
                               outcome.record))
         extra = [outcome.signal] if outcome.signal is not None else []
         state.lines, line_signals = grading.update_lines(
-            state.lines, {"max_dpd": feats.get("max_dpd", 0.0),
-                          "utilisation": feats.get("utilisation", 0.0),
+            state.lines, {"max_dpd": feats[_MAX_DPD], "utilisation": feats[_UTILISATION],
                           "score": float(result.score)}, day, policy.early_warning)
         extra.extend(line_signals)
         if extra:
@@ -685,7 +689,8 @@ class Engine:
             evidence=outcome.signal.evidence if outcome.signal else ())
         return [action_emit(a) for a in actions]
 
-    def _limit(self, state: CustomerState, outcome: Any, score_value: int, feats: dict,
+    def _limit(self, state: CustomerState, outcome: Any, score_value: int,
+               feats: tuple[float, ...],
                customer_id: str, trigger: str, when: dt.datetime, tightening: Any) -> list[Emit]:
         profile = state.profile
         policy = self.policy
@@ -697,9 +702,9 @@ class Engine:
         balance = state.behaviour.balance if state.behaviour else 0
         state.limit, adjustment = limits.propose_positional(
             state.limit, customer_id, None, trigger, when, outcome.grade, outcome.previous,
-            score_value, max(0, balance), feats.get("utilisation"), _on_time_cycles(state),
+            score_value, max(0, balance), feats[_UTILISATION], _on_time_cycles(state),
             crisis, profile.currency, policy.limits, policy.version, policy.model_version,
-            tightening, feats.get("max_dpd", 0.0))
+            tightening, feats[_MAX_DPD])
         if adjustment is None:
             return []
         return [Emit("limit-adjustments", customer_id, adjustment.adjustment_id, adjustment)]

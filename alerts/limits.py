@@ -277,6 +277,8 @@ def _epoch_day(t: dt.datetime) -> int:
     >>> _epoch_day(dt.datetime(1970, 1, 2, 23, 59, tzinfo=dt.UTC))
     1
     """
+    if t.tzinfo is dt.UTC:  # the usual case: astimezone(dt.UTC) would change nothing
+        return t.toordinal() - _EPOCH_ORDINAL
     return t.astimezone(dt.UTC).date().toordinal() - _EPOCH_ORDINAL
 
 
@@ -564,7 +566,7 @@ def propose_positional(
     """
     if not policy.enabled or state.limit_minor <= 0:
         return state, None
-    fingerprint = _fingerprint(trigger_event_id)
+    fingerprint = event_fingerprint(trigger_event_id) & 0xFFFF_FFFF  # _fingerprint, inlined
     if fingerprint in state.triggers:
         return state, None
     day = _epoch_day(event_time)
@@ -582,7 +584,7 @@ def propose_positional(
             state = replace(state, pre_limit_minor=None, acted=0)
         elif state.pre_limit_minor != state.limit_minor or state.acted:
             state = replace(state, pre_limit_minor=state.limit_minor, acted=0)
-    if _blocked(state, day, policy):
+    if state.history and _blocked(state, day, policy):  # (no history: never blocked)
         return state, None
     balance = max(0, balance_minor)
     plan: _Plan | None

@@ -80,7 +80,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import random
-from array import array
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -101,6 +101,7 @@ from detectors.delinquency import (
     AccountLedger,
     DelinquencyConfig,
     Pause,
+    _oldest_unpaid,
     days_past_due,
     epoch_day,
 )
@@ -122,12 +123,15 @@ __all__ = [
     "decode_state",
     "encode_state",
     "expire",
+    "expire_due",
     "features",
+    "features_row",
     "label_from_outcome",
     "labels_from_signals",
     "model_ready",
     "on_label",
     "score",
+    "score_row",
     "summarise_ledgers",
 ]
 
@@ -152,6 +156,9 @@ FEATURES: tuple[str, ...] = (
     "inactive_days",  # days since the last card transaction (cap 90; 90 if none)
 )
 _N_FEATURES = len(FEATURES)
+#: The memo key of a feature vector: its values' bits (``array("d", values).tobytes()``).
+_ROW_KEY = struct.Struct(f"{_N_FEATURES}d").pack
+_isfinite = math.isfinite
 _FEATURE_INDEX = {name: i for i, name in enumerate(FEATURES)}
 #: Version of the feature layout of stored snapshots (snapshots of another layout are dropped).
 FEATURE_VERSION = 1
@@ -231,12 +238,29 @@ def summarise_ledgers(
     >>> s.max_dpd, s.min_only, s.payment_ratio, s.accounts
     (10, 1, 0.6, 1)
     """
+    return _tuple_new(LedgerSummary, _summary(ledgers, now_day, config, pauses))
+
+
+#: What :func:`_summary` gives for no ledgers (``LedgerSummary()``).
+_NO_LEDGERS = (0, 0, 0, 1.0, 0, 0, 0)
+_tuple_new = tuple.__new__
+
+
+def _summary(
+    ledgers: Mapping[str, AccountLedger], now_day: int, config: DelinquencyConfig,
+    pauses: Sequence[Pause],
+) -> tuple[int, int, int, float, int, int, int]:
+    """:func:`summarise_ledgers` as a plain tuple, in :class:`LedgerSummary`'s order."""
+    if not ledgers:
+        return _NO_LEDGERS
     max_dpd = overdue = min_only = late = cured = ratio_n = ratio_sum = 0
     for led in ledgers.values():
-        dpd = days_past_due(led, now_day, config, pauses=pauses)
-        if dpd > 0:
-            overdue += 1
-            max_dpd = max(max_dpd, dpd)
+        # days_past_due is 0 without an unpaid due (checked first: the usual case)
+        if _oldest_unpaid(led, config) is not None:
+            dpd = days_past_due(led, now_day, config, pauses=pauses)
+            if dpd > 0:
+                overdue += 1
+                max_dpd = max(max_dpd, dpd)
         if not led.cycles:
             continue
         recs = led.cycles[1::2]
@@ -252,7 +276,7 @@ def summarise_ledgers(
                 if c & _C_CURED:
                     cured += 1
     ratio = ratio_sum / (100.0 * ratio_n) if ratio_n else 1.0
-    return LedgerSummary(max_dpd, overdue, min_only, ratio, late, cured, len(ledgers))
+    return (max_dpd, overdue, min_only, ratio, late, cured, len(ledgers))
 
 
 def features(
@@ -287,10 +311,37 @@ def features(
     >>> list(f) == list(FEATURES)
     True
     """
+    return dict(zip(FEATURES, features_row(
+        profile_limit, ledgers, behaviour_state, now_day, behaviour_config, delinquency_config,
+        pauses), strict=True))
+
+
+def features_row(
+    profile_limit: int | None,
+    ledgers: LedgerSummary | Mapping[str, AccountLedger],
+    behaviour_state: BehaviourState | None,
+    now_day: int,
+    behaviour_config: BehaviourConfig = DEFAULT_BEHAVIOUR,
+    delinquency_config: DelinquencyConfig = DEFAULT_DELINQUENCY,
+    pauses: Sequence[Pause] = (),
+    /,
+) -> tuple[float, ...]:
+    """:func:`features` as a tuple in the order of :data:`FEATURES`, every argument by
+    position (the engine's once-a-day re-score: it reads two values and hands the rest
+    to :func:`score_row`, so no dict is built).
+
+    >>> features_row(500_000, LedgerSummary(max_dpd=12), None, 20_000)[:2]
+    (12.0, 0.0)
+    """
     if isinstance(ledgers, LedgerSummary):
-        led = ledgers
+        quantised = _quantised_row
+        max_dpd, overdue, min_only, ratio, late, cured, accounts = ledgers
     else:
-        led = summarise_ledgers(ledgers, now_day, delinquency_config, pauses=pauses)
+        # Whole counts (and applications and inactive days): the clip-and-round of a
+        # count is the count itself, clipped (_quantised_counts_row skips the rounding).
+        quantised = _quantised_counts_row
+        max_dpd, overdue, min_only, ratio, late, cured, accounts = _summary(
+            ledgers, now_day, delinquency_config, pauses)
     utilisation = cash_7d = cash_90d = applications = 0.0
     spend_ratio = 1.0
     inactive: float = 90.0
@@ -320,45 +371,55 @@ def features(
             since = (now_day + 1) * _DAY_S - 30 * _DAY_S
             applications = float(sum(1 for t, _ in b.applications if t >= since))
         if b.last_epoch >= 0:
-            inactive = (now_day + 1) - (b.last_epoch // _DAY_S + 1)
-    return _quantised(
-        float(led.max_dpd),
-        float(led.overdue_accounts),
-        float(led.min_only),
-        led.payment_ratio,
-        float(led.late),
-        float(led.cured),
+            inactive = float((now_day + 1) - (b.last_epoch // _DAY_S + 1))
+    return quantised(
+        float(max_dpd),
+        float(overdue),
+        float(min_only),
+        ratio,
+        float(late),
+        float(cured),
         utilisation,
         cash_7d,
         cash_90d,
         spend_ratio,
         applications,
-        float(led.accounts),
+        float(accounts),
         inactive,
     )
 
 
-def _quantiser() -> Any:
-    """``_quantised(*raw)``: the feature dict of raw values in the order of ``FEATURES``,
-    each clipped to its cap and rounded to its scale (``_fix(v, scale) / scale`` of a
-    value that is 0.0 or in (0, cap], finite), compiled as straight-line code.
+def _quantiser(whole: bool = False) -> Any:
+    """``_quantised_row(*raw)``: the feature values of raw values in the order of
+    ``FEATURES``, each clipped to its cap and rounded to its scale (``_fix(v, scale) /
+    scale`` of a value that is 0.0 or in (0, cap], finite), compiled as straight-line code.
 
-    >>> _quantised(3.0, 0.0, -1.0, 0.456, 0.0, 0.0, 2.5, 0.0, 0.0, 1.234, 0.0, 1.0, 90.0)
-    ... # doctest: +ELLIPSIS
-    {'max_dpd': 3.0, 'overdue_accounts': 0.0, 'min_only_cycles': 0.0, 'payment_ratio': 0.46, 'late_cycles': 0.0, 'late_cured': 0.0, 'utilisation': 2.0, 'cash_share_7d': 0.0, 'cash_share_90d': 0.0, 'spend_ratio': 1.2, 'applications_30d': 0.0, 'open_accounts': 1.0, 'inactive_days': 90.0}
+    ``whole``: ``_quantised_counts_row``, for raw values of which those of a feature at
+    scale 1 with a whole cap are whole floats: such a value is kept as it is, clipped
+    (what rounding it would give), not rounded.
+
+    >>> raw = (3.0, 0.0, -1.0, 0.456, 0.0, 0.0, 2.5, 0.0, 0.0, 1.234, 0.0, 9.0, 90.0)
+    >>> _quantised_row(*raw)
+    (3.0, 0.0, 0.0, 0.46, 0.0, 0.0, 2.0, 0.0, 0.0, 1.2, 0.0, 8.0, 90.0)
+    >>> _quantised_counts_row(*raw) == _quantised_row(*raw)
+    True
     """
     names = [f"v{i}" for i in range(_N_FEATURES)]
-    lines = [f"def _quantised({', '.join(names)}):", " return {"]
+    lines = [f"def _quantised_row({', '.join(names)}):", " return ("]
     for name, v, scale, cap in zip(FEATURES, names, _SCALES, _CAP_OF, strict=True):
-        # round(min(v, cap) * scale) / scale if v > 0.0 else 0.0 (min(v, cap) is cap
-        # exactly when cap < v)
-        lines.append(f"  {name!r}: round(({cap!r} if {cap!r} < {v} else {v}) * {scale!r}) "
-                     f"/ {scale!r} if {v} > 0.0 else 0.0,")
-    lines.append(" }")
-    return compiled_function(lines, "<scoring features>", "_quantised")
+        clipped = f"({cap!r} if {cap!r} < {v} else {v})"  # min(v, cap): cap when cap < v
+        if whole and scale == 1 and cap.is_integer():
+            lines.append(f"  {clipped} if {v} > 0.0 else 0.0,  # {name}")
+        else:
+            # round(min(v, cap) * scale) / scale if v > 0.0 else 0.0
+            lines.append(f"  round({clipped} * {scale!r}) / {scale!r} if {v} > 0.0 else 0.0,"
+                         f"  # {name}")
+    lines.append(" )")
+    return compiled_function(lines, "<scoring features>", "_quantised_row")
 
 
-_quantised = _quantiser()
+_quantised_row = _quantiser()
+_quantised_counts_row = _quantiser(whole=True)
 
 
 # --------------------------------------------------------------------------- #
@@ -657,27 +718,51 @@ class RiskModel:
         """
         # Memoised per model state (n_learned: the model learns through learn_one only)
         # and exact feature values (their bits): customers often share a feature vector.
+        key: bytes | None = None
+        if type(x) is dict and tuple(x) == FEATURES:
+            # What features() returns: keyed by the values as given, which determine
+            # _x(x) (a value the key refuses is keyed as _x makes it).
+            try:
+                key = _ROW_KEY(*x.values())
+            except (TypeError, OverflowError, struct.error):
+                key = None
+        if key is None:
+            xs = self._x(x)
+            p, terms = self._explained_key(_ROW_KEY(*xs.values()), xs)
+        else:
+            p, terms = self._explained_key(key, x)
+        return p, dict(terms)
+
+    def _explain_row(self, row: tuple[float, ...]) -> tuple[float, dict[str, float]]:
+        """:meth:`explain` of a feature row (:func:`features_row`), sharing its memo; the
+        terms are the memo's own dict, which the caller must not change (the once-a-day
+        re-score reads them, when at all, without the copy :meth:`explain` makes).
+
+        >>> m = RiskModel()
+        >>> m._explain_row((3.0,) + (0.0,) * 12) == m.explain({"max_dpd": 3.0})
+        True
+        """
+        key = _ROW_KEY(*row)
+        memo = self.__dict__.get("_explained")
+        if memo is not None and memo[0] == self.n_learned:  # a hit, read here first
+            hit = memo[1].get(key)
+            if hit is not None:
+                return hit
+        return self._explained_key(key, row)
+
+    def _explained_key(
+        self, key: bytes, x: Mapping[str, Any] | tuple[float, ...]
+    ) -> tuple[float, dict[str, float]]:
+        """The memo entry of ``key`` (the bits of the feature values of ``x``, a mapping
+        or a row in the order of :data:`FEATURES`), computed on a miss."""
         memo: tuple[int, dict[bytes, tuple[float, dict[str, float]]]] | None
         memo = self.__dict__.get("_explained")
         if memo is None or memo[0] != self.n_learned:
             memo = (self.n_learned, {})
             self._explained = memo
-        xs: dict[str, float] | None = None
-        key: bytes | None = None
-        if type(x) is dict and tuple(x) == FEATURES:
-            # What features() returns: keyed by the values as given, which determine
-            # _x(x) (a value array() refuses is keyed as _x makes it).
-            try:
-                key = array("d", x.values()).tobytes()
-            except (TypeError, OverflowError):
-                key = None
-        if key is None:
-            xs = self._x(x)
-            key = array("d", xs.values()).tobytes()
         hit = memo[1].get(key)
         if hit is None:
-            if xs is None:
-                xs = self._x(x)
+            xs = self._x(dict(zip(FEATURES, x, strict=True)) if isinstance(x, tuple) else x)
             z = self.scaler.transform_one(xs)
             p = float(self.lr.predict_proba_one(z)[True])
             w = self.lr.weights
@@ -685,7 +770,7 @@ class RiskModel:
             if len(memo[1]) >= 4_096:
                 memo[1].clear()
             memo[1][key] = hit
-        return hit[0], dict(hit[1])
+        return hit
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: v for k, v in self.__dict__.items() if k != "_explained"}
@@ -1081,11 +1166,32 @@ def score(
     >>> res2.rule_points, len(st2.pending), res2.snapshot_taken
     (30, 2, True)
     """
+    row = tuple([0.0 if (v := feats.get(k)) is None else float(v) for k in FEATURES])
+    return score_row(state, row, signals, model, config, day)
+
+
+def score_row(
+    state: ScoreState | None,
+    row: tuple[float, ...],
+    signals: Sequence[Signal],
+    model: RiskModel,
+    config: ScoreConfig,
+    day: int,
+) -> tuple[ScoreState, ScoreResult]:
+    """:func:`score` of the feature values in the order of :data:`FEATURES` (what
+    :func:`features_row` returns): the engine's once-a-day re-score, without a dict.
+
+    >>> cfg = ScoreConfig(warmup_negatives=0, warmup_positives=0, warmup_days=0)
+    >>> row = features_row(None, LedgerSummary(min_only=3), None, 20_000)
+    >>> score_row(None, row, [], RiskModel(), cfg, 20_000) == score(
+    ...     None, dict(zip(FEATURES, row)), [], RiskModel(), cfg, 20_000)
+    True
+    """
     t = _tables(config)
     s = _current(state)
-    rules = _apply_signals(s.rules, signals, t, day)
-    p_model, terms = model.explain(feats)
-    dpd = float(feats.get("max_dpd", 0.0))
+    rules = _apply_signals(s.rules, signals, t, day) if signals else s.rules
+    p_model, terms = model._explain_row(row)  # terms: read only
+    dpd = row[0]  # max_dpd
     delinquent = dpd >= LABEL_DPD
     ready = model_ready(model, config, day)
     p = 1.0 if delinquent else (p_model if ready else config.prior_probability)
@@ -1136,7 +1242,7 @@ def score(
             gain = config.model_weight * (p_model - _sigmoid(logit - term))
             shown = round(gain)
             if shown >= 1:
-                text = _feature_text(name, float(feats.get(name, 0.0)))
+                text = _feature_text(name, row[_FEATURE_INDEX[name]])
                 candidates.append(
                     (
                         gain,
@@ -1158,8 +1264,9 @@ def score(
         and (last_snap < 0 or day - last_snap >= config.snapshot_every_days)
     )
     if taken:
-        pairs = zip(FEATURES, _SCALES, strict=True)
-        snap = (day, *(_fix(float(feats.get(k, 0.0)), q) for k, q in pairs))
+        # _fix(v, q) of each value, inlined
+        snap = (day, *[round(v * q) if _isfinite(v) else 0
+                       for v, q in zip(row, _SCALES, strict=True)])
         pending = (*pending, snap)[-config.max_pending :]
         last_snap = day
     new = msgspec.structs.replace(
@@ -1243,6 +1350,19 @@ def expire(
             if len(snap) == _N_FEATURES + 1:
                 _learn(snap, False, model, progress, day)
     return msgspec.structs.replace(s, pending=pending[due:])
+
+
+def expire_due(state: ScoreState | None, day: int, config: ScoreConfig) -> bool:
+    """Whether :func:`expire` at ``day`` has a snapshot to learn or drop; else it returns
+    the state as it is (``None``: the fresh state, and a state of another feature layout
+    without its snapshots, which :func:`score` makes of either all the same).
+
+    >>> st = ScoreState(pending=((100, *[0] * len(FEATURES)),))
+    >>> expire_due(st, 189, ScoreConfig()), expire_due(st, 190, ScoreConfig())
+    (False, True)
+    """
+    return (state is not None and bool(state.pending)
+            and day - state.pending[0][0] >= config.horizon_days)
 
 
 def on_label(

@@ -730,26 +730,40 @@ class SegmentMonitor:
         oldest retained value gets the checkpoint's answer), rates on the
         complete window before the one holding ``day``.
         """
+        found = self.tightening_or_none(sector, product, region, day)
+        return Tightening() if found is None else found  # a fresh value: the caller may
+        # keep or change its lists
+
+    def tightening_or_none(self, sector: str, product: str, region: str,
+                           day: int) -> Tightening | None:
+        """:meth:`tightening`, or ``None`` where it is equal to :data:`NO_TIGHTENING`
+        (the engine's once-a-day re-score: nothing is built for the usual segment).
+
+        >>> SegmentMonitor().tightening_or_none("retail", "credit_card", "north", 90) is None
+        True
+        """
         c = self.config
         reasons: list[str] = []
         codes: list[str] = []
         add = 0
         key = self.key(sector, product, region)
         sector_key = key[0]
-        for indicator in self._indicator_names:  # sorted(c.indicators)
+        # (no series at all: no indicator state to read, the usual case)
+        for indicator in self._indicator_names if self._series else ():  # sorted(c.indicators)
             st = self._indicator_state(sector_key, indicator, day)
             if st is not None and st.tightened:
                 reasons.append(self._indicator_reason(sector_key, indicator, st))
                 if "sector_indicator_drop" not in codes:
                     codes.append("sector_indicator_drop")
                     add += c.indicator_score_add
-        rs = self._rate_state(key, day)
+        # _rate_state's memo, read here first (a memoised fold is the usual case)
+        rs = self._rate_memo.get((key, day // c.window_days - 1)) or self._rate_state(key, day)
         if rs.tightened:
             reasons.append(self._rate_reason(key, rs))
             codes.extend(rs.codes)
             add += c.rate_score_add
         if not codes:
-            return Tightening()  # a fresh value: the caller may keep or change its lists
+            return None
         return Tightening(
             score_add=min(add, c.max_score_add),
             limit_raise_suspended=c.suspend_raises,
