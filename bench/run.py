@@ -79,6 +79,9 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
                 "group fetch wait 10 ms, producer linger 2 ms"),
     "fetch25": (("--set", "fetch_max_wait=0.025", "--set", "producer_linger=0.005"),
                 "group fetch wait 25 ms, producer linger 5 ms"),
+    "nogates": (("--set", "fetch_gates=false"),
+                "no fetch gates: a record is released as soon as the other topics of its "
+                "partition count as read to their end (Settings.fetch_gates = False)"),
     "faust": (("--set", "direct_delivery=false"),
               "Faust's delivery: records through Faust's conductor, stream and agent "
               "(Settings.direct_delivery = false)"),

@@ -45,7 +45,7 @@ from streams.control import PolicyWatcher
 from streams.guard import LOST, OK, UNREACHABLE, BrokerGuard, Finding
 from streams.metrics import Metrics
 from streams.security import aiokafka_kwargs, faust_credentials, preflight, start_client
-from streams.tuning import highwater_reader
+from streams.tuning import fetched_at_reader, highwater_reader
 
 if TYPE_CHECKING:
     from faust.tables.manager import TableManager
@@ -234,10 +234,19 @@ class PartitionClock:
     due: DueIndex = field(default_factory=DueIndex)
     last_event_at: float = 0.0
     tick_pending: bool = False
+    #: A release or sweep of this partition is running (it awaits sends and writes: a
+    #: second one interleaved with it would process a customer's next record on the
+    #: state before its last one was written, or out of event-time order).
+    busy: bool = False
+    #: A release was asked for while busy: the running one goes round again.
+    again: bool = False
 
     def bound(self, partition: int, behind: Callable[[str, int], bool],
-              topics: tuple[str, ...] = ()) -> tuple[float, int]:
-        """Held records up to this (event ms, topic rank) can be released.
+              topics: tuple[str, ...] = (),
+              fetched_at: Callable[[str, int], float] | None = None,
+              ) -> tuple[tuple[float, int], list[tuple[float, int, float]]]:
+        """Held records up to this (event ms, topic rank) can be released, each only once
+        it passes the gates returned with it (:meth:`releasable`).
 
         A lagging topic's next record comes no earlier than its newest event time seen,
         and at that same millisecond replay orders it by topic rank: a held record of
@@ -245,20 +254,52 @@ class PartitionClock:
         rank goes first: the same topic's next record has a later offset).
         A topic of ``topics`` with unread records that this partition has not delivered
         yet (after a start, restart or rebalance: Faust fetches topics independently)
-        could still precede anything held, the payment of a due date say: hold all."""
+        could still precede anything held, the payment of a due date say: hold all.
+
+        A topic found read to its end is so only as of the fetch response that last
+        reported its high water (``fetched_at``, Unix s). The broker does not make two
+        topics' appends visible together (one produce request's batches, say), so a
+        record fetched from one topic may have overtaken an earlier one of another that
+        became visible a moment later. Each such topic gives a gate (event ms, rank,
+        fetched_at): a held record after (event ms, rank) is released only if it was
+        received before that response, which then saw what the producer had appended
+        before it (aiokafka has one fetch in flight per broker: a response processed
+        after a record was received was requested after the one that brought it)."""
         seen = self.seen_ms
+        gates: list[tuple[float, int, float]] = []
         for topic in topics:
-            if topic not in seen and behind(topic, partition):
-                return (float("-inf"), -1)
+            if topic not in seen:
+                if behind(topic, partition):
+                    return (float("-inf"), -1), gates
+                if fetched_at is not None:
+                    gates.append((float("-inf"), -1, fetched_at(topic, partition)))
         # The earliest (event time, rank) of a lagging topic; a topic no earlier than the
         # earliest lagging one found so far need not be asked.
         bound: tuple[float, int] = (float("inf"), 0)
         for topic, ms in seen.items():
             if ms <= bound[0]:
                 candidate = (ms, TOPIC_RANK[topic])
-                if candidate < bound and behind(topic, partition):
-                    bound = candidate
-        return bound
+                if candidate < bound:
+                    if behind(topic, partition):
+                        bound = candidate
+                    elif fetched_at is not None:
+                        gates.append((ms, candidate[1], fetched_at(topic, partition)))
+        return bound, gates
+
+    @staticmethod
+    def releasable(event_ms: int, rank: int, received: float,
+                   gates: list[tuple[float, int, float]]) -> bool:
+        """Whether a held record within the bound passes every gate of :meth:`bound`.
+
+        >>> PartitionClock.releasable(5, 1, 10.0, [(4, 0, 10.5), (6, 0, 9.0)])
+        True
+        >>> PartitionClock.releasable(5, 1, 10.0, [(4, 0, 9.5)])
+        False
+        """
+        for gate_ms, gate_rank, fetched in gates:
+            if received >= fetched and (event_ms, rank) > (gate_ms, gate_rank):
+                return False
+        return True
 
 
 @dataclass
@@ -289,6 +330,12 @@ class Handler:
     applied_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Whether a topic still has unread records on a partition (set by the app).
     behind: Callable[[str, int], bool] = field(default=lambda topic, partition: False)
+    #: When the fetch response that last reported a topic's high water on a partition
+    #: was processed (Unix s; set by the app; None: no gates, as in-process).
+    fetched_at: Callable[[str, int], float] | None = None
+    #: Records with an event time younger than this (s before the wall clock) are live:
+    #: released without the fetch gates (Settings.sweep_live_window).
+    live_window: float = 2 * 86_400.0
     #: Per topic since the last flush: [event time of the last record processed (Unix
     #: s), its receive time] (published by :meth:`publish_tallies`).
     tallies: dict[str, list[float]] = field(default_factory=dict)
@@ -438,7 +485,15 @@ class Handler:
                 log.warning("%s[%d]: tick value %r is not a time in ms: ignored",
                             self.ticks_topic, partition, bytes(value[:32]))
                 return
-            await self.sweep(partition, as_of_ms, "wall-clock tick")
+            if clock.busy:  # records are being released: a later tick asks again
+                return
+            clock.busy = True
+            try:
+                await self.sweep(partition, as_of_ms, "wall-clock tick")
+            finally:
+                clock.busy = False
+            if clock.again:
+                await self.release(partition)
         finally:
             # A tick is only a request: finished whatever happened (a later one asks
             # again), so it never holds up its partition's acknowledgements.
@@ -485,13 +540,44 @@ class Handler:
         await self.release(partition)
 
     async def release(self, partition: int) -> None:
-        """Process the held records no lagging topic can still precede."""
+        """Process the held records no lagging topic can still precede.
+
+        One at a time per partition: the record that arrives, the timers and a
+        wall-clock tick all ask, and a release awaits its sends and state writes. One
+        asked for while another runs makes that one go round again instead."""
         clock = self.clock(partition)
+        if clock.busy:
+            clock.again = True
+            return
+        clock.busy = True
+        try:
+            while True:
+                clock.again = False
+                await self._release(partition, clock)
+                if not clock.again:
+                    return
+        finally:
+            clock.busy = False
+
+    async def _release(self, partition: int, clock: PartitionClock) -> None:
         heap = clock.heap
-        bound = clock.bound(partition, self.behind, CUSTOMER_TOPICS) if heap else (0, 0)
+        if not heap:
+            return
+        bound, gates = clock.bound(partition, self.behind, CUSTOMER_TOPICS, self.fetched_at)
+        releasable = clock.releasable
+        # Gates hold records of history only (a backfill, or history replayed through
+        # Kafka: there a millisecond of arrival spans hours of event time, enough for a
+        # due date to pass before its payment). A live record goes at once: topics race
+        # by milliseconds of event time there, and a late payment is what the sweep's
+        # lateness allows for; one more fetch round of latency would buy nothing.
+        live_ms = (time.time() - self.live_window) * 1000.0 if gates else 0.0
         # (event ms, topic rank) of the first held record against the bound: equal times
         # are released in replay's order (event time, topic rank, offset).
-        while heap and (heap[0][:2] <= bound or len(heap) > self.max_held):
+        while heap and ((heap[0][:2] <= bound
+                         and (not gates or heap[0][0] >= live_ms
+                              or releasable(heap[0][0], heap[0][1], heap[0][4].received,
+                                            gates)))
+                        or len(heap) > self.max_held):
             event_ms, _, _, _, item = heapq.heappop(heap)
             if event_ms > clock.watermark_ms:
                 clock.watermark_ms = event_ms
@@ -1079,8 +1165,11 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         return max(handler.last_offsets.get((topic, partition), -1),
                    committed - 1 if committed is not None else -1)
 
-    highwater = highwater_reader(
-        lambda: getattr(getattr(app.consumer, "_thread", None), "_consumer", None))
+    def kafka_consumer() -> Any:
+        return getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
+
+    highwater = highwater_reader(kafka_consumer)
+    fetched_at_tp = fetched_at_reader(kafka_consumer)
 
     def behind(topic: str, partition: int) -> bool:
         consumer = app.consumer
@@ -1096,6 +1185,23 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         return committed is None or high > committed
 
     handler.behind = behind
+
+    def fetched_at(topic: str, partition: int) -> float:
+        return fetched_at_tp(tp_of(topic, partition))
+
+    if settings.fetch_gates:
+        handler.fetched_at = fetched_at
+        handler.live_window = settings.sweep_live_window
+
+    @app.timer(settings.order_recheck_interval)
+    async def release_held() -> None:
+        """Release held records whose gates a fetch response has opened since (a record
+        held for a fresh high water of another topic waits for no further record)."""
+        if not app.consumer or app.rebalancing or not guard.clear.is_set():
+            return
+        for partition, clock in list(handler.clocks.items()):
+            if clock.heap:
+                await handler.release(partition)
 
     @app.timer(settings.sweep_interval)
     async def release_and_sweep() -> None:

@@ -129,10 +129,17 @@ class Settings:
     checkpoint_interval: float = 30.0
     #: Seconds between watermark-sweep checks per partition.
     sweep_interval: float = 1.0
+    #: Seconds between checks of records held for event-time order across topics.
+    order_recheck_interval: float = 0.01
+    #: Hold a record of history (older than sweep_live_window) until every other topic
+    #: of its partition that counts as read to its end was fetched after the record came
+    #: (PartitionClock.bound): exact event-time order across topics in a backfill.
+    fetch_gates: bool = True
     #: A partition with no event for this many seconds is idle.
     sweep_idle: float = 30.0
     #: An idle partition whose newest event is younger than this is live: wall-clock
-    #: time then advances its sweep (a historical replay never is).
+    #: time then advances its sweep (a historical replay never is). A record younger
+    #: than this is live too: released without the fetch gates.
     sweep_live_window: float = 2 * 86_400.0
     #: Seconds between broker probes (reachability and broker-state checks, streams.guard).
     broker_probe_interval: float = 5.0

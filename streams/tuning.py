@@ -264,21 +264,22 @@ def seek_uncommitted_to_beginning() -> None:
     AIOKafkaConsumerThread.seek_to_committed = _seek_to_committed  # type: ignore[method-assign]
 
 
-def highwater_reader(kafka_consumer: Callable[[], Any]) -> Callable[[Any], int | None]:
-    """A fast ``highwater(tp)``: aiokafka's last fetched high-water mark of an assigned
-    partition, None when unknown (not assigned, or not fetched yet).
+def partition_state_reader(kafka_consumer: Callable[[], Any]) -> Callable[[Any], Any]:
+    """A fast read of aiokafka's fetch state of an assigned partition (its
+    ``TopicPartitionState``: ``highwater``, and ``timestamp``, the wall-clock ms at which
+    the fetch response that last reported the high water was processed), None when not
+    assigned. ``kafka_consumer`` returns the aiokafka consumer (None before it starts).
 
-    Faust's ``consumer.highwater(tp)`` reads the same value through three layers and a
+    Faust's ``consumer.highwater(tp)`` reads the high water through three layers and a
     settings lookup (is the app transactional?), and aiokafka asserts the partition is
     assigned; the worker asks for it for every topic of a partition on every record (its
     event-time ordering, :meth:`streams.app.PartitionClock.bound`). This reads the
     partition's state straight from the consumer's current assignment (replaced
-    whole on every rebalance). ``kafka_consumer`` returns the aiokafka consumer
-    (None before it starts). For at-least-once apps only: a transactional app's
+    whole on every rebalance). For at-least-once apps only: a transactional app's
     bound is the last stable offset.
     """
 
-    def highwater(tp: Any) -> int | None:
+    def state(tp: Any) -> Any:
         consumer = kafka_consumer()
         if consumer is None:
             return None
@@ -286,7 +287,34 @@ def highwater_reader(kafka_consumer: Callable[[], Any]) -> Callable[[Any], int |
         assignment = subscription.assignment if subscription is not None else None
         if assignment is None:
             return None
-        state = assignment.state_value(tp)
+        return assignment.state_value(tp)
+
+    return state
+
+
+def highwater_reader(kafka_consumer: Callable[[], Any]) -> Callable[[Any], int | None]:
+    """A fast ``highwater(tp)``: aiokafka's last fetched high-water mark of an assigned
+    partition, None when unknown (not assigned, or not fetched yet); see
+    :func:`partition_state_reader`."""
+    read = partition_state_reader(kafka_consumer)
+
+    def highwater(tp: Any) -> int | None:
+        state = read(tp)
         return None if state is None else state.highwater
 
     return highwater
+
+
+def fetched_at_reader(kafka_consumer: Callable[[], Any]) -> Callable[[Any], float]:
+    """``fetched_at(tp)``: the wall-clock time (Unix s, from aiokafka's ms) at which the
+    fetch response that last reported the partition's high water was processed; 0.0
+    when unknown (not assigned, or not fetched yet). See :func:`partition_state_reader`.
+    """
+    read = partition_state_reader(kafka_consumer)
+
+    def fetched_at(tp: Any) -> float:
+        state = read(tp)
+        stamp = None if state is None else state.timestamp
+        return 0.0 if stamp is None else stamp / 1000.0
+
+    return fetched_at

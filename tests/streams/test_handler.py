@@ -543,3 +543,99 @@ async def test_a_sweep_logs_its_cause_and_read_offsets_without_customers(caplog:
     assert "1 customers due" in lines[0]
     assert "'card-transactions': 7" in lines[0] and "'repayments': -1" in lines[0]
     assert "c9" not in lines[0] and "c1" not in lines[0]
+
+
+async def test_one_release_at_a_time_per_partition() -> None:
+    """A release awaits its sends; a second release of the same partition (the next
+    record's, or a timer's) ran interleaved with it and processed a customer's next
+    record on the state from before the last one was written: that record's effect
+    lost (a payment, so a false missed payment), or records out of event-time order.
+    Now the second asks the running one to go round again."""
+    import asyncio
+
+    from streams.app import StateStore
+
+    engine = _large_transaction_engine()
+    store = StateStore(_StoreTable())
+    #: Records processed on a state other than the one the record before produced.
+    stale: list[str] = []
+    process = engine.process
+    last: dict[str, bytes | None] = {"c1": None}
+
+    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
+        if raw != last["c1"]:
+            stale.append(event.event_id)
+        result = process(topic, event, raw, learn=learn)
+        last["c1"] = result.state if result.state is not None else raw
+        return result
+
+    engine.process = spy  # type: ignore[method-assign]
+    sent: list[str] = []
+
+    async def slow_send(emit: Any) -> None:
+        await asyncio.sleep(0.001)  # a produce that waits on the broker
+        sent.append(emit.topic)
+
+    lagging = {"repayments"}
+    handler = Handler(engine, Metrics(), store, slow_send,
+                      behind=lambda topic, partition: topic in lagging)
+    handler.clock(0).seen_ms["repayments"] = 0  # a payment seen: holds what is later
+    for i in range(5):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, None)
+    for i in range(5, 8):  # large ones: each raises an alert, so its release awaits
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i, amount=900_000),
+                              None, None)
+    lagging.clear()
+    await asyncio.gather(handler.release(0), handler.release_all(), handler.release(0),
+                         handler.receive("card-transactions", 0, 8, b"c1",
+                                         _tx(8, amount=900_000), None, None))
+    assert sent and stale == []
+    assert not handler.clock(0).busy and not handler.clock(0).heap
+
+
+async def test_a_topic_read_to_its_end_gates_records_fetched_after_its_last_response() -> None:
+    """A topic read to its high water is so only as of the fetch response that reported
+    it: the broker makes two topics' appends visible one after the other, so a
+    transaction fetched a moment before the payment that precedes it became visible
+    would overtake it. A record received after the other topic's last response waits
+    for the next one (which was requested after the record came)."""
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import PaymentReceived
+    from schemas.topics import CUSTOMER_TOPICS
+    from streams.app import StateStore
+
+    engine = Engine(DEFAULT_POLICY)
+    order: list[str] = []
+    process = engine.process
+
+    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
+        order.append(event.event_id)
+        return process(topic, event, raw, learn=learn)
+
+    engine.process = spy  # type: ignore[method-assign]
+    fetched = dict.fromkeys(CUSTOMER_TOPICS, 0.0)
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send,
+                      fetched_at=lambda topic, partition: fetched.get(topic, 0.0))
+    handler.clock(0).seen_ms["repayments"] = 0
+    await handler.receive("card-transactions", 0, 0, b"c1", _tx(3), None, None)
+    assert order == []  # every other topic's last response is older than the record
+    for topic in fetched:
+        fetched[topic] = 2e9  # responses after it: nothing came before it
+    payment = encode(PaymentReceived(
+        event_id="p1", event_time=dt.datetime(2026, 2, 1, 1, tzinfo=dt.UTC), customer_id="c1",
+        account_id="a1", amount_minor=5_000, currency="EUR"))
+    # (had the payment become visible first, it would have come in that response)
+    await handler.receive("repayments", 0, 0, b"c1", payment, None, None)
+    assert order == ["p1", "e3"]
+    # A live record (within sweep_live_window of the wall clock) is not gated: topics
+    # race by milliseconds there, and sweep lateness allows for a late payment.
+    for topic in fetched:
+        fetched[topic] = 0.0
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    live = encode(PaymentReceived(
+        event_id="p2", event_time=now, customer_id="c1", account_id="a1",
+        amount_minor=1_000, currency="EUR"))
+    await handler.receive("repayments", 0, 1, b"c1", live, None, None)
+    assert order == ["p1", "e3", "p2"]
