@@ -218,19 +218,40 @@ def simulator_days(customers: int, events: int) -> int:
     return max(1, min(3_660, math.ceil(events / (customers * 1.3)) + 1))
 
 
+def live_start(start: dt.date, newest: dt.date, today: dt.date | None = None) -> dt.date:
+    """The start date that moves history from ``start`` to ``newest`` (its last event's
+    date) to end yesterday (UTC), so that a paced phase continuing from its end is a
+    live stream (event times within a day or two of the wall clock, as the worker
+    tells live records from history).
+
+    >>> live_start(dt.date(2026, 1, 1), dt.date(2026, 2, 4), dt.date(2026, 11, 24))
+    datetime.date(2026, 10, 20)
+    """
+    today = today or dt.datetime.now(dt.UTC).date()
+    return start + (today - dt.timedelta(days=1) - newest)
+
+
+def _newest_date(records: list[Record]) -> dt.date:
+    newest = max(orjson.loads(value)["event_time"] for _, _, value in records)
+    return dt.date.fromisoformat(newest[:10])
+
+
 def from_simulator(customers: int, events: int, seed: int, *, padded: bool = True,
-                   days: int | None = None) -> Iterator[Record]:
+                   days: int | None = None, start: dt.date | None = None) -> Iterator[Record]:
     """The first ``events`` customer-keyed records of a simulated portfolio.
 
-    With ``padded``, card transactions carry the processor fields :func:`pad` adds.
+    With ``padded``, card transactions carry the processor fields :func:`pad` adds;
+    ``start``: the portfolio's start date (default the simulator's fixed date, the same
+    input on every day).
     """
     import msgspec
 
     from schemas.codec import encode
     from streams.simulator import Portfolio, iter_events
 
-    config = Portfolio(customers=customers, days=days or simulator_days(customers, events),
-                       seed=seed, poison_rate=0.0)
+    days = days or simulator_days(customers, events)
+    dated = {"start": start} if start is not None else {}
+    config = Portfolio(customers=customers, days=days, seed=seed, poison_rate=0.0, **dated)
     rnd = random.Random(seed)
     count = 0
     for topic, key, record in iter_events(config):
@@ -249,8 +270,10 @@ def from_simulator(customers: int, events: int, seed: int, *, padded: bool = Tru
 
 
 def build(source: str, customers: int, events: int, seed: int, *,
-          padded: bool = True) -> tuple[str, list[Record]]:
-    """Materialise the input: ``(source actually used, records)``."""
+          padded: bool = True, live: bool = False) -> tuple[str, list[Record]]:
+    """Materialise the input: ``(source actually used, records)``; ``live``: the
+    simulated history ends yesterday (:func:`from_simulator`; the synthetic one always
+    ends near today)."""
     if source == "auto":
         source = "simulator" if simulator_available() else "synthetic"
     if source == "simulator":
@@ -261,6 +284,13 @@ def build(source: str, customers: int, events: int, seed: int, *,
             if len(records) >= events or days >= 3_660:
                 break
             days = min(3_660, days * 2)
+        if live:  # the same portfolio, dated to end yesterday (a second pass)
+            from streams.simulator import Portfolio
+
+            first = Portfolio().start
+            start = live_start(first, _newest_date(records))
+            records = list(from_simulator(customers, events, seed, padded=padded, days=days,
+                                          start=start))
         return source, records
     if source != "synthetic":
         raise ValueError(f"unknown source {source!r}")

@@ -406,8 +406,11 @@ class Suite:
 
         opts = self.opts
         t0 = time.perf_counter()
+        # History that ends yesterday: the paced phase continues from its end, so it is a
+        # live stream (event times near the wall clock), as a bank's would be; the worker
+        # holds only records of history for its fetch gates.
         self.source, self.records = dataset.build(opts.source, opts.customers, opts.events,
-                                                  opts.seed, padded=opts.padded)
+                                                  opts.seed, padded=opts.padded, live=True)
         gen_s = time.perf_counter() - t0
         by_topic: dict[str, int] = {}
         sizes: dict[str, int] = {}
