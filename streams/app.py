@@ -563,14 +563,20 @@ class Handler:
         heap = clock.heap
         if not heap:
             return
-        bound, gates = clock.bound(partition, self.behind, CUSTOMER_TOPICS, self.fetched_at)
-        releasable = clock.releasable
         # Gates hold records of history only (a backfill, or history replayed through
         # Kafka: there a millisecond of arrival spans hours of event time, enough for a
         # due date to pass before its payment). A live record goes at once: topics race
         # by milliseconds of event time there, and a late payment is what the sweep's
-        # lateness allows for; one more fetch round of latency would buy nothing.
-        live_ms = (time.time() - self.live_window) * 1000.0 if gates else 0.0
+        # lateness allows for; one more fetch round of latency would buy nothing. (The
+        # heap's first record is its earliest: when it is live, so is every other.)
+        fetched_at = self.fetched_at
+        live_ms = 0.0
+        if fetched_at is not None:
+            live_ms = (time.time() - self.live_window) * 1000.0
+            if heap[0][0] >= live_ms:
+                fetched_at = None
+        bound, gates = clock.bound(partition, self.behind, CUSTOMER_TOPICS, fetched_at)
+        releasable = clock.releasable
         # (event ms, topic rank) of the first held record against the bound: equal times
         # are released in replay's order (event time, topic rank, offset).
         while heap and ((heap[0][:2] <= bound
