@@ -336,6 +336,9 @@ class Handler:
     #: Records with an event time younger than this (s before the wall clock) are live:
     #: released without the fetch gates (Settings.sweep_live_window).
     live_window: float = 2 * 86_400.0
+    #: Seconds a record waits at most for its gates (a fetch response comes every fetch
+    #: wait; a topic without one for this long is paused, not being read).
+    gate_patience: float = 5.0
     #: Per topic since the last flush: [event time of the last record processed (Unix
     #: s), its receive time] (published by :meth:`publish_tallies`).
     tallies: dict[str, list[float]] = field(default_factory=dict)
@@ -570,17 +573,22 @@ class Handler:
         # lateness allows for; one more fetch round of latency would buy nothing. (The
         # heap's first record is its earliest: when it is live, so is every other.)
         fetched_at = self.fetched_at
-        live_ms = 0.0
+        live_ms = patience_floor = 0.0
         if fetched_at is not None:
-            live_ms = (time.time() - self.live_window) * 1000.0
+            now = time.time()
+            live_ms = (now - self.live_window) * 1000.0
             if heap[0][0] >= live_ms:
                 fetched_at = None
+            # A topic with no fetch response for this long is not being fetched at all
+            # (paused): its gate would hold the partition for good.
+            patience_floor = now - self.gate_patience
         bound, gates = clock.bound(partition, self.behind, CUSTOMER_TOPICS, fetched_at)
         releasable = clock.releasable
         # (event ms, topic rank) of the first held record against the bound: equal times
         # are released in replay's order (event time, topic rank, offset).
         while heap and ((heap[0][:2] <= bound
                          and (not gates or heap[0][0] >= live_ms
+                              or heap[0][4].received < patience_floor
                               or releasable(heap[0][0], heap[0][1], heap[0][4].received,
                                             gates)))
                         or len(heap) > self.max_held):

@@ -639,3 +639,10 @@ async def test_a_topic_read_to_its_end_gates_records_fetched_after_its_last_resp
         amount_minor=1_000, currency="EUR"))
     await handler.receive("repayments", 0, 1, b"c1", live, None, None)
     assert order == ["p1", "e3", "p2"]
+    # A gate holds for gate_patience at most: a topic without a fetch response for that
+    # long is not being read (paused), and would hold the partition for good.
+    await handler.receive("card-transactions", 0, 1, b"c1", _tx(30), None, None)
+    assert order == ["p1", "e3", "p2"]
+    handler.gate_patience = 0.0
+    await handler.release_all()
+    assert order == ["p1", "e3", "p2", "e30"]
