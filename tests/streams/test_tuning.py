@@ -9,7 +9,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from streams.tuning import _seek_to_committed, highwater_reader
+from streams.tuning import _seek_to_committed, fetched_at_reader, highwater_reader
 from tests.streams.helpers import new_topic
 
 pytestmark = pytest.mark.broker
@@ -89,5 +89,42 @@ async def test_highwater_reader_matches_the_consumer(broker):
             got += sum(len(records) for records in batch.values())
         assert read(tp0) == consumer.highwater(tp0) == 7
         assert read(tp1) is None  # not assigned
+    finally:
+        await consumer.stop()
+
+
+async def test_fetched_at_reader_stamps_each_fetch_response(broker):
+    """The fetch gates' clock: when the fetch response that last reported a partition's
+    high water was processed. 0.0 before any; a recent wall-clock time after a fetch; a
+    later one after a later fetch, even one that brought no records."""
+    import time
+
+    topic = await new_topic(broker, "fa", 1)
+    producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(topic, b"x", partition=0)
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest", fetch_max_wait_ms=50)
+    holder: dict[str, Any] = {}
+    fetched_at = fetched_at_reader(lambda: holder.get("consumer"))
+    tp = TopicPartition(topic, 0)
+    assert fetched_at(tp) == 0.0  # no consumer yet
+    await consumer.start()
+    holder["consumer"] = consumer
+    try:
+        consumer.assign([tp])
+        assert fetched_at(tp) == 0.0  # assigned, not fetched yet
+        before = time.time()
+        got = 0
+        while got < 1:
+            batch = await consumer.getmany(tp, timeout_ms=2000)
+            got += sum(len(records) for records in batch.values())
+        first = fetched_at(tp)
+        assert before - 0.001 <= first <= time.time()
+        await consumer.getmany(tp, timeout_ms=300)  # nothing more: an empty response
+        assert fetched_at(tp) > first
     finally:
         await consumer.stop()
