@@ -172,6 +172,19 @@ async def test_freeze_heap_moves_live_objects_out_of_the_collectors_reach() -> N
 
 
 
+def _record_order(engine: Engine) -> list[str]:
+    """The event ids ``engine`` processes, in the order it processes them."""
+    order: list[str] = []
+    process = engine.process
+
+    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
+        order.append(event.event_id)
+        return process(topic, event, raw, learn=learn)
+
+    engine.process = spy  # type: ignore[method-assign]
+    return order
+
+
 def _tx(i: int, amount: int = 2_000, customer: str = "c1") -> bytes:
     import datetime as dt
 
@@ -462,14 +475,7 @@ async def test_records_of_the_same_millisecond_are_released_in_replays_order() -
             channel="pos", country="DE"))
 
     engine = Engine(DEFAULT_POLICY)
-    order: list[str] = []
-    process = engine.process
-
-    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
-        order.append(event.event_id)
-        return process(topic, event, raw, learn=learn)
-
-    engine.process = spy  # type: ignore[method-assign]
+    order = _record_order(engine)
     lagging = {"card-transactions"}
     handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send,
                       behind=lambda topic, partition: topic in lagging)
@@ -607,14 +613,7 @@ async def test_a_topic_read_to_its_end_gates_records_fetched_after_its_last_resp
     from streams.app import StateStore
 
     engine = Engine(DEFAULT_POLICY)
-    order: list[str] = []
-    process = engine.process
-
-    def spy(topic: str, event: Any, raw: bytes | None, *, learn: bool = True) -> Any:
-        order.append(event.event_id)
-        return process(topic, event, raw, learn=learn)
-
-    engine.process = spy  # type: ignore[method-assign]
+    order = _record_order(engine)
     fetched = dict.fromkeys(CUSTOMER_TOPICS, 0.0)
     handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send,
                       fetched_at=lambda topic, partition: fetched.get(topic, 0.0))
