@@ -1209,8 +1209,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
     @app.timer(settings.order_recheck_interval)
     async def release_held() -> None:
-        """Release held records whose gates a fetch response has opened since (a record
-        held for a fresh high water of another topic waits for no further record)."""
+        """Release held records whose topics caught up, or whose gates a fetch response
+        has opened, since (a held record waits for no further record)."""
         if not app.consumer or app.rebalancing or not guard.clear.is_set():
             return
         for partition, clock in list(handler.clocks.items()):
@@ -1218,8 +1218,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                 await handler.release(partition)
 
     @app.timer(settings.sweep_interval)
-    async def release_and_sweep() -> None:
-        """Release held records once their topics caught up; sweep idle live partitions.
+    async def sweep_idle() -> None:
+        """Sweep idle live partitions (held records are released by release_held).
 
         A partition whose stream went quiet while its event time is close to the wall
         clock (a live stream, not a replay of history) is swept up to the wall clock,
@@ -1227,7 +1227,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         """
         if not app.consumer or app.rebalancing or not guard.clear.is_set():
             return
-        await handler.release_all()
         lateness_s = engine.policy.sweep_lateness_hours * 3600.0
         now = time.time()
         for tp in app.consumer.assignment():
