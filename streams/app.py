@@ -188,7 +188,7 @@ class StateStore:
 
 
 
-@dataclass
+@dataclass(slots=True)
 class Received:
     """A decoded record waiting for its turn in its partition's event-time order."""
 
@@ -203,6 +203,7 @@ class Received:
     event: Any
     message: Any  # the Faust event, acknowledged once its state is flushed
     entry: Entry | None = None  # its place in the partition's acknowledgement order
+    event_ms: int = 0  # the event time, Unix ms
 
 
 @dataclass
@@ -344,6 +345,9 @@ class Handler:
     tallies: dict[str, list[float]] = field(default_factory=dict)
     #: Log lines name a customer by pseudonym only (alerts.privacy).
     pseudonym: PseudonymKey = field(default_factory=PseudonymKey.generate)
+    #: Partitions given records by ``receive(..., hold=True)`` since the last
+    #: :meth:`settle` (their release waits for it).
+    unreleased: set[int] = field(default_factory=set)
 
     def clock(self, partition: int) -> PartitionClock:
         found = self.clocks.get(partition)
@@ -401,6 +405,7 @@ class Handler:
         self.acks.clear()
         self.table.forget()
         self.clocks.clear()
+        self.unreleased.clear()
 
     def drop(self, partitions: set[int]) -> None:
         """Forget held records, acknowledgements and unwritten state of revoked partitions
@@ -408,6 +413,7 @@ class Handler:
         that a flush on its way finishes, or puts its unsent state back, first."""
         for partition in partitions:
             self.clocks.pop(partition, None)
+        self.unreleased -= partitions
         self.acks.forget(partitions)
         self.table.forget(partitions)
         # What this worker read of a revoked partition no longer says how far it has read
@@ -504,17 +510,24 @@ class Handler:
 
     async def receive(
         self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-        timestamp: float | None, message: Any = None,
+        timestamp: float | None, message: Any = None, *, hold: bool = False,
     ) -> None:
-        """Decode a record and hold it for its turn (bad records are dead-lettered now)."""
+        """Decode a record and hold it for its turn (bad records are dead-lettered now).
+
+        The partition's held records are then released, or with ``hold`` at the next
+        :meth:`settle` (the fetch loop's direct delivery settles after each fetch: the
+        bound the release works out is then worked out once per batch of records)."""
         if topic == self.ticks_topic:
+            if self.unreleased:
+                await self.settle()  # a sweep request comes after the records before it
             await self.tick(partition, value or b"0", message)
             return
         received = time.time()
         entry = self.acks.track(topic, partition, message)
         self.last_offsets[(topic, partition)] = offset
         if timestamp:
-            self.metrics.append_to_receive.observe(max(0.0, received - timestamp))
+            delay = received - timestamp
+            self.metrics.append_to_receive.observe(delay if delay > 0.0 else 0.0)
         try:
             if key is None:
                 raise DecodeError("missing_field", "message has no key", topic=topic)
@@ -531,16 +544,28 @@ class Handler:
             self.acks.complete(entry)
             return
         event_ms = int(event.event_time.timestamp() * 1000)
-        clock = self.clock(partition)
+        clock = self.clocks.get(partition) or self.clock(partition)
         clock.last_event_at = time.monotonic()
-        if event_ms > clock.seen_ms.get(topic, 0):
-            clock.seen_ms[topic] = event_ms
+        seen = clock.seen_ms
+        if event_ms > seen.get(topic, 0):
+            seen[topic] = event_ms
         item = Received(topic, partition, offset, key, key_text, value, timestamp, received,
-                        event, message, entry)
+                        event, message, entry, event_ms)
         clock.arrivals += 1
         # Equal event times (in ms) go in topic name order, as replay merges its files.
         heapq.heappush(clock.heap, (event_ms, TOPIC_RANK[topic], offset, clock.arrivals, item))
-        await self.release(partition)
+        if hold:
+            self.unreleased.add(partition)
+        else:
+            await self.release(partition)
+
+    async def settle(self) -> None:
+        """Release the partitions given records with ``hold`` since the last settle."""
+        unreleased = self.unreleased
+        while unreleased:
+            partition = unreleased.pop()
+            if partition in self.clocks:  # (not revoked since)
+                await self.release(partition)
 
     async def release(self, partition: int) -> None:
         """Process the held records no lagging topic can still precede.
@@ -601,7 +626,9 @@ class Handler:
                     if next_day <= (event_ms - lateness_ms) // 86_400_000:
                         await self.sweep(partition, event_ms - lateness_ms,
                                          f"watermark moved by {item.topic}@{item.offset}")
-            await self.apply(item)
+            await self._apply(item)  # what apply() does, one coroutine less per record
+            if item.entry is not None:
+                self.acks.complete(item.entry)
 
     async def release_all(self) -> None:
         for partition in list(self.clocks):
@@ -673,29 +700,30 @@ class Handler:
             await self._dead_letter(topic, partition, offset, item.key, item.value, error,
                                     when_s)
             return
+        clock = self.clocks.get(partition) or self.clock(partition)
         if result.state is not None:
             self.table.put(item.key_text, result.state, partition)
-            self.clock(partition).due.add(item.key_text, result.next_check)
+            clock.due.add(item.key_text, result.next_check)
         # A check day already behind the partition's watermark (a late record) is due now.
-        clock = self.clock(partition)
         if result.next_check is not None and clock.watermark_ms:
             as_of_ms = clock.watermark_ms - self.engine.policy.sweep_lateness_hours * 3_600_000
             if result.next_check <= as_of_ms // 86_400_000:
                 await self.sweep(partition, as_of_ms,
                                  f"late record {topic}@{offset} due behind the watermark")
+        metrics = self.metrics
         if topic == "card-transactions" and self.engine.last_anomaly_score is not None:
-            self.metrics.anomaly_score.observe(self.engine.last_anomaly_score)
-        series = self.metrics.topic(topic)
-        series.processed.inc()  # at once: throughput is read off this counter
+            metrics.anomaly_score.observe(self.engine.last_anomaly_score)
+        metrics.topic(topic).processed.inc()  # at once: throughput is read off this counter
+        event_s = item.event_ms / 1000.0 if item.event_ms else event.event_time.timestamp()
         tally = self.tallies.get(topic)
         if tally is None:
             tally = self.tallies[topic] = [0.0, 0.0]
-        tally[0] = event.event_time.timestamp()
+        tally[0] = event_s
         tally[1] = item.received
         if result.emits:
             now = time.time()
-            self.metrics.event_to_output.observe(max(0.0, now - event.event_time.timestamp()))
-            self.metrics.receive_to_output.observe(now - item.received)
+            metrics.event_to_output.observe(max(0.0, now - event_s))
+            metrics.receive_to_output.observe(now - item.received)
 
 
 @dataclass
@@ -1109,6 +1137,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
                 log.exception("policy watcher failed; retrying in 2 s")
                 await asyncio.sleep(2)
 
+    #: Direct delivery releases held records once per fetch batch (Sink.settle).
+    hold = settings.direct_delivery
+
     async def deliver(message: Any, ackable: Any) -> None:
         """One record to the handler (``ackable``: what ``handler.ack`` acknowledges)."""
         # Held while the broker is unreachable; for good once its state was lost.
@@ -1122,7 +1153,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             if message.generation_id != app.consumer_generation_id:
                 return
         await handler.receive(message.topic, message.partition, message.offset,
-                              message.key, message.value, message.timestamp, ackable)
+                              message.key, message.value, message.timestamp, ackable,
+                              hold=hold)
         if handler.flush_due(settings.state_flush_interval):
             await handler.flush()
 
@@ -1136,11 +1168,17 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         async def deliver_direct(message: Any) -> None:
             await deliver(message, message)
 
+        async def settle() -> None:
+            if handler.unreleased:
+                await handler.settle()
+                if handler.flush_due(settings.state_flush_interval):
+                    await handler.flush()
+
         handler.ack = ack_message
         # The fetch loop (streams.tuning.use_fetch_loop) hands these topics' records to
         # the handler itself; the agent below only subscribes to them.
         app.riskwatch_sink = Sink(frozenset({*CUSTOMER_TOPICS, ticks_name}),  # type: ignore[attr-defined]
-                                  deliver_direct)
+                                  deliver_direct, settle)
 
     @app.agent(source, concurrency=1)
     async def customer_events(stream: Any) -> None:

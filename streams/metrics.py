@@ -16,11 +16,13 @@ from __future__ import annotations
 import datetime as dt
 import platform
 import time
-from collections.abc import Callable
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
 from schemas.models import Product
 from schemas.topics import CONTRACT_VERSION
@@ -41,6 +43,130 @@ def _utc_now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
+class LoopCounter:
+    """A counter written by the event loop's thread only: ``inc`` adds to a plain number.
+
+    prometheus_client's ``Counter`` takes a lock on every increment (it may be written
+    from any thread); the worker's hot path counts every record, on one thread, and the
+    scrape is served on that same thread (``streams.web``), so it needs none. Exposed
+    as a ``Counter`` would be (``<name>_total``, the same labels), by a collector on
+    ``registry``.
+
+    >>> registry = CollectorRegistry()
+    >>> events = LoopCounter("demo_events", "Events.", ["topic"], registry=registry)
+    >>> events.labels("payments").inc()
+    >>> events.labels("payments").inc(2)
+    >>> registry.get_sample_value("demo_events_total", {"topic": "payments"})
+    3.0
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
+                 registry: CollectorRegistry | None = None) -> None:
+        self._name = name.removesuffix("_total")
+        self._documentation = documentation
+        self._labelnames = tuple(labelnames)
+        self._children: dict[tuple[str, ...], _LoopCount] = {}
+        if not self._labelnames:
+            self._children[()] = _LoopCount()
+        if registry is not None:
+            registry.register(self)  # type: ignore[arg-type]
+
+    def labels(self, *values: str) -> _LoopCount:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name}: expected labels {self._labelnames}, "
+                                 f"got {values!r}")
+            child = self._children[tuple(str(v) for v in values)] = _LoopCount()
+        return child
+
+    def inc(self, amount: float = 1) -> None:
+        """Add to the counter without labels."""
+        if self._labelnames:
+            raise ValueError(f"{self._name}: counter has labels {self._labelnames}")
+        self._children[()].inc(amount)
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(values, child.value)
+        yield family
+
+
+class _LoopCount:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        if amount < 0:
+            raise ValueError("counters can only be incremented by non-negative amounts")
+        self.value += amount
+
+
+class LoopHistogram:
+    """A histogram without labels written by the event loop's thread only (see
+    :class:`LoopCounter`): ``observe`` finds its bucket by bisection and adds to plain
+    numbers, where prometheus_client's ``Histogram`` walks its buckets in Python and
+    takes two locks. Exposed as a ``Histogram`` would be (``_bucket`` with cumulative
+    counts and ``le``, ``_count``, ``_sum``).
+
+    >>> registry = CollectorRegistry()
+    >>> sizes = LoopHistogram("demo_bytes", "Sizes.", buckets=(10, 100), registry=registry)
+    >>> for size in (5, 10, 50, 500):
+    ...     sizes.observe(size)
+    >>> [registry.get_sample_value("demo_bytes_bucket", {"le": le})
+    ...  for le in ("10.0", "100.0", "+Inf")]
+    [2.0, 3.0, 4.0]
+    >>> registry.get_sample_value("demo_bytes_sum")
+    565.0
+    """
+
+    def __init__(self, name: str, documentation: str, buckets: Sequence[float],
+                 registry: CollectorRegistry | None = None) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds and bounds[-1] == float("inf"):
+            bounds.pop()
+        if not bounds or bounds != sorted(set(bounds)):
+            raise ValueError(f"{name}: buckets must be increasing, got {buckets!r}")
+        self._name = name
+        self._documentation = documentation
+        self._bounds = tuple(bounds)
+        #: Per bucket (the last one: above every bound), observations in it alone.
+        self._counts = [0] * (len(bounds) + 1)
+        self._sum = 0.0
+        if registry is not None:
+            registry.register(self)  # type: ignore[arg-type]
+
+    def observe(self, value: float) -> None:
+        # Prometheus buckets are "less than or equal": the first bound >= value.
+        self._counts[bisect_left(self._bounds, value)] += 1
+        self._sum += value
+
+    def describe(self) -> Iterator[Metric]:
+        yield HistogramMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        counts = list(self._counts)
+        cumulative: list[tuple[str, float]] = []
+        running = 0.0
+        for bound, count in zip((*self._bounds, float("inf")), counts, strict=True):
+            running += count
+            cumulative.append((_le(bound), running))
+        family = HistogramMetricFamily(self._name, self._documentation)
+        family.add_metric([], cumulative, self._sum)
+        yield family
+
+
+def _le(bound: float) -> str:
+    """A bucket bound as prometheus_client writes ``le`` (``0.5``, ``1024.0``, ``+Inf``)."""
+    return "+Inf" if bound == float("inf") else repr(float(bound))
+
+
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
                     30.0, 60.0, 300.0)
 
@@ -55,21 +181,23 @@ class Metrics:
         r = self.registry
         self._topics: dict[str, TopicMetrics] = {}
         # Pipeline.
-        self.events = Counter(
+        # The series the handler updates per record are LoopCounter / LoopHistogram
+        # (written and scraped on the event loop's thread: no lock per update).
+        self.events = LoopCounter(
             "riskwatch_events", "Input records handled, by topic and outcome "
             "(processed, duplicate, dead_lettered).", ["topic", "outcome"], registry=r)
         self.dead_letters = Counter(
             "riskwatch_dead_letters", "Records sent to the dead-letter topic, by source topic "
             "and reason.", ["topic", "reason"], registry=r)
-        self.outputs = Counter(
+        self.outputs = LoopCounter(
             "riskwatch_outputs", "Output records produced, by topic.", ["topic"], registry=r)
-        self.event_to_output = Histogram(
+        self.event_to_output = LoopHistogram(
             "riskwatch_event_to_output_seconds", "Event time to output send, for records that "
             "produced an output.", buckets=_LATENCY_BUCKETS, registry=r)
-        self.receive_to_output = Histogram(
+        self.receive_to_output = LoopHistogram(
             "riskwatch_receive_to_output_seconds", "Receipt by the worker to output send.",
             buckets=_LATENCY_BUCKETS, registry=r)
-        self.append_to_receive = Histogram(
+        self.append_to_receive = LoopHistogram(
             "riskwatch_append_to_receive_seconds", "Record timestamp (producer or broker "
             "append time) to receipt by the worker: fetch and queueing delay.",
             buckets=_LATENCY_BUCKETS, registry=r)
@@ -117,7 +245,7 @@ class Metrics:
             "riskwatch_build_info", "Build information (value 1).",
             ["version", "python", "contract"], registry=r)
         self.build_info.labels(VERSION, platform.python_version(), str(CONTRACT_VERSION)).set(1)
-        self.state_bytes = Histogram(
+        self.state_bytes = LoopHistogram(
             "riskwatch_customer_state_bytes",
             "Encoded size of a customer's state when written to the changelog.",
             buckets=(128, 256, 512, 1024, 2048, 4096, 8192), registry=r)
@@ -160,7 +288,7 @@ class Metrics:
         self.drift_detections = Counter(
             "riskwatch_drift_detections", "Behaviour drift detections, by feature.",
             ["feature"], registry=r)
-        self.anomaly_score = Histogram(
+        self.anomaly_score = LoopHistogram(
             "riskwatch_anomaly_score", "Global anomaly model scores (0-1).",
             buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99), registry=r)
         # Runtime.

@@ -38,10 +38,15 @@ class Sink:
     """Where the fetch loop delivers records of ``topics`` itself, without Faust's
     conductor, stream and agent: ``await deliver(message)`` per record (a Faust
     ``Message``; the sink acknowledges it through ``consumer.ack`` when it is done).
-    A worker registers it as ``app.riskwatch_sink`` (``Settings.direct_delivery``)."""
+    A worker registers it as ``app.riskwatch_sink`` (``Settings.direct_delivery``).
+
+    ``settle`` (optional) is awaited after the records of each fetch are delivered, and
+    before each pass of the event loop the fetch loop makes: a sink may then do once
+    per batch what would cost it per record (the worker releases held records then)."""
 
     topics: frozenset[str]
     deliver: Callable[[Any], Awaitable[None]]
+    settle: Callable[[], Awaitable[None]] | None = None
 
 
 #: Records handed to a sink between two passes of the event loop.
@@ -86,6 +91,7 @@ def fetch_loop() -> Callable[[Any, Any], Awaitable[None]]:
                     continue
                 sink: Sink | None = getattr(app, "riskwatch_sink", None)
                 sink_topics = sink.topics if sink is not None else frozenset()
+                settle = sink.settle if sink is not None else None
                 if reseek is not None:
                     if seeks_begun(self) > reseek:
                         reseek = None  # a seek began after they were skipped
@@ -141,8 +147,12 @@ def fetch_loop() -> Callable[[Any, Any], Awaitable[None]]:
                             set_read_offset(tp, offset)
                         since_yield += 1
                         if since_yield > (SINK_YIELD_EVERY if sink is not None else 100):
+                            if settle is not None:
+                                await settle()
                             await sleep(0)  # as Faust's loop
                             since_yield = 0
+                    if settle is not None:
+                        await settle()
                     if stale and self.flow_active:
                         # The rebalance went on while these records were on their
                         # way: what the fetch took is not delivered, so go back to the

@@ -332,3 +332,28 @@ async def test_changelog_records_keep_faust_delivery_while_stream_records_wait()
     consumer = await _run_log(_Partition(9, {1: recovery, 2: done}))
     assert consumer.callbacks == [("changelog", 0), ("changelog", 1)]
     assert consumer.delivered == list(range(9))
+
+
+async def test_a_sink_is_settled_after_each_fetch_and_before_each_pass_of_the_loop():
+    """``Sink.settle`` runs once a fetch's records are delivered (the worker releases
+    its held records then), and before the loop lets other tasks run within a long
+    fetch: records are never left waiting for the next fetch."""
+    from streams.tuning import SINK_YIELD_EVERY
+
+    long = SINK_YIELD_EVERY + 10
+    consumer = _Consumer([(list(range(3)), None), (list(range(3, 3 + long)), None)])
+    settled: list[int] = []
+
+    async def deliver(message: _Message) -> None:
+        consumer.delivered.append(message.offset)
+
+    async def settle() -> None:
+        settled.append(len(consumer.delivered))
+
+    consumer.app.riskwatch_sink = Sink(frozenset({"t"}), deliver, settle)
+    await asyncio.wait_for(fetch_loop()(consumer, consumer.fetcher), 5)
+    assert consumer.delivered == list(range(3 + long))
+    # After fetch 1 (3 records); within fetch 2 at the loop's pass; after fetch 2.
+    assert settled[0] == 3 and settled[-1] == 3 + long
+    assert any(3 < n < 3 + long for n in settled)
+    assert settled == sorted(settled)

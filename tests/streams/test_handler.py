@@ -645,3 +645,28 @@ async def test_a_topic_read_to_its_end_gates_records_fetched_after_its_last_resp
     handler.gate_patience = 0.0
     await handler.release_all()
     assert order == ["p1", "e3", "p2", "e30"]
+
+
+async def test_records_received_with_hold_wait_for_settle_and_go_in_event_time_order() -> None:
+    """Direct delivery hands a fetch's records over with ``hold`` and settles after the
+    batch: nothing is processed before, everything releasable is after, in event-time
+    order (a record of an earlier hour fetched later in the batch goes first). A revoked
+    partition's unreleased records are not released by a later settle; a wall-clock tick
+    settles first (its sweep comes after the records before it)."""
+    from streams.app import StateStore
+
+    engine = Engine(DEFAULT_POLICY)
+    order = _record_order(engine)
+    handler = Handler(engine, Metrics(), StateStore(_StoreTable()), _send, ticks_topic="ticks")
+    for i in (2, 0, 1):
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, None, hold=True)
+    await handler.receive("card-transactions", 1, 0, b"c2", _tx(5, customer="c2"), None, None,
+                          hold=True)
+    assert order == [] and handler.unreleased == {0, 1}
+    handler.drop({1})
+    await handler.settle()
+    assert order == ["e0", "e1", "e2"] and handler.unreleased == set()
+    assert handler.acks.finished == 3
+    await handler.receive("card-transactions", 0, 3, b"c1", _tx(3), None, None, hold=True)
+    await handler.receive("ticks", 0, 0, b"sweep", b"0", None)
+    assert order == ["e0", "e1", "e2", "e3"]

@@ -1,13 +1,19 @@
-"""Metrics fed from engine outputs: roll rates by the account's product."""
+"""Metrics fed from engine outputs (roll rates by the account's product), and the
+lock-free hot-path metrics against prometheus_client's own."""
 
 from __future__ import annotations
 
 import datetime as dt
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
 from alerts.engine import Engine
 from alerts.policy import DEFAULT_POLICY, CrisisMode
 from schemas.models import Evidence, InstallmentDue, RiskAlert, StatementDue
-from streams.metrics import PRODUCTS, Metrics
+from streams.metrics import PRODUCTS, LoopCounter, LoopHistogram, Metrics
 
 T0 = dt.datetime(2026, 3, 1, 10, tzinfo=dt.UTC)
 
@@ -135,3 +141,50 @@ def test_the_crisis_gauge_is_1_only_while_the_crisis_window_is_in_force_now():
     assert crisis_gauge(metrics) == 1
     metrics.set_policy("v5", CrisisMode())
     assert crisis_gauge(metrics) == 0
+
+
+# -- LoopCounter / LoopHistogram: exposed exactly as prometheus_client's own -------------
+
+_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+
+@given(st.lists(st.one_of(st.floats(min_value=0, max_value=100, allow_nan=False),
+                          st.sampled_from(_BUCKETS)), max_size=40))
+def test_loop_histogram_exposition_equals_prometheus_client(values: list[float]) -> None:
+    """Same observations, same /metrics text (a value on a bound counts in that bucket)."""
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    loop = LoopHistogram("x_seconds", "Doc.", buckets=_BUCKETS, registry=ours)
+    reference = Histogram("x_seconds", "Doc.", buckets=_BUCKETS, registry=theirs)
+    for value in values:
+        loop.observe(value)
+        reference.observe(value)
+    assert generate_latest(ours) == generate_latest(theirs)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b"]), st.sampled_from(["x", "y"]),
+                          st.integers(min_value=0, max_value=5)), max_size=30))
+def test_loop_counter_exposition_equals_prometheus_client(
+        incs: list[tuple[str, str, int]]) -> None:
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    loop = LoopCounter("x_events", "Doc.", ["topic", "outcome"], registry=ours)
+    reference = Counter("x_events", "Doc.", ["topic", "outcome"], registry=theirs)
+    for topic, outcome, amount in incs:
+        loop.labels(topic, outcome).inc(amount)
+        reference.labels(topic, outcome).inc(amount)
+    assert generate_latest(ours) == generate_latest(theirs)
+
+
+def test_loop_metrics_reject_what_prometheus_client_rejects() -> None:
+    registry = CollectorRegistry()
+    counter = LoopCounter("y_events", "Doc.", ["topic"], registry=registry)
+    with pytest.raises(ValueError, match="non-negative"):
+        counter.labels("a").inc(-1)
+    with pytest.raises(ValueError, match="expected labels"):
+        counter.labels("a", "b")
+    with pytest.raises(ValueError, match="has labels"):
+        counter.inc()
+    with pytest.raises(ValueError, match="increasing"):
+        LoopHistogram("y_seconds", "Doc.", buckets=(1.0, 0.5))
+    # The same name twice on one registry is refused, as for any collector.
+    with pytest.raises(ValueError, match="Duplicated"):
+        LoopCounter("y_events", "Doc.", ["topic"], registry=registry)
