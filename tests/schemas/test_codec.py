@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import typing
 from typing import Any
 
 import orjson
@@ -395,3 +396,69 @@ def test_mask_pans_examples() -> None:
         assert mask_pans(b"card " + variant + b".") == b"card 411111******1111.", variant
     assert mask_pans(b"pan 41111111111111111228 end") == b"pan " + b"*" * 20 + b" end"
     assert mask_pans(b"2026-03-01 12:00:00, 1 2 3 4 5") == b"2026-03-01 12:00:00, 1 2 3 4 5"
+
+
+# --------------------------------------------------------------------------- #
+# The pattern-free fast path decides as the models' own decoders do
+# --------------------------------------------------------------------------- #
+
+_CUSTOMER_TOPICS = ["card-transactions", "repayments", "customer-profiles",
+                    "credit-applications", "outcomes"]
+_TRICKY_TEXT = st.text(alphabet="AZaz09._:@/-\n é[", max_size=6)
+_REPAYMENT_TYPES = ["installment_due", "statement_due", "payment_received",
+                    "payment_reversed", "plan_agreed", "deferral_started", "deferral_ended"]
+
+
+def _outcome(topic: str, raw: bytes, key: str | None) -> Any:
+    """What :func:`decode` gives: the object, or the error's reason, field and text."""
+    try:
+        return decode(topic, raw, key=key, now=NOW)
+    except DecodeError as error:
+        return (error.reason, error.field, str(error))
+
+
+def test_the_hot_topics_have_fast_decoders() -> None:
+    from schemas.codec import _FAST
+
+    assert {"card-transactions", "repayments"} <= set(_FAST)
+
+
+@pytest.mark.parametrize("topic", _CUSTOMER_TOPICS)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fast_path_outcome_equals_the_model_decoders(topic: str, data: st.DataObject) -> None:
+    """Valid or not (ids, codes and other fields changed to text that may or may not
+    match their patterns, to other types, or dropped), a record decodes to the same
+    object, or fails with the same reason, field and message, with the fast path as
+    with the model's decoder alone."""
+    import schemas.codec as codec
+
+    example = dict(EXAMPLES[topic])
+    if topic == "repayments":
+        example["type"] = data.draw(st.sampled_from(_REPAYMENT_TYPES), label="type")
+    names = sorted(example)
+    changes = data.draw(st.dictionaries(
+        st.sampled_from(names),
+        st.one_of(_TRICKY_TEXT, st.sampled_from(["EUR", "DE", "5411", "c1", "eur"]),
+                  st.integers(-1, 3), st.none()),
+        max_size=3), label="changes")
+    drop = tuple(data.draw(st.lists(st.sampled_from(names), max_size=1), label="drop"))
+    value = {k: v for k, v in {**example, **changes}.items() if k not in drop}
+    raw = json.dumps(value, ensure_ascii=False).encode("utf-8")
+    key = data.draw(st.sampled_from([None, str(value.get("customer_id"))]), label="key")
+    fast = _outcome(topic, raw, key)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(codec, "_FAST", {})
+        assert _outcome(topic, raw, key) == fast
+    if not isinstance(fast, tuple):
+        assert type(fast) in (*typing.get_args(TOPICS[topic].model), TOPICS[topic].model)
+
+
+def test_fast_path_values_matched_once_are_not_searched_again() -> None:
+    from schemas.codec import _PATTERN_CACHES
+
+    decode(TX, record(TX, merchant_id="m-cached-1"), now=NOW)
+    assert any("m-cached-1" in seen for seen in _PATTERN_CACHES.values())
+    # A value that does not match is never cached (each record is checked again).
+    reject(TX, record(TX, merchant_id="m-cached-2\n"))
+    assert not any("m-cached-2\n" in seen for seen in _PATTERN_CACHES.values())
