@@ -101,7 +101,10 @@ _TOPIC_INDEX: dict[str, int] = {topic: i for i, topic in enumerate(ENGINE_TOPICS
 class CustomerState(Struct, array_like=True, gc=False):
     """Everything Riskwatch keeps about one customer, stored as msgpack bytes."""
 
-    seen: list[int] = []
+    #: Fingerprints of the last ``SEEN_LIMIT`` events applied (duplicates are refused),
+    #: 8 bytes big-endian each, oldest first (:func:`seen_has`). Older states hold a
+    #: list of ints: read as such, written back as a blob.
+    seen: bytes | list[int] = b""
     #: Newest event time per input topic (ms), indexed like ``ENGINE_TOPICS``.
     watermarks: list[int] = []
     profile: Profile | None = None
@@ -136,6 +139,35 @@ _STATE_ENCODER = msgspec.msgpack.Encoder()
 _STATE_DECODER = msgspec.msgpack.Decoder(CustomerState)
 
 
+#: Bytes of the ``SEEN_LIMIT - 1`` newest fingerprints kept when one is added.
+_SEEN_KEEP = (SEEN_LIMIT - 1) * 8
+
+
+def seen_blob(seen: bytes | list[int]) -> bytes:
+    """A state's ``seen`` as its blob (a list of ints: a state written before it).
+
+    >>> seen_blob([1, 2]) == (1).to_bytes(8, "big") + (2).to_bytes(8, "big")
+    True
+    """
+    if isinstance(seen, list):
+        return b"".join(fingerprint.to_bytes(8, "big") for fingerprint in seen)
+    return seen
+
+
+def seen_has(blob: bytes, mark: bytes) -> bool:
+    """Whether the 8-byte fingerprint ``mark`` is one of ``blob``'s (at an 8-byte
+    boundary: a match straddling two fingerprints is none).
+
+    >>> blob = seen_blob([0x0102030405060708, 0x090A0B0C0D0E0F10])
+    >>> seen_has(blob, bytes.fromhex("090a0b0c0d0e0f10")), seen_has(blob, blob[4:12])
+    (True, False)
+    """
+    at = blob.find(mark)
+    while at != -1 and at & 7:
+        at = blob.find(mark, at + 1)
+    return at != -1
+
+
 def decode_state(raw: bytes | None) -> CustomerState:
     """A customer's state from its stored bytes (a fresh state for ``None``)."""
     return CustomerState() if raw is None else _STATE_DECODER.decode(raw)
@@ -166,7 +198,7 @@ class _LeanState(Struct, array_like=True, gc=False):
     ([1, 2], 3)
     """
 
-    seen: list[int] = []
+    seen: bytes | list[int] = b""
     watermarks: list[int] = []
     profile: Profile | None = None
     spend: SpendState | None = None
@@ -347,9 +379,11 @@ class Engine:
         """
         self._learn = learn
         lean = _LeanState() if raw_state is None else _LEAN_DECODER.decode(raw_state)
-        fingerprint = event_fingerprint(event.event_id)
+        mark = event_fingerprint(event.event_id).to_bytes(8, "big")
         seen = lean.seen
-        if fingerprint in seen:
+        if type(seen) is not bytes:
+            seen = seen_blob(seen)
+        if seen_has(seen, mark):
             return Result(None, [], duplicate=True)
         # Lateness is judged per topic: topics are consumed independently, so a
         # customer's events on two topics may interleave in any order.
@@ -388,7 +422,7 @@ class Engine:
             if (not signals and lean.scored_day == day
                     and (bytes(lean.ledgers) == _MP_MAP0 or self._marked_index(
                         _grade_index(lean)) is None)):
-                lean.seen = [*seen[-(SEEN_LIMIT - 1):], fingerprint]
+                lean.seen = seen[-_SEEN_KEEP:] + mark
                 if event_ms > watermark:
                     watermarks[index] = event_ms
                 return _tuple_new(Result, (_STATE_ENCODER.encode(lean), [], False,
@@ -398,7 +432,7 @@ class Engine:
         ledgers, grade, reminded = state.ledgers, _grade_index(state), state.reminded
         if signals is None:
             signals = self._dispatch(topic, event, state)
-        state.seen = [*seen[-(SEEN_LIMIT - 1):], fingerprint]
+        state.seen = seen[-_SEEN_KEEP:] + mark
         if event_ms > watermark:
             watermarks[index] = event_ms
         customer_id, event_id = event.customer_id, event.event_id

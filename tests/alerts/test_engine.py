@@ -97,7 +97,7 @@ def test_redelivery_of_any_recent_event_is_idempotent(amounts, data):
     assert result.duplicate and result.state is None and not result.emits
     # State stays bounded however long the stream.
     decoded = decode_state(state)
-    assert len(decoded.seen) <= SEEN_LIMIT
+    assert len(decoded.seen) <= SEEN_LIMIT * 8  # 8 bytes per fingerprint
     assert len(state) < 2048
     # Same input, same output ids, whatever the run.
     _, again_outputs = run(Engine(DEFAULT_POLICY), events)
@@ -470,3 +470,26 @@ def test_state_bytes_are_canonical_whichever_path_an_event_takes(monkeypatch):
         n += 1
     assert 0 < len(full) - 2 < n  # the profile and the due went the full way, and so did some
     assert decode_state(state).ledgers["a2"].dues
+
+
+def test_a_state_whose_seen_is_a_list_of_ints_still_refuses_its_duplicates():
+    """States written before ``seen`` became a blob keep it as a list of fingerprints:
+    read as such (a duplicate is still refused), written back as a blob holding them."""
+    from alerts.engine import CustomerState, encode_state, seen_blob
+    from alerts.ids import event_fingerprint
+
+    engine = Engine(DEFAULT_POLICY)
+    events = [tx(i, 1_000 + i) for i in range(3)]
+    state, _ = run(engine, events[:2])
+    current = decode_state(state)
+    assert isinstance(current.seen, bytes) and len(current.seen) == 16
+    legacy = msgspec.structs.replace(current, seen=[event_fingerprint(e.event_id)
+                                                    for e in events[:2]])
+    old = encode_state(legacy)
+    assert isinstance(decode_state(old).seen, list)
+    assert engine.process("card-transactions", events[1], old).duplicate
+    result = engine.process("card-transactions", events[2], old)
+    assert not result.duplicate
+    assert decode_state(result.state).seen == seen_blob(
+        [event_fingerprint(e.event_id) for e in events])
+    assert CustomerState().seen == b""
