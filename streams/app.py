@@ -515,8 +515,9 @@ class Handler:
         """Decode a record and hold it for its turn (bad records are dead-lettered now).
 
         The partition's held records are then released, or with ``hold`` at the next
-        :meth:`settle` (the fetch loop's direct delivery settles after each fetch: the
-        bound the release works out is then worked out once per batch of records)."""
+        :meth:`settle` if the record is history (older than ``live_window``; the fetch
+        loop's direct delivery settles after each fetch: the bound the release works
+        out is then worked out once per batch of records)."""
         if topic == self.ticks_topic:
             if self.unreleased:
                 await self.settle()  # a sweep request comes after the records before it
@@ -554,7 +555,10 @@ class Handler:
         clock.arrivals += 1
         # Equal event times (in ms) go in topic name order, as replay merges its files.
         heapq.heappush(clock.heap, (event_ms, TOPIC_RANK[topic], offset, clock.arrivals, item))
-        if hold:
+        # Held for the batch only if history: a live record goes at once (the rest of
+        # its fetch would add their decoding and processing to its latency, about 2 ms
+        # on average at half of saturation here, for little: the gain is in backfills).
+        if hold and event_ms < (received - self.live_window) * 1000.0:
             self.unreleased.add(partition)
         else:
             await self.release(partition)

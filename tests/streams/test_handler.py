@@ -649,7 +649,7 @@ async def test_a_topic_read_to_its_end_gates_records_fetched_after_its_last_resp
 
 async def test_records_received_with_hold_wait_for_settle_and_go_in_event_time_order() -> None:
     """Direct delivery hands a fetch's records over with ``hold`` and settles after the
-    batch: nothing is processed before, everything releasable is after, in event-time
+    batch: nothing of history is processed before, everything releasable is after, in event-time
     order (a record of an earlier hour fetched later in the batch goes first). A revoked
     partition's unreleased records are not released by a later settle; a wall-clock tick
     settles first (its sweep comes after the records before it)."""
@@ -670,3 +670,16 @@ async def test_records_received_with_hold_wait_for_settle_and_go_in_event_time_o
     await handler.receive("card-transactions", 0, 3, b"c1", _tx(3), None, None, hold=True)
     await handler.receive("ticks", 0, 0, b"sweep", b"0", None)
     assert order == ["e0", "e1", "e2", "e3"]
+    # A live record (younger than live_window) is not held for the batch: its latency
+    # would take on the decoding and processing of the rest of its fetch.
+    import datetime as dt
+
+    from schemas.codec import encode
+    from schemas.models import CardTransaction
+
+    live = encode(CardTransaction(
+        event_id="live", event_time=dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1),
+        customer_id="c1", account_id="a1", type="purchase", amount_minor=100,
+        currency="EUR", mcc="5411", merchant_id="m", channel="pos", country="DE"))
+    await handler.receive("card-transactions", 0, 4, b"c1", live, None, None, hold=True)
+    assert order[-1] == "live" and handler.unreleased == set()
