@@ -630,8 +630,8 @@ class Handler:
                     if next_day <= (event_ms - lateness_ms) // 86_400_000:
                         await self.sweep(partition, event_ms - lateness_ms,
                                          f"watermark moved by {item.topic}@{item.offset}")
-            await self._apply(item)  # what apply() does, one coroutine less per record
-            if item.entry is not None:
+            await self._apply(item)
+            if item.entry is not None:  # acknowledged at the next flush, after its state
                 self.acks.complete(item.entry)
 
     async def release_all(self) -> None:
@@ -647,14 +647,9 @@ class Handler:
         self.metrics.events.labels(topic, outcome).inc()
         self.metrics.dead_letters.labels(topic, error.reason).inc()
 
-    async def apply(self, item: Received) -> None:
-        """Run the engine on one record, write the state, send the outputs; then the
-        record may be acknowledged (at the next flush, after its state is written)."""
-        await self._apply(item)
-        if item.entry is not None:
-            self.acks.complete(item.entry)
-
     async def _apply(self, item: Received) -> None:
+        """Run the engine on one record, write the state, send the outputs (the caller
+        then marks the record finished: acknowledged after its state is written)."""
         topic, partition, offset, event = item.topic, item.partition, item.offset, item.event
         when_s = item.timestamp or item.received
         try:
