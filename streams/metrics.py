@@ -77,7 +77,12 @@ class LoopCounter:
             if len(values) != len(self._labelnames):
                 raise ValueError(f"{self._name}: expected labels {self._labelnames}, "
                                  f"got {values!r}")
-            child = self._children[tuple(str(v) for v in values)] = _LoopCount()
+            # Label values are text, as prometheus_client makes them (``labels(5)`` and
+            # ``labels("5")`` are one series).
+            key = tuple(str(v) for v in values)
+            child = self._children.get(key)
+            if child is None:
+                child = self._children[key] = _LoopCount()
         return child
 
     def inc(self, amount: float = 1) -> None:

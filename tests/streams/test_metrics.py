@@ -185,6 +185,11 @@ def test_loop_metrics_reject_what_prometheus_client_rejects() -> None:
         counter.inc()
     with pytest.raises(ValueError, match="increasing"):
         LoopHistogram("y_seconds", "Doc.", buckets=(1.0, 0.5))
+    # A label value that is not text is one series with its text, as in prometheus_client.
+    counter.labels(5).inc()  # type: ignore[arg-type]
+    counter.labels(5).inc()  # type: ignore[arg-type]
+    counter.labels("5").inc()
+    assert registry.get_sample_value("y_events_total", {"topic": "5"}) == 3.0
     # The same name twice on one registry is refused, as for any collector.
     with pytest.raises(ValueError, match="Duplicated"):
         LoopCounter("y_events", "Doc.", ["topic"], registry=registry)
