@@ -8,11 +8,11 @@ deterministic ids.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Protocol
 
 from msgspec import Struct
 
+from schemas.codegen import compiled_function
 from schemas.models import Evidence, Severity
 
 __all__ = ["Detector", "Evidence", "Severity", "Signal", "compiled_function"]
@@ -53,19 +53,3 @@ class Detector(Protocol):
     def learn_one(self, x: dict[str, Any]) -> None: ...
 
     def score_one(self, x: dict[str, Any]) -> float: ...
-
-
-def compiled_function(lines: Sequence[str], label: str, name: str,
-                      namespace: dict[str, Any] | None = None) -> Any:
-    """The function ``name`` defined by the generated source ``lines``, compiled under
-    ``label`` (the file name tracebacks and profilers show); ``namespace`` holds the
-    names the source reads (e.g. values bound as defaults). The straight-line code the
-    hot paths generate once per configuration is built with this.
-
-    >>> compiled_function(["def twice(x, k=k):", " return k * x"], "<doc>", "twice",
-    ...                   {"k": 2})(21)
-    42
-    """
-    scope: dict[str, Any] = dict(namespace or {})
-    exec(compile("\n".join(lines), label, "exec"), scope)
-    return scope[name]

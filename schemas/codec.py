@@ -2,9 +2,9 @@
 
 Typed decoding uses msgspec (the hot path: one pre-built decoder per topic, with
 the string patterns checked here, once per distinct value: see :class:`_Unpatterned`;
-about 3 us for a 1.2 KB card transaction); untyped documents (policy files, snapshots, audit
-hashing, JSONL lines of unknown shape) use orjson. Nothing else in the code base
-parses or writes JSON.
+about 3 us for a 1.2 KB card transaction); untyped documents (policy files,
+snapshots, audit hashing, JSONL lines of unknown shape) use orjson. Nothing else in
+the code base parses or writes JSON.
 
 :func:`decode` checks, in this order, and raises :class:`DecodeError` with a
 stable ``reason`` code for each class of bad input:
@@ -42,6 +42,7 @@ from typing import Any, NamedTuple
 import msgspec
 import orjson
 
+from schemas.codegen import compiled_function
 from schemas.errors import DecodeError
 from schemas.models import ISO_4217_SET, Input, Struct
 from schemas.topics import CUSTOMER_TOPICS, TOPICS
@@ -66,10 +67,11 @@ class _Unpatterned:
     decode). Here the record is decoded into a twin of its model whose strings carry
     every constraint but the pattern; each pattern is then checked with the same
     ``search``, once per distinct value (the customer, account and merchant ids and
-    the codes repeat; event ids do not and are searched every time), and the model is built from the twin's fields. A record the
-    twin refuses, or with a value that does not match, is decoded again by the
-    model's own decoder, whose error is what :func:`decode` reports: the outcome is
-    the model decoder's in every case (``tests/schemas/test_codec.py`` checks).
+    the codes repeat; event ids do not and are searched every time), and the model
+    is built from the twin's fields. A record the twin refuses, or with a value that
+    does not match, is decoded again by the model's own decoder, whose error is what
+    :func:`decode` reports: the outcome is the model decoder's in every case
+    (``tests/schemas/test_codec.py`` checks).
 
     Only for models whose patterns are on their own string fields (not in lists or
     nested models): :meth:`of` leaves the others to the model's decoder (a union's
@@ -159,10 +161,11 @@ def _twin(model: Any) -> tuple[type, Any] | None:
         return None
     hints = typing.get_type_hints(model, include_extras=True)
     config = model.__struct_config__
+    infos = msgspec.structs.fields(model)
     fields: list[Any] = []
     checks: list[tuple[str, str]] = []
     try:
-        for info in msgspec.structs.fields(model):
+        for info in infos:
             tp, pattern = _strip_pattern(hints[info.name])
             if pattern is not None:
                 checks.append((info.name, pattern))
@@ -174,7 +177,7 @@ def _twin(model: Any) -> tuple[type, Any] | None:
                 fields.append((info.name, tp, info.default))
     except ValueError:
         return None
-    rename = {info.name: info.encode_name for info in msgspec.structs.fields(model)
+    rename = {info.name: info.encode_name for info in infos
               if info.encode_name != info.name} or None
     twin = msgspec.defstruct(
         f"{model.__name__}Unpatterned", fields, kw_only=True, tag=config.tag,
@@ -188,7 +191,7 @@ def _twin(model: Any) -> tuple[type, Any] | None:
         if name == "event_id":  # unique per record: a cache of them would only churn
             lines += [f"    if search{i}(t.{name}) is None:", "        return None"]
             continue
-        namespace[f"seen{i}"] = seen = _PATTERN_CACHES.setdefault(pattern, set())
+        namespace[f"seen{i}"] = _PATTERN_CACHES.setdefault(pattern, set())
         namespace[f"limit{i}"] = _Unpatterned.CACHE_LIMIT
         lines += [f"    v = t.{name}",
                   f"    if v is not None and v not in seen{i}:",
@@ -197,11 +200,9 @@ def _twin(model: Any) -> tuple[type, Any] | None:
                   f"        if len(seen{i}) >= limit{i}:",
                   f"            seen{i}.clear()",
                   f"        seen{i}.add(v)"]
-        del seen
-    args = ", ".join(f"{info.name}=t.{info.name}" for info in msgspec.structs.fields(model))
+    args = ", ".join(f"{info.name}=t.{info.name}" for info in infos)
     lines.append(f"    return Model({args})")
-    exec(compile("\n".join(lines), f"<{model.__name__} finish>", "exec"), namespace)
-    function = namespace["finish"]
+    function = compiled_function(lines, f"<{model.__name__} finish>", "finish", namespace)
     function.checks = len(checks)
     return twin, function
 
