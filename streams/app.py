@@ -545,7 +545,7 @@ class Handler:
             self.acks.complete(entry)
             return
         event_ms = int(event.event_time.timestamp() * 1000)
-        clock = self.clocks.get(partition) or self.clock(partition)
+        clock = self.clock(partition)
         clock.last_event_at = time.monotonic()
         seen = clock.seen_ms
         if event_ms > seen.get(topic, 0):
@@ -699,7 +699,7 @@ class Handler:
             await self._dead_letter(topic, partition, offset, item.key, item.value, error,
                                     when_s)
             return
-        clock = self.clocks.get(partition) or self.clock(partition)
+        clock = self.clock(partition)
         if result.state is not None:
             self.table.put(item.key_text, result.state, partition)
             clock.due.add(item.key_text, result.next_check)
