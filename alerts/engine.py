@@ -52,7 +52,7 @@ SEEN_LIMIT = 48
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
-def _grade_index(state: CustomerState | _LeanState) -> int:
+def _grade_index(state: CustomerState) -> int:
     """Index of the customer's current grade in ``alerts.grades.GRADES`` (-1: none yet)."""
     return state.score.last_grade if state.score is not None else -1
 
@@ -207,7 +207,7 @@ class _LeanState(Struct, array_like=True, gc=False):
     next_check: int | None = None
     sent: msgspec.Raw = msgspec.Raw(_MP_ARRAY0)
     segment_window: int = -1
-    score: ScoreState | None = None
+    score: msgspec.Raw = msgspec.Raw(_MP_NIL)
     lines: msgspec.Raw = msgspec.Raw(_MP_NIL)
     limit: msgspec.Raw = msgspec.Raw(_MP_NIL)
     scored_day: int = -1
@@ -218,9 +218,16 @@ class _LeanState(Struct, array_like=True, gc=False):
 _LEAN_DECODER = msgspec.msgpack.Decoder(_LeanState)
 _FIELD_TYPES = typing.get_type_hints(CustomerState)
 #: Decoders of the fields a lean state keeps as bytes.
-_DEC_LEDGERS, _DEC_SENT, _DEC_LINES, _DEC_LIMIT, _DEC_REMINDED, _DEC_SEGMENT_ACCOUNTS = (
+(_DEC_LEDGERS, _DEC_SENT, _DEC_SCORE, _DEC_LINES, _DEC_LIMIT, _DEC_REMINDED,
+ _DEC_SEGMENT_ACCOUNTS) = (
     msgspec.msgpack.Decoder(_FIELD_TYPES[name]).decode
-    for name in ("ledgers", "sent", "lines", "limit", "reminded", "segment_accounts"))
+    for name in ("ledgers", "sent", "score", "lines", "limit", "reminded", "segment_accounts"))
+
+
+def _lean_grade_index(lean: _LeanState) -> int:
+    """:func:`_grade_index` of a lean state."""
+    score = _DEC_SCORE(lean.score)
+    return score.last_grade if score is not None else -1
 
 
 def _full_state(lean: _LeanState) -> CustomerState:
@@ -228,7 +235,8 @@ def _full_state(lean: _LeanState) -> CustomerState:
     return CustomerState(
         lean.seen, lean.watermarks, lean.profile, lean.spend, lean.behaviour,
         _DEC_LEDGERS(lean.ledgers), lean.next_check, _DEC_SENT(lean.sent),
-        lean.segment_window, lean.score, _DEC_LINES(lean.lines), _DEC_LIMIT(lean.limit),
+        lean.segment_window, _DEC_SCORE(lean.score), _DEC_LINES(lean.lines),
+        _DEC_LIMIT(lean.limit),
         lean.scored_day, _DEC_REMINDED(lean.reminded),
         _DEC_SEGMENT_ACCOUNTS(lean.segment_accounts))
 
@@ -421,7 +429,7 @@ class Engine:
             # (_next_check), so the fields kept as bytes stay as they are.
             if (not signals and lean.scored_day == day
                     and (bytes(lean.ledgers) == _MP_MAP0 or self._marked_index(
-                        _grade_index(lean)) is None)):
+                        _lean_grade_index(lean)) is None)):
                 lean.seen = seen[-_SEEN_KEEP:] + mark
                 if event_ms > watermark:
                     watermarks[index] = event_ms
