@@ -45,7 +45,7 @@ from streams.control import PolicyWatcher
 from streams.guard import LOST, OK, UNREACHABLE, BrokerGuard, Finding
 from streams.metrics import Metrics
 from streams.security import aiokafka_kwargs, faust_credentials, preflight, start_client
-from streams.tuning import fetched_at_reader, highwater_reader
+from streams.tuning import fetched_at_reader, partition_state_reader
 
 if TYPE_CHECKING:
     from faust.tables.manager import TableManager
@@ -1139,8 +1139,9 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     #: Direct delivery releases held records once per fetch batch (Sink.settle).
     hold = settings.direct_delivery
 
-    async def deliver(message: Any, ackable: Any) -> None:
-        """One record to the handler (``ackable``: what ``handler.ack`` acknowledges)."""
+    async def deliver(message: Any, ackable: Any = None) -> None:
+        """One record to the handler (``ackable``: what ``handler.ack`` acknowledges;
+        None: the message itself)."""
         # Held while the broker is unreachable; for good once its state was lost.
         if not guard.clear.is_set():
             await guard.clear.wait()
@@ -1152,8 +1153,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
             if message.generation_id != app.consumer_generation_id:
                 return
         await handler.receive(message.topic, message.partition, message.offset,
-                              message.key, message.value, message.timestamp, ackable,
-                              hold=hold)
+                              message.key, message.value, message.timestamp,
+                              message if ackable is None else ackable, hold=hold)
         if handler.flush_due(settings.state_flush_interval):
             await handler.flush()
 
@@ -1163,9 +1164,6 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
 
         async def ack_message(message: Any) -> None:
             app.consumer.ack(message)
-
-        async def deliver_direct(message: Any) -> None:
-            await deliver(message, message)
 
         async def settle() -> None:
             if handler.unreleased:
@@ -1177,7 +1175,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         # The fetch loop (streams.tuning.use_fetch_loop) hands these topics' records to
         # the handler itself; the agent below only subscribes to them.
         app.riskwatch_sink = Sink(frozenset({*CUSTOMER_TOPICS, ticks_name}),  # type: ignore[attr-defined]
-                                  deliver_direct, settle)
+                                  deliver, settle)
 
     @app.agent(source, concurrency=1)
     async def customer_events(stream: Any) -> None:
@@ -1219,15 +1217,16 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     def kafka_consumer() -> Any:
         return getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
 
-    highwater = highwater_reader(kafka_consumer)
     fetched_at_tp = fetched_at_reader(kafka_consumer)
+    partition_state = partition_state_reader(kafka_consumer)
 
     def behind(topic: str, partition: int) -> bool:
         consumer = app.consumer
         if not consumer:
             return False
-        tp = tp_of(topic, partition)
-        high = highwater(tp)
+        tp = tps.get((topic, partition)) or tp_of(topic, partition)
+        state = partition_state(tp)
+        high = None if state is None else state.highwater
         if high is None:  # not fetched yet (or not assigned): unknown, so possibly behind
             return True
         if high - 1 <= handler.last_offsets.get((topic, partition), -1):
