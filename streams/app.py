@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import faust
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as AIOTopicPartition
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from alerts.deadletter import dead_letter, dead_letter_emit
@@ -97,18 +98,32 @@ class StateStore:
         #: changelog; None: none (what :meth:`forget` puts back).
         self.written: dict[bytes, bytes | None] = {}
         self.generation = generation
+        self._data: Any = None
         #: Per key, the generation of its newest write applied or made here.
         self.stamps: dict[bytes, int] = {}
         #: Per partition, the highest generation recovered.
         self.floor: dict[int, int] = {}
         self.fenced = 0
 
+    @property
+    def data(self) -> Any:
+        """The table's local store as a mapping: for Faust's in-memory store its dict
+        itself (the store's ``get`` and item methods are Python layers over it; the dict
+        is made with the store and only ever changed in place), any other store as is."""
+        data = self._data
+        if data is None:
+            store = self.table.data
+            inner = getattr(store, "data", None)
+            data = self._data = (inner if isinstance(store, MemoryStore)
+                                 and type(inner) is dict else store)
+        return data
+
     def get(self, key: str) -> bytes | None:
-        return self.table.data.get(key.encode())
+        return self.data.get(key.encode())
 
     def put(self, key: str, value: bytes, partition: int) -> None:
         raw_key = key.encode()
-        data = self.table.data
+        data = self.data
         if raw_key not in self.written:
             self.written[raw_key] = data.get(raw_key)
         data[raw_key] = value
@@ -125,7 +140,7 @@ class StateStore:
         Kept dirty, a revoked partition's state would be written by the next flush,
         stamped with the generation after the rebalance: a zombie write that recovery
         does not fence, after the new owner's."""
-        data = self.table.data
+        data = self.data
         for raw_key, (partition, _) in list(self.dirty.items()):
             if partitions is None or partition in partitions:
                 del self.dirty[raw_key]

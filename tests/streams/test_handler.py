@@ -683,3 +683,25 @@ async def test_records_received_with_hold_wait_for_settle_and_go_in_event_time_o
         currency="EUR", mcc="5411", merchant_id="m", channel="pos", country="DE"))
     await handler.receive("card-transactions", 0, 4, b"c1", live, None, None, hold=True)
     assert order[-1] == "live" and handler.unreleased == set()
+
+
+def test_state_store_reads_and_writes_a_faust_memory_table_through_its_dict() -> None:
+    """With Faust's in-memory store the state store works on the store's dict itself:
+    what it writes, the table has, and what the table's recovery applies (into the same
+    dict), it reads; any other mapping is used as it is."""
+    import faust
+
+    from streams.app import StateStore
+
+    app = faust.App("riskwatch-test-store", broker="kafka://127.0.0.1:9", store="memory://")
+    table = app.Table("customer-state", default=None)
+    store = StateStore(table)
+    store.put("c1", b"s1", 0)
+    assert table.data[b"c1"] == b"s1" and store.data is table.data.data
+    table.data.apply_changelog_batch([], to_key=lambda k: k, to_value=lambda v: v)
+    table.data.data[b"c2"] = b"s2"  # as recovery applies a changelog record
+    assert store.get("c2") == b"s2"
+    store.forget()
+    assert b"c1" not in table.data and store.get("c2") == b"s2"
+    plain = _StoreTable()
+    assert StateStore(plain).data is plain.data
