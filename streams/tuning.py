@@ -20,6 +20,7 @@ from operator import is_not
 from typing import Any
 
 import aiokafka
+from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import ConsumerMessage as _ConsumerMessage
 
 _BASE = aiokafka.AIOKafkaConsumer
@@ -214,7 +215,8 @@ def round_robin(records: Mapping[Any, list[Any]]) -> Iterator[tuple[Any, Any]]:
 async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     """Faust's ``Consumer.getmany`` with less work per record (the fetch loop's source).
 
-    The same records as Faust's, in the same order (:func:`round_robin`), as the same
+    The same records as Faust's, in the same order (:func:`round_robin`, unless the app
+    has a scheduling strategy of its own), as the same
     Faust messages, under the same checks per record (flow active, generation
     unchanged, partition active). Done once per partition and fetch instead of once
     per record: reading the partition's high water (three layers deep, and a settings
@@ -238,7 +240,10 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     track_end_offset = app.monitor.track_tp_end_offset
     message = _ConsumerMessage
     tracked: set[Any] = set()
-    for tp, record in round_robin(records):
+    scheduler = self.scheduler
+    order = (round_robin if type(scheduler) is DefaultSchedulingStrategy  # (the default)
+             else scheduler.iterate)
+    for tp, record in order(records):
         if not self.flow_active:
             break
         if app.consumer_generation_id != generation_id:

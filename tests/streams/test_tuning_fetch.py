@@ -155,3 +155,17 @@ async def test_partition_states_follow_the_assignment_through_a_rebalance():
     assert read(a1) is None
     assert read(a0) is subscriptions.subscription.assignment.state_value(a0)
     assert read(a0) is not first and read(a0).highwater is None
+
+
+async def test_an_app_scheduling_strategy_of_its_own_is_kept():
+    class _Backwards(DefaultSchedulingStrategy):
+        def iterate(self, records: Any) -> Any:
+            return reversed(list(super().iterate(records)))
+
+    a0, b0 = TP("a", 0), TP("b", 0)
+    records = {a0: [_record(a0, 10, 1), _record(a0, 11, 2)], b0: [_record(b0, 10, 3)]}
+    ours, theirs = (_Consumer(records, None, set(), True) for _ in range(2))
+    ours.scheduler = theirs.scheduler = _Backwards()
+    got = await _taken(_getmany, ours, None, "generation")
+    assert got == await _taken(_FAUST_GETMANY, theirs, None, "generation")
+    assert [(row[0], row[3]) for row in got] == [(a0, 11), (b0, 10), (a0, 10)]
