@@ -357,3 +357,47 @@ async def test_a_sink_is_settled_after_each_fetch_and_before_each_pass_of_the_lo
     assert settled[0] == 3 and settled[-1] == 3 + long
     assert any(3 < n < 3 + long for n in settled)
     assert settled == sorted(settled)
+
+
+async def test_a_commit_every_n_acknowledgements_does_not_stop_delivery():
+    """The commit Faust's loop makes every ``broker_commit_every`` acknowledgements waits
+    for the producer and the broker; run beside delivery, records keep coming while it
+    waits, and one commit runs at a time."""
+    consumer = _Consumer([(list(range(5)), None), (list(range(5, 9)), None)])
+    consumer._commit_every = 2
+    release = asyncio.Event()
+    commits: list[int] = []
+
+    async def deliver(message: _Message) -> None:
+        consumer.delivered.append(message.offset)
+        consumer._n_acked += 1  # as the consumer's ack counts them
+
+    async def slow_commit() -> None:
+        commits.append(len(consumer.delivered))
+        await release.wait()  # the producer flush and the broker
+
+    consumer.commit = slow_commit  # type: ignore[method-assign]
+    consumer.app.riskwatch_sink = Sink(frozenset({"t"}), deliver)
+    await asyncio.wait_for(fetch_loop()(consumer, consumer.fetcher), 5)
+    assert consumer.delivered == list(range(9))
+    assert len(commits) == 1  # started at the second acknowledgement, still running
+    release.set()
+
+
+async def test_a_failed_background_commit_is_raised_by_the_fetch_loop():
+    consumer = _Consumer([([0, 1], None), ([2, 3], None), ([4], None)])
+    consumer._commit_every = 1
+
+    async def deliver(message: _Message) -> None:
+        consumer.delivered.append(message.offset)
+        consumer._n_acked += 1
+
+    async def failing_commit() -> None:
+        raise RuntimeError("commit failed")
+
+    consumer.commit = failing_commit  # type: ignore[method-assign]
+    consumer.consumer_stopped_errors = ()  # type: ignore[assignment]
+    consumer.app.riskwatch_sink = Sink(frozenset({"t"}), deliver)
+    with pytest.raises(RuntimeError, match="commit failed"):
+        await asyncio.wait_for(fetch_loop()(consumer, consumer.fetcher), 5)
+    assert consumer.delivered[:2] == [0, 1]
