@@ -46,7 +46,7 @@ from streams.control import PolicyWatcher
 from streams.guard import LOST, OK, UNREACHABLE, BrokerGuard, Finding
 from streams.metrics import Metrics
 from streams.security import aiokafka_kwargs, faust_credentials, preflight, start_client
-from streams.tuning import fetched_at_reader, partition_state_reader
+from streams.tuning import fetched_at_reader, highwater_reader
 
 if TYPE_CHECKING:
     from faust.tables.manager import TableManager
@@ -1232,16 +1232,15 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     def kafka_consumer() -> Any:
         return getattr(getattr(app.consumer, "_thread", None), "_consumer", None)
 
+    highwater = highwater_reader(kafka_consumer)
     fetched_at_tp = fetched_at_reader(kafka_consumer)
-    partition_state = partition_state_reader(kafka_consumer)
 
     def behind(topic: str, partition: int) -> bool:
         consumer = app.consumer
         if not consumer:
             return False
-        tp = tps.get((topic, partition)) or tp_of(topic, partition)
-        state = partition_state(tp)
-        high = None if state is None else state.highwater
+        tp = tp_of(topic, partition)
+        high = highwater(tp)
         if high is None:  # not fetched yet (or not assigned): unknown, so possibly behind
             return True
         if high - 1 <= handler.last_offsets.get((topic, partition), -1):
