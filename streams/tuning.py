@@ -21,7 +21,6 @@ from typing import Any
 
 import aiokafka
 from faust.transport.utils import DefaultSchedulingStrategy
-from faust.types import ConsumerMessage as _ConsumerMessage
 
 _BASE = aiokafka.AIOKafkaConsumer
 
@@ -220,11 +219,11 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     """Faust's ``Consumer.getmany`` with less work per record (the fetch loop's source).
 
     The same records as Faust's, in the same order (:func:`round_robin`, unless the app
-    has a scheduling strategy of its own), as the same
-    Faust messages, under the same checks per record (flow active, generation
-    unchanged, partition active). Done once per partition and fetch instead of once
-    per record: reading the partition's high water (three layers deep, and a settings
-    lookup) for the monitor's end offset, which keeps the last value given.
+    has a scheduling strategy of its own), as the same messages (its ``_to_message``),
+    under the same checks per record (flow active, generation unchanged, partition
+    active). Done once per partition and fetch instead of once per record: reading the
+    partition's high water (three layers deep, and a settings lookup) for the
+    monitor's end offset, which keeps the last value given.
     ``tests/streams/test_tuning_fetch.py`` compares the two.
     """
     records, active_partitions = await self._wait_next_records(timeout)
@@ -242,7 +241,7 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
     buffered = self._buffered_partitions
     highwater = self.highwater
     track_end_offset = app.monitor.track_tp_end_offset
-    message = _ConsumerMessage
+    to_message = self._to_message
     tracked: set[Any] = set()
     scheduler = self.scheduler
     order = (round_robin if type(scheduler) is DefaultSchedulingStrategy  # (the default)
@@ -258,13 +257,7 @@ async def _getmany(self: Any, timeout: float) -> AsyncIterator[tuple[Any, Any]]:
             if tp not in tracked:
                 tracked.add(tp)
                 track_end_offset(tp, highwater(tp))
-            timestamp = record.timestamp
-            yield tp, message(
-                record.topic, record.partition, record.offset,
-                None if timestamp is None else timestamp / 1000.0,  # type: ignore[arg-type]
-                record.timestamp_type, record.headers, record.key, record.value,
-                record.checksum, record.serialized_key_size, record.serialized_value_size,
-                tp, generation_id=generation_id)
+            yield tp, to_message(tp, record)
 
 
 def _commit_behind(consumer: Any, running: asyncio.Future[Any] | None
@@ -286,10 +279,9 @@ def _commit_behind(consumer: Any, running: asyncio.Future[Any] | None
         if not running.done():
             return running
         running.result()
-    task = asyncio.ensure_future(consumer.commit())
-    # Its error is raised by the fetch loop; one that ends after the loop is not lost
-    # either (asyncio logs an error nobody retrieved).
-    return task
+    # (Its error is raised by the fetch loop; one that ends after the loop is logged by
+    # asyncio as never retrieved.)
+    return asyncio.ensure_future(consumer.commit())
 
 
 def _counting_seeks(perform_seek: Callable[[Any], Awaitable[None]]) -> Any:

@@ -698,8 +698,14 @@ def test_state_store_reads_and_writes_a_faust_memory_table_through_its_dict() ->
     store = StateStore(table)
     store.put("c1", b"s1", 0)
     assert table.data[b"c1"] == b"s1" and store.data is table.data.data
-    table.data.apply_changelog_batch([], to_key=lambda k: k, to_value=lambda v: v)
-    table.data.data[b"c2"] = b"s2"  # as recovery applies a changelog record
+    from types import SimpleNamespace
+
+    from faust.types import Message
+
+    # A changelog record applied as table recovery applies it.
+    record = Message("customer-state-changelog", 1, 0, 0.0, 0, None, b"c2", b"s2", None)
+    table.data.apply_changelog_batch([SimpleNamespace(key=b"c2", value=b"s2", message=record)],
+                                     to_key=lambda k: k, to_value=lambda v: v)
     assert store.get("c2") == b"s2"
     store.forget()
     assert b"c1" not in table.data and store.get("c2") == b"s2"
