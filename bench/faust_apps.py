@@ -78,6 +78,7 @@ def faust_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         consumer_auto_offset_reset="earliest", broker_session_timeout=s.session_timeout,
         broker_heartbeat_interval=s.heartbeat_interval,
         broker_rebalance_timeout=s.rebalance_timeout, producer_linger=s.producer_linger,
+        producer_max_batch_size=s.producer_max_batch_size,
         table_standby_replicas=0, stream_wait_empty=False, logging_config=None,
     )
 

@@ -810,6 +810,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_rebalance_timeout=settings.rebalance_timeout,
         producer_linger=settings.producer_linger,
+        producer_max_batch_size=settings.producer_max_batch_size,
         table_standby_replicas=0,
         stream_wait_empty=False,
         # Faust refuses to recover a changelog partition whose offset read so far is past

@@ -58,3 +58,16 @@ def test_a_broker_url_keeps_bracketed_ipv6_hosts():
     from streams.config import parse_broker_url
 
     assert parse_broker_url("kafka://[::1]:9092,b:2") == ["[::1]:9092", "b:2"]
+
+
+def test_the_producer_batch_size_reaches_faust_and_is_bounded(tmp_path):
+    from streams.app import create_app
+
+    default = Settings(data_dir=tmp_path)
+    assert default.producer_max_batch_size == 512 * 1024
+    app = create_app(Settings(data_dir=tmp_path, producer_max_batch_size=300_000)).app
+    assert app.conf.producer_max_batch_size == 300_000
+    for size in (16 * 1024 - 1, 1_000_001):
+        with pytest.raises(ConfigError, match=f"producer_max_batch_size {size}: expected "
+                                              "16,384 to 1,000,000 bytes"):
+            Settings(producer_max_batch_size=size)
