@@ -79,6 +79,9 @@ EXPERIMENTS: dict[str, tuple[tuple[str, ...], str]] = {
                 "group fetch wait 10 ms, producer linger 2 ms"),
     "fetch25": (("--set", "fetch_max_wait=0.025", "--set", "producer_linger=0.005"),
                 "group fetch wait 25 ms, producer linger 5 ms"),
+    "batch16k": (("--set", "producer_max_batch_size=16384"),
+                 "producer batches of 16 KiB, Faust's default (Settings.producer_max_batch_size "
+                 "is 512 KiB): a state flush waits for a produce round trip every 15 values"),
     "nogates": (("--set", "fetch_gates=false"),
                 "no fetch gates: a record is released as soon as the other topics of its "
                 "partition count as read to their end (Settings.fetch_gates = False)"),

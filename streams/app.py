@@ -56,6 +56,11 @@ log = logging.getLogger("riskwatch.worker")
 
 #: Name of the per-customer state table (changelog ``<app_id>-customer-state-changelog``).
 STATE_TABLE = "customer-state"
+#: A flush in the background (Handler.flush_behind) lets records be processed after
+#: this many changelog writes (about 0.3 ms of them), and after this many
+#: acknowledgements.
+FLUSH_YIELD_EVERY = 64
+ACK_YIELD_EVERY = 256
 
 
 class StateStore:
@@ -104,6 +109,9 @@ class StateStore:
         #: Per partition, the highest generation recovered.
         self.floor: dict[int, int] = {}
         self.fenced = 0
+        #: How many times every key's unwritten state was forgotten (:meth:`forget`
+        #: with no partitions: the broker's state was lost); a flush under way stops.
+        self.cleared = 0
 
     @property
     def data(self) -> Any:
@@ -141,6 +149,8 @@ class StateStore:
         stamped with the generation after the rebalance: a zombie write that recovery
         does not fence, after the new owner's."""
         data = self.data
+        if partitions is None:
+            self.cleared += 1
         for raw_key, (partition, _) in list(self.dirty.items()):
             if partitions is None or partition in partitions:
                 del self.dirty[raw_key]
@@ -162,10 +172,17 @@ class StateStore:
         written, self.written = self.written, {}
         send = self.send or self._send_to_topic
         generation = self.generation()
+        cleared = self.cleared
         items = list(dirty.items())
         for done, (raw_key, (partition, value)) in enumerate(items):
             stamp = max(generation, self.floor.get(partition, -1))
             try:
+                if done and not done % FLUSH_YIELD_EVERY:
+                    # Records go on being processed meanwhile (Handler.flush_behind):
+                    # their writes make a new dirty set, for the next flush.
+                    await asyncio.sleep(0)
+                    if self.cleared != cleared:
+                        return done  # the broker's state was lost: nothing more written
                 await send(raw_key, value, partition, [(self.GENERATION_HEADER, b"%d" % stamp)])
             except BaseException:
                 for key, unsent in items[done:]:
@@ -336,6 +353,9 @@ class Handler:
     max_held: int = 50_000
     last_flush: float = field(default_factory=time.monotonic)
     flush_lock: asyncio.Lock = field(default_factory=asyncio.Lock, repr=False)
+    #: The flush :meth:`flush_behind` started, while it runs (or until its error is
+    #: raised).
+    flushing: asyncio.Future[None] | None = field(default=None, repr=False)
     clocks: dict[int, PartitionClock] = field(default_factory=dict)
     last_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     #: Offsets the global models had learned up to at the last checkpoint (and of
@@ -389,9 +409,36 @@ class Handler:
             await self.table.flush()
             events = self.acks.take(ready)
             if self.ack is not None:
-                for event in events:
+                cleared = self.table.cleared
+                for done, event in enumerate(events):
+                    if done and not done % ACK_YIELD_EVERY:
+                        await asyncio.sleep(0)
+                        if self.table.cleared != cleared:
+                            return  # the broker's state was lost: nothing acknowledged
                     if event is not None:
                         await self.ack(event)
+
+    def flush_behind(self, interval: float) -> None:
+        """Start :meth:`flush` as a task if one is due and none started here runs; a
+        finished one's error is raised here (by the next record, or the flush timer).
+
+        Awaited inline, a flush stopped the fetch loop while it wrote every dirty
+        customer's state and acknowledged every record it covers (about 11 ms for
+        1,500 customers and 2,000 records, every 0.2 s at half of saturation): every
+        record that arrived then waited, the latency tail. As a task it takes turns
+        with the fetch loop (it yields every ``FLUSH_YIELD_EVERY`` writes and
+        ``ACK_YIELD_EVERY`` acknowledgements). What it writes and acknowledges is what
+        was there when it began: records processed meanwhile write a new dirty set and
+        queue behind its acknowledgements (:meth:`InOrderAcks.peek`), for the next
+        flush; a rebalance takes the flush lock, so it waits for this one."""
+        task = self.flushing
+        if task is not None:
+            if not task.done():
+                return
+            self.flushing = None
+            task.result()
+        if self.flush_due(interval):
+            self.flushing = asyncio.ensure_future(self.flush())
 
     def publish_tallies(self) -> None:
         """Set each topic's last event and receive time gauges from the last record
@@ -1171,8 +1218,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         await handler.receive(message.topic, message.partition, message.offset,
                               message.key, message.value, message.timestamp,
                               message if ackable is None else ackable, hold=hold)
-        if handler.flush_due(settings.state_flush_interval):
-            await handler.flush()
+        handler.flush_behind(settings.state_flush_interval)
 
     direct = settings.direct_delivery
     if direct:
@@ -1184,8 +1230,7 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
         async def settle() -> None:
             if handler.unreleased:
                 await handler.settle()
-                if handler.flush_due(settings.state_flush_interval):
-                    await handler.flush()
+                handler.flush_behind(settings.state_flush_interval)
 
         handler.ack = ack_message
         # The fetch loop (streams.tuning.use_fetch_loop) hands these topics' records to
@@ -1209,9 +1254,8 @@ def create_app(settings: Settings, metrics: Metrics | None = None) -> Riskwatch:
     @app.timer(settings.state_flush_interval)
     async def flush_state() -> None:
         """Flush when the stream is quiet (the agent flushes while it is busy)."""
-        if (guard.clear.is_set() and handler.pending
-                and handler.flush_due(settings.state_flush_interval)):
-            await handler.flush()
+        if guard.clear.is_set() and handler.pending:
+            handler.flush_behind(settings.state_flush_interval)
 
     #: TP per (topic, partition), built once (behind() runs for every topic per record).
     tps: dict[tuple[str, int], TP] = {}

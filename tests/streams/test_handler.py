@@ -711,3 +711,130 @@ def test_state_store_reads_and_writes_a_faust_memory_table_through_its_dict() ->
     assert b"c1" not in table.data and store.get("c2") == b"s2"
     plain = _StoreTable()
     assert StateStore(plain).data is plain.data
+
+
+async def _flushing_handler(n: int, changelog: Any) -> tuple[Handler, list[Any]]:
+    """A handler whose flush is due, with ``n`` customers' state to write (one record
+    each, offsets 0 to n-1 of one partition); with what it acknowledges."""
+    from streams.app import StateStore
+
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), StateStore(_StoreTable(), send=changelog),
+                      _send, flush_every=n)
+    handler.ack = ack
+    for i in range(n):
+        await handler.receive("card-transactions", 0, i, f"c{i}".encode(),
+                              _tx(i, customer=f"c{i}"), None, i)
+    return handler, acked
+
+
+async def test_a_background_flush_takes_turns_with_the_records_that_keep_coming() -> None:
+    """Awaited by the fetch loop, a flush stopped every record behind it for as long as
+    it wrote (the latency tail). Started by flush_behind, it yields every
+    FLUSH_YIELD_EVERY writes: a record arriving meanwhile is processed before the flush
+    ends, its state left for the next flush and its acknowledgement behind the flush's."""
+    import asyncio
+
+    from streams.app import FLUSH_YIELD_EVERY
+
+    n = 3 * FLUSH_YIELD_EVERY
+    written: list[bytes] = []
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        written.append(key)
+
+    handler, acked = await _flushing_handler(n, changelog)
+    handler.flush_behind(60.0)
+    task = handler.flushing
+    assert task is not None and not task.done()
+    await asyncio.sleep(0)  # the flush's first turn
+    assert len(written) == FLUSH_YIELD_EVERY and acked == []
+    await handler.receive("card-transactions", 0, n, b"late", _tx(n, customer="late"), None, n)
+    handler.flush_behind(60.0)  # due again, but one is running: no second flush
+    assert handler.flushing is task
+    await task
+    assert len(written) == n and b"late" not in written
+    assert acked == list(range(n)) and list(handler.table.dirty) == [b"late"]
+    handler.last_flush = 0.0  # due by time
+    handler.flush_behind(60.0)
+    assert handler.flushing is not task
+    await handler.flushing
+    assert written[-1] == b"late" and acked == list(range(n + 1))
+
+
+async def test_a_background_flush_that_failed_raises_at_the_next_call() -> None:
+    import asyncio
+
+    import pytest
+
+    fail = {"n": 1}
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise TimeoutError("KafkaTimeoutError: batch expired")
+
+    handler, acked = await _flushing_handler(3, changelog)
+    handler.flush_behind(60.0)
+    task = handler.flushing
+    assert task is not None
+    await asyncio.wait([task])
+    with pytest.raises(TimeoutError, match="batch expired"):
+        handler.flush_behind(60.0)
+    # Nothing acknowledged, nothing lost: the state is dirty again, still due.
+    assert acked == [] and len(handler.table.dirty) == 3 and handler.flushing is None
+    handler.flush_behind(60.0)
+    await handler.flushing
+    assert acked == [0, 1, 2] and handler.table.dirty == {}
+
+
+async def test_a_flush_under_way_stops_when_the_brokers_state_is_lost() -> None:
+    """Once the broker's state is lost, nothing more is written or acknowledged
+    (Handler.halt): a background flush stops at its next turn."""
+    import asyncio
+
+    from streams.app import FLUSH_YIELD_EVERY
+
+    written: list[bytes] = []
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        written.append(key)
+
+    handler, acked = await _flushing_handler(3 * FLUSH_YIELD_EVERY, changelog)
+    handler.flush_behind(60.0)
+    await asyncio.sleep(0)
+    handler.halt()
+    assert handler.flushing is not None
+    await handler.flushing
+    assert len(written) == FLUSH_YIELD_EVERY and acked == []
+    assert handler.table.dirty == {} and handler.acks.waiting() == 0
+
+
+async def test_a_flush_under_way_acknowledges_nothing_more_once_the_state_is_lost() -> None:
+    import asyncio
+
+    from streams.app import ACK_YIELD_EVERY, StateStore
+
+    acked: list[Any] = []
+
+    async def ack(message: Any) -> bool:
+        acked.append(message)
+        return True
+
+    n = ACK_YIELD_EVERY + 10
+    handler = Handler(Engine(DEFAULT_POLICY), Metrics(), StateStore(_StoreTable()), _send,
+                      flush_every=n)
+    handler.ack = ack
+    for i in range(n):  # one customer: one write, n acknowledgements
+        await handler.receive("card-transactions", 0, i, b"c1", _tx(i), None, i)
+    handler.flush_behind(60.0)
+    await asyncio.sleep(0)  # its write, then its first ACK_YIELD_EVERY acknowledgements
+    assert acked == list(range(ACK_YIELD_EVERY))
+    handler.halt()
+    await handler.flushing
+    assert acked == list(range(ACK_YIELD_EVERY))
