@@ -119,9 +119,9 @@ class Settings:
     #: Largest producer batch per partition, in bytes (Faust and aiokafka: 16 KiB). A
     #: state flush writes one changelog value (about 1 KB) per dirty customer at once: with
     #: 16 KiB batches, every 15th value waited for the broker to take the batch before it
-    #: (a produce round trip), and the fetch loop, which awaits the flush, stood still for
-    #: 20-47 ms per flush at half of saturation (bench/). Bounded by Kafka's default
-    #: broker limit (message.max.bytes, 1 MiB) and Faust's producer request size.
+    #: (a produce round trip): 20-47 ms per flush at half of saturation, against 11 ms
+    #: with 512 KiB (bench/, experiment batch16k). Bounded by Kafka's default broker
+    #: limit (message.max.bytes, 1 MiB) and Faust's producer request size.
     producer_max_batch_size: int = 512 * 1024
     #: Group consumer fetch wait in seconds (None: Faust's 1.5 s; see streams.tuning).
     fetch_max_wait: float | None = None
