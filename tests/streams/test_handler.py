@@ -47,6 +47,18 @@ class _Changelog:
         self.headers.append(headers or [])
 
 
+def _failing_changelog(fail: dict[str, int], message: str) -> Any:
+    """A changelog send that raises a producer timeout while ``fail["n"]`` is above 0
+    (counting it down), and writes nothing otherwise."""
+
+    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
+        if fail["n"]:
+            fail["n"] -= 1
+            raise TimeoutError(message)
+
+    return changelog
+
+
 class _StoreTable:
     def __init__(self) -> None:
         self.data: dict[bytes, bytes] = {}
@@ -430,13 +442,7 @@ async def test_state_whose_write_failed_is_put_back_as_written_when_forgotten() 
     from streams.app import StateStore
 
     fail = {"n": 0}
-
-    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
-        if fail["n"]:
-            fail["n"] -= 1
-            raise TimeoutError("KafkaTimeoutError")
-
-    store = StateStore(_StoreTable(), send=changelog)
+    store = StateStore(_StoreTable(), send=_failing_changelog(fail, "KafkaTimeoutError"))
     store.put("c1", b"v1", 0)
     await store.flush()
     store.put("c1", b"v2", 0)
@@ -772,14 +778,8 @@ async def test_a_background_flush_that_failed_raises_at_the_next_call() -> None:
 
     import pytest
 
-    fail = {"n": 1}
-
-    async def changelog(key: bytes, value: bytes, partition: int, headers: Any) -> None:
-        if fail["n"]:
-            fail["n"] -= 1
-            raise TimeoutError("KafkaTimeoutError: batch expired")
-
-    handler, acked = await _flushing_handler(3, changelog)
+    handler, acked = await _flushing_handler(
+        3, _failing_changelog({"n": 1}, "KafkaTimeoutError: batch expired"))
     handler.flush_behind(60.0)
     task = handler.flushing
     assert task is not None
